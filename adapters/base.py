@@ -1,0 +1,192 @@
+"""The adapter contract: what the engine needs to know about one LVLM family.
+
+An adapter declares where things are (image-token spans, the patch grid, the decoder layers and
+how prompts are written); it never re-implements the model. The engine knows nothing model-specific.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from PIL import Image
+from torch import nn
+from transformers import BatchFeature
+
+Box = tuple[float, float, float, float]
+
+DEFAULT_INSTRUCTION = "Answer the question using a single word or phrase."
+
+
+@dataclass(frozen=True)
+class VisualSegment:
+    """One grid of visual tokens.
+
+    positions: token positions of the grid in the (padded) input sequence, row-major, length rows*cols
+        (newline / separator tokens excluded).
+    grid: (rows, cols).
+    box: normalised (x0, y0, x1, y1) region of image `image_index` that the grid covers; may extend
+        outside [0, 1] when the processor pads the image.
+    """
+
+    image_index: int
+    positions: torch.Tensor
+    grid: tuple[int, int]
+    box: Box
+
+    def __post_init__(self) -> None:
+        rows, cols = self.grid
+        if self.positions.numel() != rows * cols:
+            raise ValueError(
+                f"VisualSegment: {self.positions.numel()} positions for a {rows}x{cols} grid"
+            )
+
+
+@dataclass(frozen=True)
+class VisualLayout:
+    """The visual tokens of one sample: its segments, in sequence order."""
+
+    segments: list[VisualSegment]
+    image_sizes: list[tuple[int, int]] = field(default_factory=list)  # (width, height) per image
+
+    @property
+    def positions(self) -> torch.Tensor:
+        """All visual token positions, concatenated over segments: [n_visual]."""
+        return torch.cat([s.positions for s in self.segments])
+
+    @property
+    def n_visual(self) -> int:
+        return sum(s.positions.numel() for s in self.segments)
+
+    def for_image(self, image_index: int) -> VisualLayout:
+        return VisualLayout([s for s in self.segments if s.image_index == image_index], self.image_sizes)
+
+    def split(self, values: torch.Tensor) -> list[torch.Tensor]:
+        """Split per-token values [..., n_visual] into per-segment grids [..., rows, cols]."""
+        out, start = [], 0
+        for s in self.segments:
+            n = s.positions.numel()
+            out.append(values[..., start : start + n].reshape(*values.shape[:-1], *s.grid))
+            start += n
+        return out
+
+
+ImageInput = Image.Image | list[Image.Image]
+
+
+class VisionLanguageAdapter(ABC):
+    """Where things are in one LVLM family.
+
+    Subclasses set the class attributes and implement `build_inputs`, `decoder_layers` and
+    `visual_layout`; everything else has a generic default that most families keep.
+    """
+
+    name: ClassVar[str] = ""
+    architectures: ClassVar[tuple[str, ...]] = ()
+    default_layer: ClassVar[int] = 14
+    # depth of the reference model `default_layer` was chosen on; rescaled for other depths
+    reference_num_layers: ClassVar[int] = 32
+    native_resolution: ClassVar[int] = 336
+    supports_multi_image: ClassVar[bool] = True
+    # Q-Former families: the visual tokens depend on the question, so no prefix reuse.
+    question_dependent_visual_tokens: ClassVar[bool] = False
+
+    def __init__(self, model: nn.Module, processor: Any, instruction: str = DEFAULT_INSTRUCTION):
+        self.model = model
+        self.processor = processor
+        self.instruction = instruction
+
+    # ----------------------------------------------------------------- loading
+    @classmethod
+    @abstractmethod
+    def from_pretrained(cls, path: str, **load_kwargs: Any) -> VisionLanguageAdapter:
+        """Load the family's model and processor from a local folder or hub id."""
+
+    # ----------------------------------------------------------------- prompts and inputs
+    @abstractmethod
+    def build_inputs(
+        self,
+        images: list[ImageInput],
+        questions: list[str],
+        *,
+        with_question: bool = True,
+    ) -> BatchFeature:
+        """Left-padded model inputs for a batch; `with_question=False` removes the question text and
+        keeps the answer instruction. `questions` may hold a replacement prompt (ViCrop's generic one)."""
+
+    @abstractmethod
+    def decoder_layers(self) -> nn.ModuleList:
+        """The language model's decoder layers."""
+
+    @abstractmethod
+    def visual_layout(self, inputs: BatchFeature, index: int) -> VisualLayout:
+        """Segments of visual tokens of sample `index` of `inputs`."""
+
+    def attention_modules(self) -> list[nn.Module]:
+        """The language model's self-attention module of each decoder layer, in layer order."""
+        return [layer.self_attn for layer in self.decoder_layers()]
+
+    def language_config(self) -> Any:
+        return self.attention_modules()[0].config
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.decoder_layers())
+
+    @property
+    def num_heads(self) -> int:
+        return int(self.language_config().num_attention_heads)
+
+    @property
+    def tokenizer(self) -> Any:
+        return getattr(self.processor, "tokenizer", self.processor)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def eos_token_ids(self) -> list[int]:
+        ids = set()
+        gen = getattr(self.model, "generation_config", None)
+        for source in (getattr(gen, "eos_token_id", None), self.tokenizer.eos_token_id):
+            if source is None:
+                continue
+            ids.update(source if isinstance(source, (list, tuple)) else [source])
+        return sorted(ids)
+
+    def position_ids(self, attention_mask: torch.Tensor, past_length: int = 0) -> torch.Tensor | None:
+        """Position ids for a (possibly padded) chunk whose 2D mask covers cache + chunk.
+
+        attention_mask: [batch, past_length + chunk]. Returns [batch, chunk]. Families with
+        multimodal rotary positions return None and let the model compute them.
+        """
+        positions = attention_mask.long().cumsum(-1) - 1
+        positions = positions.clamp(min=0)
+        return positions[:, past_length:]
+
+    def prepare_model_inputs(self, inputs: BatchFeature) -> dict[str, Any]:
+        """Tensors the model's forward takes, moved to the model's device and dtype."""
+        out = {}
+        for key, value in inputs.items():
+            if isinstance(value, torch.Tensor):
+                value = value.to(self.device)
+                if value.is_floating_point():
+                    value = value.to(self.dtype)
+            out[key] = value
+        return out
+
+    def prompt_parts(self, question: str | None, n_images: int = 1) -> str:
+        """The family's chat prompt; overridden per family."""
+        raise NotImplementedError
+
+    def decode_text(self, token_ids: list[int]) -> str:
+        return self.tokenizer.decode(token_ids, skip_special_tokens=True).strip()
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "architectures": list(self.architectures)}

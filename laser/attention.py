@@ -1,0 +1,158 @@
+"""The two attention passes of VAQ: with the question (a+) and without it (a0).
+
+Where the visual tokens precede the question and do not depend on it, the no-question pass reuses
+the KV cache of the shared prefix: one prefix forward, then both continuations as one batch of 2B.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import BatchFeature
+
+from adapters.base import VisionLanguageAdapter, VisualLayout
+
+from .decoding import cache_kwarg, output_cache
+from .probe import AttentionProbe
+
+
+@dataclass
+class AttentionRows:
+    """a_plus / a_zero: [batch, layers, heads, n_visual]; valid: [batch, n_visual];
+    layouts: the layout of each sample in the with-question inputs."""
+
+    a_plus: torch.Tensor
+    a_zero: torch.Tensor | None
+    valid: torch.Tensor
+    layouts: list[VisualLayout]
+    prefix_reused: bool
+
+
+def model_tensors(inputs: BatchFeature | dict[str, Any]) -> dict[str, Any]:
+    """Inputs the model's forward takes (drops the adapter's `laser_*` bookkeeping)."""
+    return {k: v for k, v in inputs.items() if not k.startswith("laser_")}
+
+
+def pad_positions(layouts: list[VisualLayout], offsets: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Visual key positions [batch, n_max] (shifted by `offsets`) and their validity [batch, n_max]."""
+    n_max = max(layout.n_visual for layout in layouts)
+    positions = torch.zeros(len(layouts), n_max, dtype=torch.long)
+    valid = torch.zeros(len(layouts), n_max, dtype=torch.bool)
+    for i, layout in enumerate(layouts):
+        pos = layout.positions + (offsets[i] if offsets else 0)
+        positions[i, : pos.numel()] = pos
+        valid[i, : pos.numel()] = True
+    return positions, valid
+
+
+def _left_pad(sequences: list[torch.Tensor], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    length = max(s.numel() for s in sequences)
+    ids = torch.full((len(sequences), length), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(sequences), length, dtype=torch.long)
+    for i, s in enumerate(sequences):
+        if s.numel():
+            ids[i, length - s.numel() :] = s
+            mask[i, length - s.numel() :] = 1
+    return ids, mask
+
+
+def _unpadded(inputs: BatchFeature) -> list[torch.Tensor]:
+    return [ids[mask.bool()] for ids, mask in zip(inputs["input_ids"], inputs["attention_mask"])]
+
+
+def _common_prefix(a: torch.Tensor, b: torch.Tensor) -> int:
+    n = min(a.numel(), b.numel())
+    differ = (a[:n] != b[:n]).nonzero()
+    return int(differ[0]) if differ.numel() else n
+
+
+def _forward(adapter: VisionLanguageAdapter, inputs: dict[str, Any], **extra: Any) -> Any:
+    position_ids = adapter.position_ids(inputs["attention_mask"])
+    if position_ids is not None:
+        inputs = {**inputs, "position_ids": position_ids}
+    return adapter.model(**inputs, logits_to_keep=1, **extra)
+
+
+def capture_full(
+    adapter: VisionLanguageAdapter, probe: AttentionProbe, inputs: BatchFeature
+) -> tuple[torch.Tensor, torch.Tensor, list[VisualLayout]]:
+    """One full prefill with the probe on: ([batch, L, H, n_max], valid, layouts)."""
+    layouts = [adapter.visual_layout(inputs, i) for i in range(len(inputs["input_ids"]))]
+    positions, valid = pad_positions(layouts)
+    with probe.capture(positions) as capture:
+        _forward(adapter, adapter.prepare_model_inputs(model_tensors(inputs)), use_cache=False)
+    return capture.result(), valid, layouts
+
+
+def capture_with_prefix_reuse(
+    adapter: VisionLanguageAdapter,
+    probe: AttentionProbe,
+    inputs_q: BatchFeature,
+    inputs_0: BatchFeature,
+) -> AttentionRows | None:
+    """Prefix forward once, then both continuations as a batch of 2B; None if the visual tokens are
+    not inside the shared prefix (the caller then runs two full prefills)."""
+    layouts = [adapter.visual_layout(inputs_q, i) for i in range(len(inputs_q["input_ids"]))]
+    ids_q, ids_0 = _unpadded(inputs_q), _unpadded(inputs_0)
+    pad_q = [inputs_q["input_ids"].shape[1] - ids.numel() for ids in ids_q]
+    prefix_lengths = []
+    for i, layout in enumerate(layouts):
+        shared = min(_common_prefix(ids_q[i], ids_0[i]), ids_q[i].numel() - 1, ids_0[i].numel() - 1)
+        last_visual = int(layout.positions.max()) - pad_q[i]
+        if shared <= last_visual:
+            return None
+        prefix_lengths.append(shared)
+    pad_id = adapter.tokenizer.pad_token_id or 0
+    prefix_ids, prefix_mask = _left_pad([ids[:p] for ids, p in zip(ids_q, prefix_lengths)], pad_id)
+    continuations = []
+    for i, p in enumerate(prefix_lengths):
+        continuations += [ids_q[i][p:], ids_0[i][p:]]
+    cont_ids, cont_mask = _left_pad(continuations, pad_id)
+
+    prefix_inputs = model_tensors(inputs_q)
+    prefix_inputs.update(input_ids=prefix_ids, attention_mask=prefix_mask)
+    prefix_inputs = adapter.prepare_model_inputs(prefix_inputs)
+    prefix_out = _forward(adapter, prefix_inputs, use_cache=True)
+    cache = output_cache(prefix_out)
+    cache.batch_repeat_interleave(2)
+
+    prefix_len = prefix_ids.shape[1]
+    offsets = [pad_q_i * -1 + (prefix_len - p) for pad_q_i, p in zip(pad_q, prefix_lengths)]
+    positions, valid = pad_positions(layouts, offsets)
+    full_mask = torch.cat([prefix_mask.repeat_interleave(2, dim=0), cont_mask], dim=1)
+    device = adapter.device
+    step = {
+        "input_ids": cont_ids.to(device),
+        "attention_mask": full_mask.to(device),
+        cache_kwarg(adapter.model): cache,
+    }
+    position_ids = adapter.position_ids(step["attention_mask"], prefix_len)
+    if position_ids is not None:
+        step["position_ids"] = position_ids
+    with probe.capture(positions.repeat_interleave(2, dim=0)) as capture:
+        adapter.model(**step, use_cache=True, logits_to_keep=1)
+    rows = capture.result()
+    return AttentionRows(rows[0::2], rows[1::2], valid, layouts, prefix_reused=True)
+
+
+def capture_attention(
+    adapter: VisionLanguageAdapter,
+    probe: AttentionProbe,
+    inputs_q: BatchFeature,
+    inputs_0: BatchFeature | None,
+    prefix_reuse: bool = True,
+) -> AttentionRows:
+    """a+ (and a0 when `inputs_0` is given) for a batch, with prefix reuse where the family allows."""
+    if inputs_0 is not None and prefix_reuse and not adapter.question_dependent_visual_tokens:
+        rows = capture_with_prefix_reuse(adapter, probe, inputs_q, inputs_0)
+        if rows is not None:
+            return rows
+    a_plus, valid, layouts = capture_full(adapter, probe, inputs_q)
+    if inputs_0 is None:
+        return AttentionRows(a_plus, None, valid, layouts, prefix_reused=False)
+    a_zero, valid_0, _ = capture_full(adapter, probe, inputs_0)
+    if a_zero.shape != a_plus.shape or not torch.equal(valid, valid_0):
+        raise RuntimeError("with- and without-question prompts have different visual tokens")
+    return AttentionRows(a_plus, a_zero, valid, layouts, prefix_reused=False)

@@ -1,0 +1,69 @@
+"""Painting per-token values onto the image plane through a `VisualLayout` (DESIGN section 3).
+
+The painted map is a density: a token's value is spread over the region its patch covers, so the
+sum over a window is the mass of the map inside that window, whatever the grids' sizes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from adapters.base import Box, VisualLayout
+
+
+def canvas_shape(image_size: tuple[int, int], long_side: int) -> tuple[int, int]:
+    """(height, width) of a canvas with the image's aspect ratio and at most `long_side` pixels."""
+    width, height = image_size
+    scale = min(1.0, long_side / max(width, height))
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def paint_map(
+    values: torch.Tensor, layout: VisualLayout, image_index: int, shape: tuple[int, int]
+) -> torch.Tensor:
+    """Density canvas [height, width] of `values` ([n_visual], ordered like `layout`) for one image."""
+    height, width = shape
+    canvas = torch.zeros(height, width, dtype=torch.float32)
+    u = (torch.arange(width, dtype=torch.float64) + 0.5) / width
+    v = (torch.arange(height, dtype=torch.float64) + 0.5) / height
+    for segment, grid in zip(layout.segments, layout.split(values.float().cpu())):
+        if segment.image_index != image_index:
+            continue
+        rows, cols = segment.grid
+        x0, y0, x1, y1 = segment.box
+        col = torch.floor((u - x0) / (x1 - x0) * cols).long()
+        row = torch.floor((v - y0) / (y1 - y0) * rows).long()
+        col_ok, row_ok = (col >= 0) & (col < cols), (row >= 0) & (row < rows)
+        cell_area = (x1 - x0) / cols * (y1 - y0) / rows
+        painted = grid[row.clamp(0, rows - 1)][:, col.clamp(0, cols - 1)] / cell_area
+        canvas += painted * (row_ok[:, None] & col_ok[None, :]).float()
+    return canvas
+
+
+def integral_image(canvas: torch.Tensor) -> torch.Tensor:
+    """Summed-area table with a zero first row and column: [h+1, w+1] float64."""
+    padded = torch.zeros(canvas.shape[0] + 1, canvas.shape[1] + 1, dtype=torch.float64)
+    padded[1:, 1:] = canvas.double().cumsum(0).cumsum(1)
+    return padded
+
+
+def region_mean(table: torch.Tensor, box: Box) -> float:
+    """Mean of the canvas over a normalised box (at least one canvas pixel), from its integral image."""
+    height, width = table.shape[0] - 1, table.shape[1] - 1
+    x0, y0, x1, y1 = box
+    c0 = min(max(int(math.floor(x0 * width)), 0), width - 1)
+    r0 = min(max(int(math.floor(y0 * height)), 0), height - 1)
+    c1 = min(max(int(math.ceil(x1 * width)), c0 + 1), width)
+    r1 = min(max(int(math.ceil(y1 * height)), r0 + 1), height)
+    total = table[r1, c1] - table[r0, c1] - table[r1, c0] + table[r0, c0]
+    return float(total) / ((r1 - r0) * (c1 - c0))
+
+
+def window_sums(canvas: torch.Tensor, win_h: int, win_w: int) -> torch.Tensor:
+    """Sum of the canvas in every win_h x win_w window: [h - win_h + 1, w - win_w + 1]."""
+    table = integral_image(canvas)
+    return (
+        table[win_h:, win_w:] - table[:-win_h, win_w:] - table[win_h:, :-win_w] + table[:-win_h, :-win_w]
+    )

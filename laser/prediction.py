@@ -1,0 +1,40 @@
+"""`Prediction`: what the engine returns for one sample."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+@dataclass
+class Prediction:
+    """answer; l* (`layer`); VAQ[l] for every decoder layer (`vaq`); crop box in original pixels
+    (`box`); decode `path` (`direct`, `contrastive` or `vanilla`); per-stage wall seconds (`timings`,
+    a batch's stage time divided by its size)."""
+
+    answer: str
+    layer: int | None = None
+    vaq: list[float] | None = None
+    box: list[int] | None = None
+    path: str = "direct"
+    timings: dict[str, float] = field(default_factory=dict)
+    method: str = ""
+    fallback: str | None = None
+    token_ids: list[int] = field(default_factory=list)
+    heatmap: torch.Tensor | None = None  # [h, w] density painted on the original, when requested
+    masked_cells: list[Any] | None = None
+
+    def to_record(self) -> dict[str, Any]:
+        """JSON-serialisable fields for prediction files."""
+        return {
+            "prediction": self.answer,
+            "layer": self.layer,
+            "vaq": self.vaq,
+            "box": self.box,
+            "path": self.path,
+            "timings": {k: round(v, 6) for k, v in self.timings.items()},
+            "method": self.method,
+            "fallback": self.fallback,
+        }
