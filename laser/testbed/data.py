@@ -1,0 +1,170 @@
+"""Training views for the testbed model: random zoomed crops of generated scenes (and whole scenes)
+resized to the model input, one question per view, plus dense per-patch labels (digit and colour
+under each patch centre) used as an auxiliary loss on the vision tower.
+
+`sample_views(rng, n, stage)` -> dict(pixels uint8 [n,S,S,3], questions, answers, families,
+sizes, digit_labels [n,g*g], color_labels [n,g*g]). Stage 0: one or two big boxes, stage 1: a few
+boxes, stage 2: the evaluation distribution (3-6 boxes, zoom 1x-10x, whole scenes).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+from PIL import Image
+
+from .scenes import COLOR_NAMES, MODEL_INPUT, RELATIONS, SCENE_SIZE, Box, Scene, make_scene, related_box, render_scene
+
+EVAL_SEED_BASE = 10_000_000
+GRID = 8
+READABLE_MIN = 10.0  # model px: digit labels only for boxes at least this large in the view
+STAGES = {
+    0: dict(boxes=(1, 2), zoom=(1.4, 3.0), full=0.0),
+    1: dict(boxes=(2, 4), zoom=(1.3, 6.0), full=0.15),
+    2: dict(boxes=(3, 6), zoom=(1.3, 10.0), full=0.25),
+}
+FAMILY_WEIGHTS = {"reading": 0.38, "relational": 0.22, "existence": 0.14, "color": 0.1, "count": 0.06, "where": 0.1}
+PAIR_CROP = 0.25  # share of zoomed views framed around a box pair (for relational questions)
+
+
+def _crop_for(rng: random.Random, scene: Scene, stage: dict) -> tuple[float, float, float]:
+    """(x0, y0, side) of a square crop in scene pixels."""
+    s = scene.size
+    if rng.random() < stage["full"] or not scene.boxes:
+        return 0.0, 0.0, float(s)
+    lo, hi = stage["zoom"]
+    if len(scene.boxes) >= 2 and rng.random() < PAIR_CROP:
+        a, b = rng.sample(scene.boxes, 2)
+        ux0, uy0, ux1, uy1 = min(a.x0, b.x0), min(a.y0, b.y0), max(a.x1, b.x1), max(a.y1, b.y1)
+        side = min(float(s), max(ux1 - ux0, uy1 - uy0) * rng.uniform(1.05, 2.0))
+        cx0 = rng.uniform(max(0.0, ux1 - side), max(0.0, min(float(ux0), s - side)))
+        cy0 = rng.uniform(max(0.0, uy1 - side), max(0.0, min(float(uy0), s - side)))
+        return cx0, cy0, side
+    b = rng.choice(scene.boxes)
+    side = min(float(s), b.side * math.exp(rng.uniform(math.log(lo), math.log(hi))))
+    side = max(side, b.side + 2.0)
+    cx0 = rng.uniform(max(0.0, b.x1 - side), min(float(b.x0), s - side))
+    cy0 = rng.uniform(max(0.0, b.y1 - side), min(float(b.y0), s - side))
+    return cx0, cy0, side
+
+
+def _view_boxes(scene: Scene, x0: float, y0: float, side: float):
+    """Boxes in view coordinates (model px) with visibility: 'in', 'partial' or 'out'."""
+    k = MODEL_INPUT / side
+    out = []
+    for b in scene.boxes:
+        bx0, by0, bx1, by1 = (b.x0 - x0) * k, (b.y0 - y0) * k, (b.x1 - x0) * k, (b.y1 - y0) * k
+        ix = max(0.0, min(bx1, MODEL_INPUT) - max(bx0, 0.0))
+        iy = max(0.0, min(by1, MODEL_INPUT) - max(by0, 0.0))
+        frac = ix * iy / max(1e-6, (bx1 - bx0) * (by1 - by0))
+        vis = "in" if frac > 0.97 else ("out" if frac < 0.01 else "partial")
+        out.append((b, (bx0, by0, bx1, by1), vis))
+    return out
+
+
+def _patch_labels(vboxes) -> tuple[np.ndarray, np.ndarray]:
+    digit = np.full(GRID * GRID, -100, dtype=np.int64)
+    color = np.full(GRID * GRID, len(COLOR_NAMES), dtype=np.int64)
+    cell = MODEL_INPUT / GRID
+    for b, (x0, y0, x1, y1), vis in vboxes:
+        if vis == "out":
+            continue
+        readable = vis == "in" and min(x1 - x0, y1 - y0) >= READABLE_MIN
+        for r in range(GRID):
+            cy = (r + 0.5) * cell
+            if not (y0 <= cy < y1):
+                continue
+            for c in range(GRID):
+                cx = (c + 0.5) * cell
+                if x0 <= cx < x1:
+                    color[r * GRID + c] = COLOR_NAMES.index(b.color)
+                    if readable:
+                        digit[r * GRID + c] = b.digit
+    # background patches: digit class 10 ("no digit")
+    digit[color == len(COLOR_NAMES)] = 10
+    return digit, color
+
+
+def _bucket(vbox) -> str:
+    side = min(vbox[2] - vbox[0], vbox[3] - vbox[1])
+    return "small" if side < 6 else ("medium" if side < 12 else "large")
+
+
+def _question(rng: random.Random, vboxes, scene: Scene):
+    """(family, question, answer, size) for one view, or None when nothing is well-defined."""
+    inn = [v for v in vboxes if v[2] == "in"]
+    partial = [v for v in vboxes if v[2] == "partial"]
+    fam = rng.choices(list(FAMILY_WEIGHTS), weights=list(FAMILY_WEIGHTS.values()))[0]
+    if fam == "reading" and inn:
+        # prefer readable targets: small ones are resampled most of the time
+        v = rng.choice(inn)
+        if _bucket(v[1]) == "small" and rng.random() < 0.7:
+            v = max(inn, key=lambda t: t[1][2] - t[1][0])
+        return "reading", f"What digit is in the {v[0].color} box?", str(v[0].digit), _bucket(v[1])
+    if fam == "relational" and len(inn) >= 2:
+        sub = Scene(scene.seed, scene.size, [v[0] for v in inn + partial])
+        cands = [(a, r, related_box(sub, a, r)) for a in sub.boxes for r in RELATIONS]
+        in_ids = {id(v[0]) for v in inn}
+        cands = [c for c in cands if c[2] is not None and id(c[2]) in in_ids]
+        if cands:
+            a, r, t = rng.choice(cands)
+            vb = next(v[1] for v in inn if v[0] is t)
+            return "relational", f"What digit is in the box {RELATIONS[r]} the {a.color} box?", str(t.digit), _bucket(vb)
+    if fam == "existence":
+        present = [v for v in inn]
+        absent = [c for c in COLOR_NAMES if c not in {v[0].color for v in inn + partial}]
+        if present and (rng.random() < 0.5 or not absent):
+            v = rng.choice(present)
+            return "existence", f"Is there a {v[0].color} box?", "yes", _bucket(v[1])
+        if absent:
+            return "existence", f"Is there a {rng.choice(absent)} box?", "no", "large"
+    if fam == "color" and inn:
+        v = rng.choice(inn)
+        if sum(w[0].digit == v[0].digit for w in inn + partial) == 1:
+            return "color", f"What color is the box with the digit {v[0].digit}?", v[0].color, _bucket(v[1])
+    if fam == "count" and inn and not partial:
+        return "count", "How many boxes are there?", str(len(inn)), "large"
+    if fam == "where" and inn:
+        v = rng.choice(inn)
+        x0, y0, x1, y1 = v[1]
+        dx, dy = (x0 + x1) / 2 - MODEL_INPUT / 2, (y0 + y1) / 2 - MODEL_INPUT / 2
+        if max(abs(dx), abs(dy)) > 0.2 * MODEL_INPUT and abs(abs(dx) - abs(dy)) > 0.1 * MODEL_INPUT:
+            ans = ("right" if dx > 0 else "left") if abs(dx) > abs(dy) else ("bottom" if dy > 0 else "top")
+            return "where", f"Where is the {v[0].color} box?", ans, _bucket(v[1])
+    if inn:  # fallback: reading
+        v = max(inn, key=lambda t: t[1][2] - t[1][0])
+        return "reading", f"What digit is in the {v[0].color} box?", str(v[0].digit), _bucket(v[1])
+    return None
+
+
+def sample_views(rng: random.Random, n: int, stage: int = 2, views_per_scene: int = 6) -> dict:
+    st = STAGES[stage]
+    pix = np.zeros((n, MODEL_INPUT, MODEL_INPUT, 3), dtype=np.uint8)
+    out = {"questions": [], "answers": [], "families": [], "sizes": []}
+    digits, colors = [], []
+    i = 0
+    while i < n:
+        scene = make_scene(rng.randrange(EVAL_SEED_BASE), n_boxes=rng.randint(*st["boxes"]))
+        img = render_scene(scene)
+        for _ in range(views_per_scene):
+            if i >= n:
+                break
+            x0, y0, side = _crop_for(rng, scene, st)
+            vboxes = _view_boxes(scene, x0, y0, side)
+            q = _question(rng, vboxes, scene)
+            if q is None:
+                continue
+            view = img.resize((MODEL_INPUT, MODEL_INPUT), Image.BICUBIC, box=(x0, y0, x0 + side, y0 + side))
+            pix[i] = np.asarray(view)
+            d, c = _patch_labels(vboxes)
+            digits.append(d)
+            colors.append(c)
+            for key, val in zip(("families", "questions", "answers", "sizes"), q):
+                out[key].append(val)
+            i += 1
+    out["pixels"] = pix
+    out["digit_labels"] = np.stack(digits)
+    out["color_labels"] = np.stack(colors)
+    return out

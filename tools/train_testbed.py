@@ -1,0 +1,223 @@
+"""Train the testbed LVLM from scratch on CPU (resumable).
+
+python tools/train_testbed.py --run testbed_work/run1 [--minutes 75 --batch 32 --lr 1e-3]
+
+LR schedule and curriculum follow the training time spent (the CPU is shared), not the step count.
+
+Views: random zooms of generated scenes (curriculum: stage 0 one or two big boxes, stage 1 a few
+boxes, stage 2 the eval distribution). Loss: answer tokens only, plus an auxiliary per-patch
+digit / colour loss on the vision tower (heads not exported). Every `--ckpt-min` minutes the full
+state goes to RUN/last.pt (re-running resumes); every `--export-min` minutes the best model so far
+(by first-token accuracy on a held-out part of the eval split) is exported to --export.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from laser.testbed.data import GRID, sample_views  # noqa: E402
+from laser.testbed.model import answer_ids, build_model, build_processor, build_tokenizer, prompt_ids  # noqa: E402
+from laser.testbed.quick_eval import first_token_eval  # noqa: E402
+from laser.testbed.scenes import COLOR_NAMES  # noqa: E402
+from laser.testbed.split import load_split  # noqa: E402
+
+
+def stage_for(progress: float) -> int:
+    return 0 if progress < 0.08 else (1 if progress < 0.25 else 2)
+
+
+class Batcher:
+    def __init__(self, tok, processor):
+        self.tok = tok
+        ip = processor.image_processor
+        self.mean = torch.tensor(ip.image_mean).view(1, 3, 1, 1)
+        self.std = torch.tensor(ip.image_std).view(1, 3, 1, 1)
+        self.cache: dict[str, list[int]] = {}
+
+    def ids(self, q):
+        if q not in self.cache:
+            self.cache[q] = prompt_ids(self.tok, q)
+        return self.cache[q]
+
+    def __call__(self, d):
+        seqs, labs = [], []
+        for q, a in zip(d["questions"], d["answers"]):
+            p, t = self.ids(q), answer_ids(self.tok, a)
+            seqs.append(p + t)
+            labs.append([-100] * len(p) + t)
+        L = max(len(s) for s in seqs)
+        pad = self.tok.pad_token_id
+        ids = torch.tensor([[pad] * (L - len(s)) + s for s in seqs])
+        labels = torch.tensor([[-100] * (L - len(s)) + lb for s, lb in zip(seqs, labs)])
+        mask = torch.tensor([[0] * (L - len(s)) + [1] * len(s) for s in seqs])
+        px = torch.from_numpy(d["pixels"]).permute(0, 3, 1, 2).float() / 255.0
+        px = (px - self.mean) / self.std
+        return ids, mask, labels, px, torch.from_numpy(d["digit_labels"]), torch.from_numpy(d["color_labels"])
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--run", default=str(ROOT / "testbed_work/run1"))
+    ap.add_argument("--export", default=str(ROOT / "laser/assets/testbed/model"))
+    ap.add_argument("--minutes", type=float, default=75.0, help="training-time budget (LR schedule, curriculum)")
+    ap.add_argument("--batch", type=int, default=48)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--warmup", type=int, default=300)
+    ap.add_argument("--aux", type=float, default=0.5)
+    ap.add_argument("--ckpt-min", type=float, default=4.0)
+    ap.add_argument("--export-min", type=float, default=10.0)
+    ap.add_argument("--eval-every", type=int, default=500)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    run = Path(a.run)
+    run.mkdir(parents=True, exist_ok=True)
+    logf = open(run / "train.log", "a")
+
+    def log(msg):
+        line = f"[{time.strftime('%H:%M:%S')}] {msg}"
+        print(line, flush=True)
+        logf.write(line + "\n")
+        logf.flush()
+
+    torch.manual_seed(a.seed)
+    tok = build_tokenizer()
+    proc = build_processor(tok)
+    model = build_model(tok)
+    vh = model.config.vision_config.hidden_size
+    heads = torch.nn.ModuleDict({"digit": torch.nn.Linear(vh, 11), "color": torch.nn.Linear(vh, len(COLOR_NAMES) + 1)})
+    params = list(model.parameters()) + list(heads.parameters())
+    opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=0.01, betas=(0.9, 0.98))
+    step, best, trained_s = 0, -1.0, 0.0
+    rng = random.Random(a.seed)
+    ck = run / "last.pt"
+    if ck.exists():
+        st = torch.load(ck, weights_only=False)
+        model.load_state_dict(st["model"])
+        heads.load_state_dict(st["heads"])
+        opt.load_state_dict(st["opt"])
+        step, best, trained_s = st["step"], st["best"], st.get("trained_s", 0.0)
+        rng.setstate(st["rng"])
+        log(f"resumed from step {step} (best {best:.3f})")
+    else:
+        log(f"new run: {json.dumps(vars(a))}; params {sum(p.numel() for p in model.parameters())}")
+
+    captured = {}
+    model.model.vision_tower.register_forward_hook(lambda m, i, o: captured.__setitem__("h", o.last_hidden_state))
+    batcher = Batcher(tok, proc)
+    eval_recs = load_split(ROOT / "laser/assets/testbed/eval.jsonl")
+    held = [r for r in eval_recs if int(r["meta"]["scene_seed"]) % 2 == 1][:240]
+    img_root = ROOT / "laser/assets/testbed"
+
+    budget = a.minutes * 60.0
+
+    def lr_at(s):
+        if s < a.warmup:
+            return a.lr * (s + 1) / a.warmup
+        p = min(1.0, trained_s / budget)
+        return a.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * p)))
+
+    def save_ckpt():
+        torch.save({"model": model.state_dict(), "heads": heads.state_dict(), "opt": opt.state_dict(),
+                    "step": step, "best": best, "trained_s": trained_s, "rng": rng.getstate()}, run / "tmp.pt")
+        (run / "tmp.pt").replace(ck)
+
+    def evaluate_and_maybe_keep():
+        nonlocal best
+        model.eval()
+        res = first_token_eval(model, proc, held, img_root, batch=48)
+        model.train()
+        for view, accs in res.items():
+            log(f"eval step {step} {view}: " + " ".join(f"{k}={v[0]:.2f}({v[1]})" for k, v in sorted(accs.items())))
+        o, f = res["oracle"], res["full"]
+        score = o["reading/all"][0] + o["relational/all"][0] + f["existence/all"][0]
+        if score > best:
+            best = score
+            torch.save(model.state_dict(), run / "best_model.pt")
+            log(f"new best score {score:.3f} at step {step}")
+
+    model.train()
+    t_ckpt = t_export = time.time()
+    agg = defaultdict(float)
+    t0 = time.time()
+    while trained_s < budget:
+        stage = stage_for(trained_s / budget)
+        d = sample_views(rng, a.batch, stage)
+        t_data = time.time()
+        ids, mask, labels, px, dl, cl = batcher(d)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step)
+        out = model(input_ids=ids, attention_mask=mask, pixel_values=px)
+        logits = out.logits[:, :-1]
+        lm = F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels[:, 1:].reshape(-1), ignore_index=-100)
+        h = captured["h"][:, 1:]
+        aux = F.cross_entropy(heads["digit"](h).reshape(-1, 11), dl.reshape(-1), ignore_index=-100) + \
+            F.cross_entropy(heads["color"](h).reshape(-1, len(COLOR_NAMES) + 1), cl.reshape(-1))
+        w = a.aux if trained_s < budget * 0.7 else a.aux * 0.3
+        loss = lm + w * aux
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        with torch.no_grad():
+            pos = labels[:, 1:] != -100
+            first = pos & (pos.cumsum(1) == 1)
+            pred = logits.argmax(-1)[first]
+            gold = labels[:, 1:][first]
+            for fam, ok in zip(d["families"], (pred == gold).tolist()):
+                agg[f"acc_{fam}"] += ok
+                agg[f"n_{fam}"] += 1
+        agg["lm"] += lm.item()
+        agg["aux"] += aux.item()
+        agg["data_s"] += t_data - t0
+        agg["step_s"] += time.time() - t0
+        agg["n"] += 1
+        trained_s += time.time() - t0
+        t0 = time.time()
+        step += 1
+        if step % 50 == 0:
+            n = agg["n"]
+            accs = " ".join(f"{k[4:]}={agg[k] / agg['n_' + k[4:]]:.2f}" for k in sorted(agg) if k.startswith("acc_"))
+            log(f"step {step} t {trained_s / 60:.1f}m stage {stage} lr {lr_at(step):.2e} lm {agg['lm'] / n:.3f} aux {agg['aux'] / n:.3f} "
+                f"train[{accs}] {agg['step_s'] / n:.2f}s/step (data {agg['data_s'] / n:.2f})")
+            agg.clear()
+        if step % a.eval_every == 0:
+            evaluate_and_maybe_keep()
+            t0 = time.time()
+        if time.time() - t_ckpt > a.ckpt_min * 60:
+            save_ckpt()
+            t_ckpt = t0 = time.time()
+        if time.time() - t_export > a.export_min * 60 and (run / "best_model.pt").exists():
+            export(run, a.export, tok, proc, log)
+            t_export = t0 = time.time()
+    evaluate_and_maybe_keep()
+    save_ckpt()
+    export(run, a.export, tok, proc, log)
+    log("done")
+
+
+def export(run: Path, out: str, tok, proc, log):
+    model = build_model(tok)
+    model.load_state_dict(torch.load(run / "best_model.pt"))
+    model.save_pretrained(out, safe_serialization=True)
+    proc.save_pretrained(out)
+    log(f"exported best model to {out}")
+
+
+if __name__ == "__main__":
+    main()
