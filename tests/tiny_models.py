@@ -113,3 +113,20 @@ def tiny_llava(
 
 
 TINY_BUILDERS: dict[str, Callable[..., tuple[Any, Any]]] = {"llava": tiny_llava}
+
+
+def _families_b(builder: str) -> Callable[..., tuple[Any, Any]]:
+    """Lazy builders from `tiny_families_b` (Qwen-VL, InternVL, InstructBLIP, composite)."""
+
+    def build(**kwargs: Any) -> tuple[Any, Any]:
+        import tiny_families_b
+
+        return getattr(tiny_families_b, builder)(**kwargs)
+
+    build.__name__ = builder
+    return build
+
+
+TINY_BUILDERS.update(
+    {name: _families_b(f"tiny_{name}") for name in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")}
+)

@@ -1,0 +1,131 @@
+"""Qwen2-VL (`Qwen2VLForConditionalGeneration`): dynamic-resolution grids with multimodal rotary positions.
+
+The image processor resizes each image (whole, aspect kept up to a multiple of patch*merge) and
+`image_grid_thw` gives its patch grid; the language model sees `thw[1:] / spatial_merge_size` merged
+tokens in row-major order. Qwen2.5-VL and Qwen3-VL subclass this adapter (`qwen2_5_vl.py`, `qwen3_vl.py`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import BatchFeature
+
+from ._registry import register_adapter
+from .base import ImageInput, VisionLanguageAdapter, VisualLayout, VisualSegment
+from .llava import as_image_list
+
+
+@register_adapter
+class Qwen2VLAdapter(VisionLanguageAdapter):
+    """Chat prompt `<|im_start|>user\\n<|vision_start|><|image_pad|><|vision_end|>{question}\\n{instruction}`.
+
+    Positions: the model builds its 3D (t, h, w) rotary ids itself on every prefill from
+    `input_ids`, `mm_token_type_ids` and `image_grid_thw` (left padding handled) and stores the
+    per-row offset `rope_deltas`; continuations on a KV cache (prefix reuse, decoding) get text
+    positions `cumsum(mask) - 1 + rope_delta` from `position_ids`.
+    """
+
+    name = "qwen2_vl"
+    architectures = ("Qwen2VLForConditionalGeneration",)
+    model_class_name = "Qwen2VLForConditionalGeneration"
+    default_layer = 12
+    reference_num_layers = 28
+    native_resolution = 448
+    supports_multi_image = True
+    default_checkpoint = "Qwen/Qwen2-VL-7B-Instruct"
+    system_prompt: str | None = "You are a helpful assistant."
+
+    @classmethod
+    def from_pretrained(cls, path: str, **load_kwargs: Any) -> Qwen2VLAdapter:
+        import transformers
+        from transformers import AutoProcessor
+
+        instruction = load_kwargs.pop("instruction", None)
+        load_kwargs.setdefault("dtype", torch.float32)
+        model_cls = getattr(transformers, cls.model_class_name)
+        model = model_cls.from_pretrained(path, **load_kwargs).eval()
+        processor = AutoProcessor.from_pretrained(path)
+        kwargs = {"instruction": instruction} if instruction is not None else {}
+        return cls(model, processor, **kwargs)
+
+    def __init__(self, model: nn.Module, processor: Any, **kwargs: Any):
+        super().__init__(model, processor, **kwargs)
+        self.tokenizer.padding_side = "left"
+        self.image_token = getattr(processor, "image_token", "<|image_pad|>")
+        self.image_token_id = int(model.config.image_token_id)
+        self.merge = int(model.config.vision_config.spatial_merge_size)
+
+    # ----------------------------------------------------------------- prompts
+    def prompt(self, question: str | None, n_images: int) -> str:
+        images = f"<|vision_start|>{self.image_token}<|vision_end|>" * n_images
+        question_part = f"{question}\n" if question is not None else ""
+        system = f"<|im_start|>system\n{self.system_prompt}<|im_end|>\n" if self.system_prompt else ""
+        return (
+            f"{system}<|im_start|>user\n{images}{question_part}{self.instruction}<|im_end|>\n"
+            "<|im_start|>assistant\n"
+        )
+
+    def build_inputs(
+        self, images: list[ImageInput], questions: list[str], *, with_question: bool = True
+    ) -> BatchFeature:
+        if len(images) != len(questions):
+            raise ValueError(f"build_inputs: {len(images)} images for {len(questions)} questions")
+        per_sample = [as_image_list(im) for im in images]
+        texts = [
+            self.prompt(q if with_question else None, len(ims)) for q, ims in zip(questions, per_sample)
+        ]
+        flat = [im for ims in per_sample for im in ims]
+        inputs = self.processor(text=texts, images=flat, return_tensors="pt", padding=True)
+        inputs["laser_image_sizes"] = [[im.size for im in ims] for ims in per_sample]
+        return inputs
+
+    # ----------------------------------------------------------------- structure
+    def inner_model(self) -> nn.Module:
+        return self.model.model
+
+    def decoder_layers(self) -> nn.ModuleList:
+        return self.inner_model().language_model.layers
+
+    def visual_layout(self, inputs: BatchFeature, index: int) -> VisualLayout:
+        positions = (inputs["input_ids"][index] == self.image_token_id).nonzero().flatten()
+        sizes = inputs["laser_image_sizes"][index]
+        first = sum(len(s) for s in inputs["laser_image_sizes"][:index])
+        grids = inputs["image_grid_thw"][first : first + len(sizes)]
+        segments, start = [], 0
+        for i, (t, h, w) in enumerate(grids.tolist()):
+            rows, cols = h // self.merge, w // self.merge
+            n = t * rows * cols
+            if t != 1:
+                raise ValueError(f"sample {index}, image {i}: temporal grid {t}; images have t = 1")
+            segments.append(VisualSegment(i, positions[start : start + n], (rows, cols), (0.0, 0.0, 1.0, 1.0)))
+            start += n
+        if start != positions.numel():
+            raise ValueError(f"sample {index}: {positions.numel()} image tokens for grids of {start} tokens")
+        return VisualLayout(segments, image_sizes=list(sizes))
+
+    # ----------------------------------------------------------------- forward inputs
+    def prepare_model_inputs(self, inputs: BatchFeature) -> dict[str, Any]:
+        """Also (re)derives `mm_token_type_ids` from `input_ids`, so that a truncated prompt (the
+        shared prefix of prefix reuse) carries matching token types."""
+        out = super().prepare_model_inputs(inputs)
+        if "input_ids" in out and out.get("image_grid_thw") is not None:
+            out["mm_token_type_ids"] = (out["input_ids"] == self.image_token_id).int()
+        return out
+
+    def position_ids(self, attention_mask: torch.Tensor, past_length: int = 0) -> torch.Tensor | None:
+        """None on a prefill (the model computes 3D ids and `rope_deltas`); on a cache continuation
+        [3, batch, chunk] text positions shifted by the rows' `rope_deltas` of the last prefill."""
+        if past_length == 0:
+            return None
+        deltas = getattr(self.inner_model(), "rope_deltas", None)
+        if deltas is None:
+            raise RuntimeError(f"{self.name}: cache continuation before any multimodal prefill")
+        rows = attention_mask.shape[0]
+        if rows % deltas.shape[0]:
+            raise RuntimeError(f"{self.name}: {rows} rows continue a prefill of {deltas.shape[0]} rows")
+        deltas = deltas.to(attention_mask.device).repeat_interleave(rows // deltas.shape[0], dim=0)
+        text = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past_length:] + deltas
+        return text.unsqueeze(0).expand(3, -1, -1)

@@ -1,0 +1,142 @@
+"""Tiny random-weight builders for the Qwen-VL, InternVL, InstructBLIP and composite families.
+
+Each returns `(model, processor)` in float32 with every processor built offline; `vision_layers=0`
+cuts the vision tower to its local part (no encoder self-attention), which the locality tests use.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from tiny_models import word_tokenizer
+
+QWEN_SPECIAL = (
+    "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>",
+    "<|endoftext|>",
+)
+
+
+def _qwen_tokenizer():
+    tokenizer = word_tokenizer(QWEN_SPECIAL)
+    tokenizer.eos_token = "<|im_end|>"
+    return tokenizer
+
+
+def _qwen_text(cls, tokenizer, hidden: int, layers: int, **extra: Any):
+    return cls(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        **extra,
+    )
+
+
+def _qwen_processor(processor_cls, image_processor_cls, video_processor_cls, tokenizer, patch: int, max_side: int):
+    factor = patch * 2
+    sizes = {"size": {"shortest_edge": 4 * factor * factor, "longest_edge": max_side * max_side}}
+    common = {"patch_size": patch, "merge_size": 2, "temporal_patch_size": 2}
+    image_processor = image_processor_cls(**sizes, **common)
+    video_processor = video_processor_cls(**common)
+    return processor_cls(image_processor=image_processor, tokenizer=tokenizer, video_processor=video_processor)
+
+
+def _qwen_ids(tokenizer) -> dict[str, int]:
+    ids = tokenizer.convert_tokens_to_ids
+    return {
+        "image_token_id": ids("<|image_pad|>"),
+        "video_token_id": ids("<|video_pad|>"),
+        "vision_start_token_id": ids("<|vision_start|>"),
+        "vision_end_token_id": ids("<|vision_end|>"),
+    }
+
+
+def tiny_qwen2_vl(*, vision_layers: int = 1, text_layers: int = 3, hidden: int = 64, seed: int = 0):
+    """A random `Qwen2VLForConditionalGeneration` (patch 4, merge 2, images up to 64x64 px)."""
+    from transformers import (
+        Qwen2VLConfig,
+        Qwen2VLForConditionalGeneration,
+        Qwen2VLImageProcessor,
+        Qwen2VLProcessor,
+        Qwen2VLVideoProcessor,
+    )
+    from transformers.models.qwen2_vl.configuration_qwen2_vl import Qwen2VLTextConfig, Qwen2VLVisionConfig
+
+    tokenizer = _qwen_tokenizer()
+    torch.manual_seed(seed)
+    config = Qwen2VLConfig(
+        vision_config=Qwen2VLVisionConfig(
+            depth=vision_layers, embed_dim=32, hidden_size=hidden, num_heads=2, mlp_ratio=2,
+            patch_size=4, spatial_merge_size=2, temporal_patch_size=2,
+        ),
+        text_config=_qwen_text(Qwen2VLTextConfig, tokenizer, hidden, text_layers),
+        **_qwen_ids(tokenizer),
+    )
+    model = Qwen2VLForConditionalGeneration(config).eval()
+    processor = _qwen_processor(Qwen2VLProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor, tokenizer, 4, 64)
+    return model, processor
+
+
+def tiny_qwen2_5_vl(*, vision_layers: int = 1, text_layers: int = 3, hidden: int = 64, seed: int = 0):
+    """A random `Qwen2_5_VLForConditionalGeneration` (window attention, patch 4, merge 2)."""
+    from transformers import (
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2_5_VLProcessor,
+        Qwen2VLImageProcessor,
+        Qwen2VLVideoProcessor,
+    )
+    from transformers.models.qwen2_5_vl.configuration_qwen2_5_vl import (
+        Qwen2_5_VLTextConfig,
+        Qwen2_5_VLVisionConfig,
+    )
+
+    tokenizer = _qwen_tokenizer()
+    torch.manual_seed(seed)
+    config = Qwen2_5_VLConfig(
+        vision_config=Qwen2_5_VLVisionConfig(
+            depth=vision_layers, hidden_size=32, out_hidden_size=hidden, intermediate_size=64, num_heads=2,
+            patch_size=4, spatial_merge_size=2, temporal_patch_size=2, window_size=16,
+            fullatt_block_indexes=[0] if vision_layers else [],
+        ),
+        text_config=_qwen_text(Qwen2_5_VLTextConfig, tokenizer, hidden, text_layers),
+        **_qwen_ids(tokenizer),
+    )
+    model = Qwen2_5_VLForConditionalGeneration(config).eval()
+    processor = _qwen_processor(Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor, tokenizer, 4, 64)
+    return model, processor
+
+
+def tiny_qwen3_vl(*, vision_layers: int = 1, text_layers: int = 3, hidden: int = 64, seed: int = 0):
+    """A random `Qwen3VLForConditionalGeneration` (deepstack, learned position grid, patch 4)."""
+    from transformers import (
+        Qwen2VLImageProcessor,
+        Qwen3VLConfig,
+        Qwen3VLForConditionalGeneration,
+        Qwen3VLProcessor,
+        Qwen3VLVideoProcessor,
+    )
+    from transformers.models.qwen3_vl.configuration_qwen3_vl import Qwen3VLTextConfig, Qwen3VLVisionConfig
+
+    tokenizer = _qwen_tokenizer()
+    torch.manual_seed(seed)
+    config = Qwen3VLConfig(
+        vision_config=Qwen3VLVisionConfig(
+            depth=vision_layers, hidden_size=32, out_hidden_size=hidden, intermediate_size=64, num_heads=2,
+            patch_size=4, spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=256,
+            deepstack_visual_indexes=[0] if vision_layers else [],
+        ),
+        text_config=_qwen_text(Qwen3VLTextConfig, tokenizer, hidden, text_layers, head_dim=hidden // 4),
+        **_qwen_ids(tokenizer),
+    )
+    model = Qwen3VLForConditionalGeneration(config).eval()
+    processor = _qwen_processor(Qwen3VLProcessor, Qwen2VLImageProcessor, Qwen3VLVideoProcessor, tokenizer, 4, 64)
+    return model, processor
