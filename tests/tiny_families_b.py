@@ -140,3 +140,52 @@ def tiny_qwen3_vl(*, vision_layers: int = 1, text_layers: int = 3, hidden: int =
     model = Qwen3VLForConditionalGeneration(config).eval()
     processor = _qwen_processor(Qwen3VLProcessor, Qwen2VLImageProcessor, Qwen3VLVideoProcessor, tokenizer, 4, 64)
     return model, processor
+
+
+def tiny_internvl(*, vision_layers: int = 1, text_layers: int = 3, hidden: int = 64, seed: int = 0):
+    """A random `InternVLForConditionalGeneration` (Qwen2 LM; 32 px tiles, patch 4, pixel shuffle 0.5:
+    16 tokens per tile; up to 4 tiles plus a thumbnail)."""
+    from transformers import (
+        GotOcr2ImageProcessor,
+        InternVLConfig,
+        InternVLForConditionalGeneration,
+        InternVLProcessor,
+        InternVLVideoProcessor,
+        PreTrainedTokenizerFast,
+        Qwen2Config,
+    )
+    from transformers.models.internvl.configuration_internvl import InternVLVisionConfig
+
+    roles = {
+        "start_image_token": "<img>", "end_image_token": "</img>", "context_image_token": "<IMG_CONTEXT>",
+        "video_token": "<video>",
+    }
+    base = word_tokenizer((*roles.values(), "<|im_start|>", "<|im_end|>"))
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=base.backend_tokenizer, unk_token="<unk>", pad_token="<pad>", bos_token="<s>",
+        eos_token="<|im_end|>", extra_special_tokens=roles, padding_side="left",
+    )
+    torch.manual_seed(seed)
+    tile, patch = 32, 4
+    config = InternVLConfig(
+        vision_config=InternVLVisionConfig(
+            hidden_size=32, num_hidden_layers=vision_layers, num_attention_heads=2, intermediate_size=64,
+            image_size=[tile, tile], patch_size=[patch, patch],
+        ),
+        text_config=Qwen2Config(
+            vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
+            num_hidden_layers=text_layers, num_attention_heads=4, num_key_value_heads=2,
+            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        ),
+        image_token_id=tokenizer.context_image_token_id,
+        image_seq_length=(tile // patch // 2) ** 2,
+    )
+    model = InternVLForConditionalGeneration(config).eval()
+    image_processor = GotOcr2ImageProcessor(
+        size={"height": tile, "width": tile}, crop_to_patches=True, min_patches=1, max_patches=4
+    )
+    processor = InternVLProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, video_processor=InternVLVideoProcessor(),
+        image_seq_length=(tile // patch // 2) ** 2,
+    )
+    return model, processor

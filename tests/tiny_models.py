@@ -128,5 +128,5 @@ def _families_b(builder: str) -> Callable[..., tuple[Any, Any]]:
 
 
 TINY_BUILDERS.update(
-    {name: _families_b(f"tiny_{name}") for name in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")}
+    {name: _families_b(f"tiny_{name}") for name in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "internvl")}
 )
