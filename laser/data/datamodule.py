@@ -1,0 +1,123 @@
+"""`VQADataModule`: annotations -> `VQADataset` -> a sequential predict dataloader for Lightning."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+from torch.utils.data import DataLoader
+
+from .dataset import VQADataset, collate_samples
+from .formats import READERS, default_image_root, read_annotations
+from .parsing import check_on_error
+from .samples import VQASample
+
+METRICS = ("vqa", "pope", "choice", "exact")
+DEFAULT_METRICS = {
+    "jsonl": "exact",
+    "textvqa": "vqa",
+    "pope": "pope",
+    "aokvqa": "choice",
+    "vstar": "choice",
+    "gqa": "exact",
+    "docvqa": "exact",
+}
+"""The metric each format is scored with unless the config names one (see `laser.metrics.score`)."""
+
+
+class VQADataModule(pl.LightningDataModule):
+    """Reads `annotations` (in `format`) on `setup` and serves them for `trainer.predict`.
+
+    `limit` keeps the first N samples (applied before `skip_ids`, so a resumed run covers the
+    same N). `skip_ids` leaves out samples already predicted. `samples` holds every sample of
+    the run (limited, not skipped: the ids a finished run must contain) and `errors` the
+    annotation entries skipped with `on_error="skip"`. `image_root` defaults to the folder of
+    the annotation file (the V* folder itself for vstar). `metric` is carried for the scorer;
+    `reader_options` go to the format's reader.
+    """
+
+    def __init__(
+        self,
+        format: str = "jsonl",
+        annotations: str | Path | None = None,
+        image_root: str | Path | None = None,
+        batch_size: int = 1,
+        num_workers: int = 0,
+        limit: int | None = None,
+        skip_ids: set[str] | None = None,
+        on_error: str = "raise",
+        metric: str | None = None,
+        reader_options: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if format not in READERS:
+            raise ValueError(f"data.format={format!r}; expected one of {', '.join(READERS)}")
+        if annotations is None:
+            raise ValueError(f"data.annotations is not set; expected the path of the {format} annotations")
+        if batch_size < 1:
+            raise ValueError(f"data.batch_size={batch_size}; expected >= 1")
+        if num_workers < 0:
+            raise ValueError(f"data.num_workers={num_workers}; expected >= 0")
+        if limit is not None and limit < 1:
+            raise ValueError(f"data.limit={limit}; expected a positive number of samples or null for all")
+        check_on_error(on_error)
+        metric = metric if metric is not None else DEFAULT_METRICS[format]
+        if metric not in METRICS:
+            raise ValueError(f"data.metric={metric!r}; expected one of {', '.join(METRICS)}")
+        self.format = format
+        self.annotations = Path(annotations)
+        self.image_root = Path(image_root) if image_root is not None else None
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.limit = limit
+        self.skip_ids: set[str] = set(skip_ids or ())
+        self.on_error = on_error
+        self.metric = metric
+        self.reader_options = dict(reader_options or {})
+        self.samples: list[VQASample] | None = None
+        self.errors: list[str] = []
+        self.dataset: VQADataset | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        """Read the annotations once (every process calls this; later calls are no-ops)."""
+        if self.samples is not None:
+            return
+        annotations = read_annotations(self.format, self.annotations, self.on_error, **self.reader_options)
+        self.errors = list(annotations.errors)
+        samples = list(annotations)
+        self.samples = samples[: self.limit] if self.limit is not None else samples
+        if self.image_root is None:
+            self.image_root = default_image_root(self.format, self.annotations)
+
+    @property
+    def expected_ids(self) -> list[str]:
+        """The ids of every sample of the run, in annotation order."""
+        self._require_setup()
+        return [sample.sample_id for sample in self.samples]
+
+    def predict_dataloader(self) -> DataLoader:
+        """Sequential, unshuffled batches of item dicts (`collate_samples`).
+
+        Under DDP (`use_distributed_sampler=True`) Lightning wraps the sequential sampler in its
+        unrepeated distributed sampler: rank r gets items r, r+W, r+2W, ... and no padding. That
+        sampler asserts every rank gets at least one item, which a resumed run with fewer pending
+        samples than ranks would break, so such a dataset is padded with copies of its last
+        sample (`laser.writer.merge_records` drops the duplicate records).
+        """
+        self._require_setup()
+        self.dataset = VQADataset(self.samples, self.image_root, self.skip_ids)
+        world_size = int(getattr(self.trainer, "world_size", 1) or 1)
+        if 0 < len(self.dataset) < world_size:
+            self.dataset.samples += [self.dataset.samples[-1]] * (world_size - len(self.dataset))
+        return DataLoader(
+            self.dataset,
+            batch_size=self.batch_size,
+            shuffle=False,
+            num_workers=self.num_workers,
+            collate_fn=collate_samples,
+        )
+
+    def _require_setup(self) -> None:
+        if self.samples is None:
+            raise RuntimeError("VQADataModule.setup() has not run yet; call setup('predict') first")

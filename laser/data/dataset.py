@@ -1,0 +1,127 @@
+"""`VQADataset`: samples plus their images, loaded so that a bad image never stops a run.
+
+A benchmark of thousands of images always holds a few missing or broken files; the dataset
+returns `image=None` with an `error` message for those, so the model side can write an error
+record and move on (and the record still counts as done on resume).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps
+from torch.utils.data import Dataset
+
+from .samples import VQASample, format_question
+
+_WHITE = (255, 255, 255, 255)
+_ALPHA_MODES = ("RGBA", "LA", "La", "RGBa", "PA")
+
+
+def _high_depth_to_l(image: Image.Image) -> Image.Image:
+    """8-bit grey from 16/32-bit integer or float pixels.
+
+    PIL's own conversion clips 16-bit values at 255 (a mostly white image), so values are
+    rescaled: 16-bit modes by 65535 -> 255; `I`/`F` are kept if already in 0..255, scaled as
+    16-bit if within 0..65535, otherwise stretched from their min..max.
+    """
+    pixels = np.asarray(image, dtype=np.float64)
+    if image.mode.startswith("I;16"):
+        scaled = pixels / 257.0
+    else:
+        low, high = (float(pixels.min()), float(pixels.max())) if pixels.size else (0.0, 0.0)
+        if low >= 0 and high <= 255:
+            scaled = pixels
+        elif low >= 0 and high <= 65535:
+            scaled = pixels / 257.0
+        else:
+            scaled = (pixels - low) * (255.0 / max(high - low, 1e-12))
+    return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), mode="L")
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL mode as RGB; transparent pixels are composited on white (not black, which is what
+    dropping the alpha channel gives and which would invent dark regions)."""
+    if image.mode == "RGB":
+        return image
+    if image.mode == "P":
+        image = image.convert("RGBA") if "transparency" in image.info else image.convert("RGB")
+    elif image.mode.startswith("I;16") or image.mode in ("I", "F"):
+        image = _high_depth_to_l(image)
+    elif image.mode == "La":
+        image = image.convert("LA")
+    if image.mode in _ALPHA_MODES:
+        rgba = image.convert("RGBA")
+        image = Image.alpha_composite(Image.new("RGBA", rgba.size, _WHITE), rgba)
+    return image.convert("RGB")
+
+
+def load_image(path: str | Path) -> tuple[Image.Image | None, str | None]:
+    """`(RGB image, None)`, or `(None, message)` naming the path and why it could not be loaded.
+
+    Never raises: missing files, folders, empty files and truncated or corrupt data all become
+    messages. The EXIF orientation is applied, so a phone photo is seen upright.
+    """
+    path = Path(path)
+    if not path.exists():
+        return None, f"image not found: {path}"
+    if path.is_dir():
+        return None, f"image path is a directory, expected an image file: {path}"
+    try:
+        if path.stat().st_size == 0:
+            return None, f"image file is empty (0 bytes): {path}"
+        with Image.open(path) as opened:
+            opened.load()  # decode now, inside the try: PIL otherwise decodes lazily
+            upright = ImageOps.exif_transpose(opened)
+            return to_rgb(upright).copy(), None
+    except Exception as err:  # any decoder failure must become a message, not a crash
+        return None, f"cannot load image {path}: {type(err).__name__}: {err}"
+
+
+class VQADataset(Dataset):
+    """Map-style dataset over `samples`, minus `skip_ids` (samples already predicted, for resume).
+
+    Item `i` is a dict: `sample_id`, `question` (formatted with the options for multiple
+    choice), `answers`, `choices`, `meta`, `image` (PIL RGB or None) and `error` (None or why the
+    image is missing). Image paths are `image_root / sample.image`; an absolute `sample.image`
+    ignores the root.
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[VQASample],
+        image_root: str | Path | None = None,
+        skip_ids: Iterable[str] | None = None,
+    ) -> None:
+        skip = set(skip_ids or ())
+        self.samples: list[VQASample] = [s for s in samples if s.sample_id not in skip]
+        self.image_root = Path(image_root) if image_root is not None else None
+        self.skipped = len(samples) - len(self.samples)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def image_path(self, sample: VQASample) -> Path:
+        path = Path(sample.image)
+        return self.image_root / path if self.image_root is not None else path
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        sample = self.samples[index]
+        image, error = load_image(self.image_path(sample))
+        return {
+            "sample_id": sample.sample_id,
+            "question": format_question(sample),
+            "answers": list(sample.answers),
+            "choices": list(sample.choices) if sample.choices is not None else None,
+            "meta": dict(sample.meta),
+            "image": image,
+            "error": error,
+        }
+
+
+def collate_samples(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Keep a batch as a list of item dicts: images differ in size and are preprocessed per model."""
+    return list(batch)

@@ -1,0 +1,359 @@
+"""Crash-safe prediction files: one JSON line per sample, per rank, fsynced after every batch.
+
+A run that dies (preemption, OOM, Ctrl-C) leaves complete lines plus at most one torn last
+line per file; `read_records` ignores that line, the writer cuts it off before appending, and
+`completed_ids` tells a resumed run which samples to skip. `write_run_config` keeps a resumed
+run from silently mixing predictions made with different settings.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import warnings
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import BasePredictionWriter
+
+RUN_CONFIG = "run_config.json"
+_PREDICTION_FILE = re.compile(r"^predictions\.rank(\d+)\.jsonl$")
+_BLANK = b" \t\r\n\x00"  # a crash can leave NUL padding after the last write
+MODES = ("new", "resume", "overwrite")
+DEFAULT_IGNORE = (
+    "trainer.devices",
+    "trainer.num_nodes",
+    "trainer.strategy",
+    "output_dir",
+    "batch_size",
+    "num_workers",
+    "limit",
+    "resume",
+    "overwrite",
+)
+"""Config keys that do not change any single prediction, so a run may resume across them.
+An entry matches the key itself, anything under it, and any key ending in ".<entry>"."""
+
+
+# ------------------------------------------------------------------ files
+def prediction_path(output_dir: str | Path, rank: int) -> Path:
+    return Path(output_dir) / f"predictions.rank{rank}.jsonl"
+
+
+def prediction_files(output_dir: str | Path) -> list[Path]:
+    """The `predictions.rank<R>.jsonl` files of a run, by rank (rank 10 after rank 2)."""
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _PREDICTION_FILE.match(p.name))]
+    return [path for _, path in sorted(found)]
+
+
+def _parse_record(raw: bytes) -> dict[str, Any] | None:
+    try:
+        value = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _iter_file(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """`(line number, record)`; an unreadable last line is a torn write and skipped, an
+    unreadable line before it is corruption and a `ValueError` naming the file and line."""
+    lines = path.read_bytes().split(b"\n")
+    filled = [i for i, line in enumerate(lines) if line.strip(_BLANK)]
+    for i in filled:
+        record = _parse_record(lines[i].strip(_BLANK))
+        if record is None:
+            if i == filled[-1]:
+                return
+            raise ValueError(
+                f"{path}, line {i + 1}: not a JSON object; only the last line of a prediction file may be "
+                "incomplete, so this file was edited or corrupted: fix or delete that line"
+            )
+        yield i + 1, record
+
+
+def _iter_records(output_dir: str | Path) -> Iterator[tuple[Path, int, dict[str, Any]]]:
+    for path in prediction_files(output_dir):
+        for number, record in _iter_file(path):
+            yield path, number, record
+
+
+def read_records(output_dir: str | Path) -> list[dict[str, Any]]:
+    """Every record of every rank file, rank by rank, ignoring a torn last line per file."""
+    return [record for _, _, record in _iter_records(output_dir)]
+
+
+def _sample_id(record: Mapping[str, Any], where: str) -> str:
+    if record.get("sample_id") is None:
+        raise ValueError(f"{where}: record has no 'sample_id' (keys: {', '.join(record)})")
+    return str(record["sample_id"])
+
+
+def completed_ids(output_dir: str | Path) -> set[str]:
+    """Ids already written (for resume); a record with an `error` counts as done too."""
+    return {_sample_id(r, f"{path}, line {n}") for path, n, r in _iter_records(output_dir)}
+
+
+def merge_records(
+    output_dir: str | Path, expected_ids: Iterable[str] | None = None
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """All ranks' records de-duplicated by `sample_id` (the first copy wins), with a report.
+
+    Duplicates are normal under DDP (the distributed sampler pads ranks by repeating samples)
+    and after a resume that overlapped. With `expected_ids` the records come back in that
+    order (unexpected ones last) and the report lists `missing` and `unexpected` ids.
+    Report keys: files, lines, unique, duplicates ({id: extra copies}), errors (records with an
+    error), missing, unexpected (both None without `expected_ids`).
+    """
+    first: dict[str, dict[str, Any]] = {}
+    duplicates: dict[str, int] = {}
+    lines = 0
+    for path, number, record in _iter_records(output_dir):
+        lines += 1
+        sample_id = _sample_id(record, f"{path}, line {number}")
+        if sample_id in first:
+            duplicates[sample_id] = duplicates.get(sample_id, 0) + 1
+        else:
+            first[sample_id] = record
+    report: dict[str, Any] = {
+        "files": len(prediction_files(output_dir)),
+        "lines": lines,
+        "unique": len(first),
+        "duplicates": duplicates,
+        "errors": sum(r.get("error") is not None for r in first.values()),
+        "missing": None,
+        "unexpected": None,
+    }
+    records = list(first.values())
+    if expected_ids is not None:
+        expected = [
+            str(i)
+            for i in (sorted(expected_ids) if isinstance(expected_ids, (set, frozenset)) else expected_ids)
+        ]
+        expected_set = set(expected)
+        report["missing"] = [i for i in expected if i not in first]
+        report["unexpected"] = [i for i in first if i not in expected_set]
+        records = [first[i] for i in expected if i in first] + [first[i] for i in report["unexpected"]]
+    return records, report
+
+
+def repair_torn_tail(path: str | Path) -> int:
+    """Make a prediction file end with a complete line; returns how many bytes it got shorter.
+
+    An unreadable last line (a write cut short) is truncated away; a readable one missing its
+    newline gets one, so the next append starts on a fresh line.
+    """
+    path = Path(path)
+    data = path.read_bytes()
+    end = len(data.rstrip(_BLANK))
+    start = data.rfind(b"\n", 0, end) + 1
+    if end and _parse_record(data[start:end].strip(_BLANK)) is not None:
+        keep, newline = end, True
+    else:
+        keep, newline = start, False
+    if keep == len(data) - 1 and newline and data.endswith(b"\n"):
+        return 0
+    if keep == len(data) and not newline:
+        return 0
+    with path.open("r+b") as handle:
+        handle.truncate(keep)
+        if newline:
+            handle.seek(keep)
+            handle.write(b"\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    return max(0, len(data) - keep - newline)
+
+
+# ----------------------------------------------------------------- writer
+def _json_default(value: Any) -> Any:
+    """Values the model side may leave in a record: tensors/arrays/numpy scalars, paths, sets."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (set, frozenset)):
+        return sorted(value)
+    raise TypeError(f"a value of type {type(value).__name__} is not JSON-serialisable")
+
+
+def _encode(record: Any) -> bytes:
+    if not isinstance(record, Mapping):
+        raise TypeError(f"a prediction record must be a dict, got {type(record).__name__}")
+    sample_id = _sample_id(record, "prediction record")
+    try:
+        return (json.dumps(record, ensure_ascii=False, default=_json_default) + "\n").encode("utf-8")
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"prediction record {sample_id!r} cannot be written as JSON: {err}") from None
+
+
+class PredictionWriter(BasePredictionWriter):
+    """Appends each batch's records to `<output_dir>/predictions.rank<R>.jsonl`, then fsyncs.
+
+    `prediction` (what `predict_step` returns) must be a list of dict records (a single dict
+    or None are accepted too). One write per batch and an fsync mean a crash loses at most the
+    batch in flight; a torn tail left by an earlier crash is cut off when the file is opened.
+    """
+
+    def __init__(self, output_dir: str | Path, write_interval: Literal["batch"] = "batch") -> None:
+        if write_interval != "batch":
+            raise ValueError(
+                f"write_interval={write_interval!r}; PredictionWriter only writes per batch "
+                "(per-epoch writing would keep every prediction in memory and lose them all on a crash)"
+            )
+        super().__init__(write_interval)
+        self.output_dir = Path(output_dir)
+        self.written = 0
+        self._handle: Any = None
+        self._rank: int | None = None
+
+    def _open(self, rank: int) -> None:
+        self.close()
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        path = prediction_path(self.output_dir, rank)
+        if path.exists():
+            repair_torn_tail(path)
+        self._handle = path.open("ab")
+        self._rank = rank
+
+    def write_on_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        prediction: Any,
+        batch_indices: Sequence[int] | None,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int,
+    ) -> None:
+        if prediction is None:
+            return
+        records = [prediction] if isinstance(prediction, Mapping) else prediction
+        if not isinstance(records, (list, tuple)):
+            raise TypeError(
+                f"predict_step returned {type(prediction).__name__}; expected a list of dict records"
+            )
+        if not records:
+            return
+        payload = b"".join(_encode(record) for record in records)
+        if self._handle is None or self._rank != trainer.global_rank:
+            self._open(trainer.global_rank)
+        self._handle.write(payload)
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+        self.written += len(records)
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+    def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.close()
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        self.close()
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self.close()
+
+
+# ------------------------------------------------------------- run config
+class RunConfigMismatch(ValueError):
+    """The output folder holds predictions made with a different config."""
+
+    def __init__(self, message: str, differences: list[str]) -> None:
+        super().__init__(message)
+        self.differences = differences
+
+
+def _flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(_flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _ignored(key: str, ignore: Iterable[str]) -> bool:
+    return any(key == p or key.startswith(f"{p}.") or key.endswith(f".{p}") for p in ignore)
+
+
+def config_differences(
+    old: Mapping[str, Any], new: Mapping[str, Any], ignore: Iterable[str] = DEFAULT_IGNORE
+) -> list[str]:
+    """`"key: old -> new"` for every dotted key that differs, skipping `ignore`d keys."""
+    ignore = tuple(ignore)
+    before, after = _flatten(_as_json(old)), _flatten(_as_json(new))
+    absent = "<absent>"
+    return [
+        f"{key}: {before.get(key, absent)!r} -> {after.get(key, absent)!r}"
+        for key in sorted(before.keys() | after.keys())
+        if not _ignored(key, ignore) and before.get(key, absent) != after.get(key, absent)
+    ]
+
+
+def _as_json(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The config as it reads back from JSON (tuples as lists, paths as strings)."""
+    return json.loads(json.dumps(dict(config), default=str))
+
+
+def write_run_config(
+    output_dir: str | Path,
+    config: Mapping[str, Any],
+    mode: Literal["new", "resume", "overwrite"] = "new",
+    ignore: Iterable[str] = DEFAULT_IGNORE,
+) -> str:
+    """Save `config` as `<output_dir>/run_config.json`, guarding existing predictions.
+
+    If the folder already holds predictions: with the same config (up to `ignore`d keys) the
+    run resumes; with a different or unknown (no run_config.json) config, mode "new" raises
+    `RunConfigMismatch` naming the differing keys, "resume" continues with a warning, and
+    "overwrite" deletes the old prediction files first. Call it on rank 0 only.
+    Returns what happened: "new", "resumed" or "overwritten".
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode={mode!r}; expected one of {', '.join(MODES)}")
+    folder = Path(output_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    files = prediction_files(folder)
+    has_predictions = any(path.stat().st_size > 0 for path in files)
+    config_path = folder / RUN_CONFIG
+    action = "new"
+    if mode == "overwrite":
+        for path in files:
+            path.unlink()
+        action = "overwritten" if has_predictions else "new"
+    elif has_predictions:
+        if config_path.is_file():
+            try:
+                previous = json.loads(config_path.read_text(encoding="utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as err:
+                raise ValueError(f"{config_path} is not valid JSON ({err}); fix or delete it") from None
+            differences = config_differences(previous, config, ignore)
+        else:
+            differences = [f"no {RUN_CONFIG}: the existing predictions' config is unknown"]
+        if differences and mode == "new":
+            raise RunConfigMismatch(
+                f"{folder} already holds predictions from a different run config "
+                f"({'; '.join(differences)}). Pass resume=true to continue them with this config, "
+                "or overwrite=true to delete them and start over (or choose another output_dir).",
+                differences,
+            )
+        if differences:
+            warnings.warn(f"resuming {folder} with a changed config: {'; '.join(differences)}", stacklevel=2)
+        action = "resumed"
+    tmp = config_path.with_name(f".{RUN_CONFIG}.tmp")
+    tmp.write_text(json.dumps(_as_json(config), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, config_path)
+    return action
