@@ -13,7 +13,7 @@ import torch
 from adapter_checks import eager_rows, language_input_embeddings
 from conftest import random_image
 from PIL import Image
-from tiny_models import TINY_BUILDERS
+from tiny_models import TINY_BUILDERS, TINY_VARIANTS
 
 from adapters import create_adapter
 from laser import LaserConfig, LaserEngine, list_presets
@@ -21,7 +21,7 @@ from laser.attention import capture_attention, capture_full, model_tensors
 from laser.decoding import cache_kwarg, output_cache
 from laser.probe import AttentionProbe
 
-FAMILIES = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "internvl"]
+FAMILIES = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "internvl", "composite", "composite_open_clip"]
 # (width, height) of the tall, wide and square test images, per family scale
 SIZES = {"small": [(48, 96), (100, 52), (64, 64)]}
 QUESTIONS = ["What is the color ?", "Is there a red box in the image ?", "How many"]
@@ -41,8 +41,9 @@ def adapter_for(family: str, vision_layers: int | None = None):
     key = (family, vision_layers)
     if key not in _CACHE:
         kwargs = {} if vision_layers is None else {"vision_layers": vision_layers}
-        model, processor = TINY_BUILDERS[family](**kwargs)
-        _CACHE[key] = create_adapter(family, model=model, processor=processor)
+        name, builder = TINY_VARIANTS.get(family, (family, TINY_BUILDERS.get(family)))
+        model, processor = builder(**kwargs)
+        _CACHE[key] = create_adapter(name, model=model, processor=processor)
     return _CACHE[key]
 
 

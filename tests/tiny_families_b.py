@@ -189,3 +189,41 @@ def tiny_internvl(*, vision_layers: int = 1, text_layers: int = 3, hidden: int =
         image_seq_length=(tile // patch // 2) ** 2,
     )
     return model, processor
+
+
+def _tiny_causal_lm(tokenizer, hidden: int, layers: int):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+def tiny_composite(*, vision_layers: int = 1, text_layers: int = 3, hidden: int = 64, seed: int = 0):
+    """A `CompositeVLM`: random timm ViT (32 px, patch 8: 4x4 tokens), MLP projector, Llama LM."""
+    from adapters.composite import CompositeVLM
+
+    tokenizer = word_tokenizer()
+    torch.manual_seed(seed)
+    vision = {
+        "library": "timm", "name": "vit_tiny_patch16_224",
+        "kwargs": {"img_size": 32, "patch_size": 8, "embed_dim": 32, "num_heads": 2, "depth": vision_layers},
+    }
+    return CompositeVLM.build(vision, _tiny_causal_lm(tokenizer, hidden, text_layers), tokenizer)
+
+
+def tiny_composite_open_clip(*, vision_layers: int = 1, text_layers: int = 3, hidden: int = 64, seed: int = 0):
+    """A `CompositeVLM` on a random open_clip ViT-B-32 visual tower shrunk to 32 px / patch 8 / width 32."""
+    from adapters.composite import CompositeVLM
+
+    tokenizer = word_tokenizer()
+    torch.manual_seed(seed)
+    vision = {
+        "library": "open_clip", "name": "ViT-B-32",
+        "kwargs": {"image_size": 32, "patch_size": 8, "width": 32, "head_width": 16, "layers": vision_layers},
+    }
+    return CompositeVLM.build(vision, _tiny_causal_lm(tokenizer, hidden, text_layers), tokenizer, "linear")

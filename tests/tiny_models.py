@@ -127,6 +127,12 @@ def _families_b(builder: str) -> Callable[..., tuple[Any, Any]]:
     return build
 
 
+# not a registered adapter name: a second `composite` fixture, on an open_clip tower
+TINY_VARIANTS: dict[str, tuple[str, Callable[..., tuple[Any, Any]]]] = {
+    "composite_open_clip": ("composite", _families_b("tiny_composite_open_clip")),
+}
+
+
 TINY_BUILDERS.update(
-    {name: _families_b(f"tiny_{name}") for name in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "internvl")}
+    {name: _families_b(f"tiny_{name}") for name in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "internvl", "composite")}
 )
