@@ -125,17 +125,18 @@ class AttentionProbe:
         self.installed = False
 
     def install(self) -> AttentionProbe:
-        if self.installed:
-            return self
+        """Route the modules' attention through the probe kernel and point them at this probe.
+
+        Idempotent; several probes on the same modules are fine (the one capturing owns them)."""
         for layer, module in enumerate(self.modules):
             module._laser_probe = self
             module._laser_layer = layer
             config = module.config
             current = config._attn_implementation or "eager"
             if id(config) not in self._configs:
-                kernel = current.removeprefix(PROBE_PREFIX)
-                self._configs[id(config)] = (config, current)
-                config._attn_implementation = register_probe_kernel(kernel)
+                self._configs[id(config)] = (config, current.removeprefix(PROBE_PREFIX))
+            if not current.startswith(PROBE_PREFIX):
+                config._attn_implementation = register_probe_kernel(current)
         self.installed = True
         return self
 
@@ -154,6 +155,7 @@ class AttentionProbe:
         """Record the last row of every probed layer during the forwards inside the block."""
         if not self.installed:
             raise RuntimeError("AttentionProbe.capture() before install()")
+        self.install()
         state = AttentionCapture(key_positions, len(self.modules))
         self.capture_state = state
         try:

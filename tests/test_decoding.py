@@ -1,0 +1,44 @@
+"""VAT scores and the adaptive plausibility cut, by hand."""
+
+import math
+
+import torch
+
+from laser.config import DecodeConfig
+from laser.decoding import choose_tokens, plausibility_cut, vat_scores
+
+
+def test_vat_scores_equal_one_plus_alpha_zpos_minus_alpha_zneg():
+    z_pos = torch.tensor([[2.0, 1.0, -1.0]])
+    z_neg = torch.tensor([[1.0, 3.0, -1.0]])
+    for alpha in (0.0, 0.5, 1.0, 2.5):
+        expected = (1 + alpha) * z_pos - alpha * z_neg
+        torch.testing.assert_close(vat_scores(z_pos, z_neg, alpha), expected)
+    # alpha = 1: [3, -1, -1]; the token the negative view supports loses
+    assert vat_scores(z_pos, z_neg, 1.0).tolist() == [[3.0, -1.0, -1.0]]
+
+
+def test_plausibility_cut_removes_tokens_below_beta_max_p():
+    z_pos = torch.log(torch.tensor([[0.6, 0.3, 0.07, 0.03]]))
+    scores = torch.tensor([[0.0, 1.0, 5.0, 9.0]])
+    cut = plausibility_cut(scores, z_pos, beta=0.1)  # threshold 0.06: keeps 0.6, 0.3, 0.07
+    assert cut[0, :3].tolist() == [0.0, 1.0, 5.0] and math.isinf(cut[0, 3])
+    cut = plausibility_cut(scores, z_pos, beta=0.4)  # threshold 0.24: keeps 0.6 and 0.3
+    assert cut[0].isinf().tolist() == [False, False, True, True]
+    assert torch.equal(plausibility_cut(scores, z_pos, beta=0.0), scores)
+
+
+def test_contrastive_choice_can_differ_from_greedy_positive():
+    z_pos = torch.log(torch.tensor([[0.5, 0.45, 0.05]]))
+    z_neg = torch.log(torch.tensor([[0.9, 0.05, 0.05]]))  # the negative view also likes token 0
+    scores = plausibility_cut(vat_scores(z_pos, z_neg, 1.0), z_pos, 0.1)
+    assert int(choose_tokens(z_pos, DecodeConfig(), None)) == 0
+    assert int(choose_tokens(scores, DecodeConfig(), None)) == 1
+
+
+def test_sampling_is_reproducible_per_generator_and_respects_top_k():
+    scores = torch.zeros(2, 50)
+    cfg = DecodeConfig(do_sample=True, top_k=3)
+    scores[:, :3] = 5.0
+    a = [choose_tokens(scores, cfg, [torch.Generator().manual_seed(s) for s in (1, 2)]) for _ in range(2)]
+    assert torch.equal(a[0], a[1]) and (a[0] < 3).all()
