@@ -136,3 +136,22 @@ TINY_VARIANTS: dict[str, tuple[str, Callable[..., tuple[Any, Any]]]] = {
 TINY_BUILDERS.update(
     {name: _families_b(f"tiny_{name}") for name in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "internvl", "composite")}
 )
+
+
+def _families_a(builder: str) -> Callable[..., tuple[Any, Any]]:
+    """Lazy builders from `tiny_families_a` (LLaVA-NeXT, OneVision, Idefics3, SmolVLM, Gemma 3, PaliGemma)."""
+
+    def build(**kwargs: Any) -> tuple[Any, Any]:
+        import tiny_families_a
+
+        return getattr(tiny_families_a, builder)(**kwargs)
+
+    build.__name__ = builder
+    return build
+
+
+TINY_BUILDERS.update(
+    {name: _families_a(f"tiny_{name}") for name in (
+        "llava_next", "llava_onevision", "idefics3", "smolvlm", "gemma3", "paligemma",
+    )}
+)

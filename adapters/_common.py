@@ -1,0 +1,102 @@
+"""`PromptAdapter`: the shared body of adapters whose processor expands one image placeholder per image.
+
+A family declares its model class, prompt template, where its decoder layers are and how to read
+its layout; loading, prompting and left-padded batching are shared here.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+from transformers import BatchFeature
+
+from .base import ImageInput, VisionLanguageAdapter
+
+
+def as_image_list(images: ImageInput) -> list:
+    return list(images) if isinstance(images, (list, tuple)) else [images]
+
+
+class PromptAdapter(VisionLanguageAdapter):
+    """Prompt = `template.format(images=..., question=..., instruction=...)`.
+
+    `question` is `"{question}\\n"` (or empty without the question); `images` is `image_text` once per
+    image, with `{token}` replaced by the processor's image placeholder.
+    """
+
+    model_class_name: ClassVar[str] = ""
+    default_checkpoint: ClassVar[str] = ""
+    template: ClassVar[str] = "USER: {images}{question}{instruction} ASSISTANT:"
+    image_text: ClassVar[str] = "{token}\n"
+    nested_images: ClassVar[bool] = False  # processor takes one list of images per sample
+    # path of the decoder layers from the top-level model
+    layers_path: ClassVar[str] = "model.language_model.layers"
+
+    @classmethod
+    def from_pretrained(cls, path: str, **load_kwargs: Any) -> PromptAdapter:
+        import transformers
+        from transformers import AutoProcessor
+
+        instruction = load_kwargs.pop("instruction", None)
+        load_kwargs.setdefault("dtype", torch.float32)
+        model_cls = getattr(transformers, cls.model_class_name)
+        model = model_cls.from_pretrained(path, **load_kwargs).eval()
+        processor = AutoProcessor.from_pretrained(path)
+        kwargs = {"instruction": instruction} if instruction is not None else {}
+        return cls(model, processor, **kwargs)
+
+    def __init__(self, model: nn.Module, processor: Any, **kwargs: Any):
+        super().__init__(model, processor, **kwargs)
+        self.tokenizer.padding_side = "left"
+        config = model.config
+        token_id = getattr(config, "image_token_id", None)
+        if token_id is None:
+            token_id = config.image_token_index
+        self.image_token_id = int(token_id)
+
+    # ----------------------------------------------------------------- prompts
+    def placeholder(self) -> str:
+        """The text the processor expands into one image's tokens."""
+        return getattr(self.processor, "image_token", "<image>")
+
+    def prompt(self, question: str | None, n_images: int) -> str:
+        images = self.image_text.format(token=self.placeholder()) * n_images
+        question_part = f"{question}\n" if question is not None else ""
+        return self.template.format(images=images, question=question_part, instruction=self.instruction)
+
+    def call_processor(self, texts: list[str], per_sample: list[list]) -> BatchFeature:
+        images = per_sample if self.nested_images else [im for ims in per_sample for im in ims]
+        return self.processor(text=texts, images=images, return_tensors="pt", padding=True)
+
+    def build_inputs(
+        self, images: list[ImageInput], questions: list[str], *, with_question: bool = True
+    ) -> BatchFeature:
+        if len(images) != len(questions):
+            raise ValueError(f"build_inputs: {len(images)} images for {len(questions)} questions")
+        per_sample = [as_image_list(im) for im in images]
+        texts = [
+            self.prompt(q if with_question else None, len(ims)) for q, ims in zip(questions, per_sample)
+        ]
+        inputs = self.call_processor(texts, per_sample)
+        inputs.pop("labels", None)
+        inputs["laser_image_sizes"] = [[im.size for im in ims] for ims in per_sample]
+        return inputs
+
+    # ----------------------------------------------------------------- structure
+    def decoder_layers(self) -> nn.ModuleList:
+        module: Any = self.model
+        for part in self.layers_path.split("."):
+            module = getattr(module, part)
+        return module
+
+    def image_token_positions(self, inputs: BatchFeature, index: int) -> torch.Tensor:
+        """Positions of the image placeholder tokens of sample `index`: [n]."""
+        return (inputs["input_ids"][index] == self.image_token_id).nonzero().flatten()
+
+    def check_count(self, index: int, found: int, expected: int) -> None:
+        if found != expected:
+            raise ValueError(
+                f"{self.name}: sample {index} has {found} image tokens, the layout expects {expected}"
+            )
