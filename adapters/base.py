@@ -160,6 +160,27 @@ class VisionLanguageAdapter(ABC):
             ids.update(source if isinstance(source, (list, tuple)) else [source])
         return sorted(ids)
 
+    def probe_positions(self, inputs: BatchFeature, index: int) -> torch.Tensor:
+        """Token positions whose last-row attention the probe reads for sample `index`: [n_probe].
+
+        Default: the layout's visual token positions. A family whose map is chained through another
+        attention (a Q-Former) returns the tokens the chain starts from (its query tokens) and maps
+        rows over them onto its layout's cells in `project_rows`.
+        """
+        return self.visual_layout(inputs, index).positions
+
+    def project_rows(
+        self, rows: torch.Tensor, inputs: BatchFeature, layouts: list[VisualLayout]
+    ) -> torch.Tensor:
+        """Attention rows over the probe positions -> rows over the layouts' visual cells.
+
+        rows: [batch, layers, heads, n_probe_max] (sample i's first `probe_positions(inputs, i)`
+        entries valid); returns [batch, layers, heads, n_visual_max], ordered like `layouts` (padded
+        like `laser.attention.pad_positions`). Called right after the forward on `inputs`, so model
+        state of that forward (e.g. Q-Former cross-attention) is still at hand. Identity by default.
+        """
+        return rows
+
     def position_ids(self, attention_mask: torch.Tensor, past_length: int = 0) -> torch.Tensor | None:
         """Position ids for a (possibly padded) chunk whose 2D mask covers cache + chunk.
 

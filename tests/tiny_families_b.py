@@ -227,3 +227,50 @@ def tiny_composite_open_clip(*, vision_layers: int = 1, text_layers: int = 3, hi
         "kwargs": {"image_size": 32, "patch_size": 8, "width": 32, "head_width": 16, "layers": vision_layers},
     }
     return CompositeVLM.build(vision, _tiny_causal_lm(tokenizer, hidden, text_layers), tokenizer, "linear")
+
+
+def tiny_instructblip(*, vision_layers: int = 1, text_layers: int = 3, hidden: int = 64, seed: int = 0):
+    """A random `InstructBlipForConditionalGeneration`: 32 px images, patch 8 (4x4 patches + CLS),
+    a 2-layer Q-Former with 8 query tokens cross-attending every layer, and a Llama LM."""
+    from transformers import (
+        BlipImageProcessor,
+        InstructBlipConfig,
+        InstructBlipForConditionalGeneration,
+        InstructBlipProcessor,
+        LlamaConfig,
+    )
+    from transformers.models.instructblip.configuration_instructblip import (
+        InstructBlipQFormerConfig,
+        InstructBlipVisionConfig,
+    )
+
+    tokenizer = word_tokenizer()
+    qformer_tokenizer = word_tokenizer()
+    qformer_tokenizer.padding_side = "right"
+    torch.manual_seed(seed)
+    config = InstructBlipConfig(
+        vision_config=InstructBlipVisionConfig(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=vision_layers, num_attention_heads=2,
+            image_size=32, patch_size=8, initializer_range=0.02,
+        ),
+        qformer_config=InstructBlipQFormerConfig(
+            vocab_size=len(qformer_tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+            intermediate_size=64, cross_attention_frequency=1, encoder_hidden_size=32,
+            pad_token_id=qformer_tokenizer.pad_token_id,
+        ),
+        text_config=LlamaConfig(
+            vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
+            num_hidden_layers=text_layers, num_attention_heads=4, num_key_value_heads=2,
+            pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        ),
+        num_query_tokens=8,
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+    )
+    model = InstructBlipForConditionalGeneration(config).eval()
+    image_processor = BlipImageProcessor(size={"height": 32, "width": 32})
+    processor = InstructBlipProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, qformer_tokenizer=qformer_tokenizer,
+        num_query_tokens=8,
+    )
+    return model, processor

@@ -134,7 +134,9 @@ TINY_VARIANTS: dict[str, tuple[str, Callable[..., tuple[Any, Any]]]] = {
 
 
 TINY_BUILDERS.update(
-    {name: _families_b(f"tiny_{name}") for name in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "internvl", "composite")}
+    {name: _families_b(f"tiny_{name}") for name in (
+        "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "internvl", "composite", "instructblip",
+    )}
 )
 
 
