@@ -137,3 +137,19 @@ def create_adapter(
         f"{name_or_path!r} is neither a registered adapter ({', '.join(list_adapters())}) "
         "nor an existing checkpoint folder"
     )
+
+
+def resolve_adapter_class(name_or_path: str | Path, adapter: str | None = None) -> type[VisionLanguageAdapter]:
+    """The adapter class `create_adapter` would use, without loading anything (for early errors)."""
+    path = Path(str(name_or_path)).expanduser()
+    if adapter:
+        return get_adapter_class(adapter)
+    if path.is_dir():
+        return adapter_for_architecture(architecture_of(path))
+    _load_entry_points()
+    if str(name_or_path) in _ADAPTERS:
+        return _ADAPTERS[str(name_or_path)]
+    raise AdapterNotFoundError(
+        f"model {str(name_or_path)!r} is neither a registered adapter ({', '.join(list_adapters())}) "
+        "nor an existing checkpoint folder"
+    )

@@ -1,0 +1,95 @@
+"""A saved tiny LLaVA checkpoint and a small JSONL dataset, for command-line runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+QUESTIONS = [
+    "What is the color ?",
+    "Is there a red box ?",
+    "What digit is in the blue box ?",
+    "How many",
+    "What is written on the sign ?",
+    "Is there a green box ?",
+    "What is in the box left of the blue box ?",
+    "What color is the sign ?",
+]
+
+
+def save_tiny_llava(folder: Path) -> Path:
+    from tiny_models import tiny_llava
+
+    model, processor = tiny_llava()
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+def write_dataset(folder: Path, n: int = 8, sizes=((500, 300), (300, 420), (336, 336), (640, 480))) -> Path:
+    """`folder/annotations.jsonl` with n samples and their images under `folder/images/`."""
+    images = folder / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    lines = []
+    for i in range(n):
+        w, h = sizes[i % len(sizes)]
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(images / f"img{i}.png")
+        lines.append(
+            {
+                "sample_id": f"s{i:03d}",
+                "image": f"images/img{i}.png",
+                "question": QUESTIONS[i % len(QUESTIONS)],
+                "answers": ["red"],
+                "meta": {"family": "reading" if i % 2 else "existence"},
+            }
+        )
+    path = folder / "annotations.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return path
+
+
+def predict_args(model: Path, annotations: Path, output: Path, *extra: str) -> list[str]:
+    return [
+        f"model={model}",
+        "data=jsonl",
+        f"data.annotations={annotations}",
+        f"data.image_root={annotations.parent}",
+        f"output_dir={output}",
+        "trainer.accelerator=cpu",
+        "trainer.enable_progress_bar=false",
+        *extra,
+    ]
+
+
+def laser_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "laser.cli", *args]
+
+
+def run_laser(*args: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(laser_command(*args), capture_output=True, text=True, timeout=timeout, env=env)
+    if check and result.returncode != 0:
+        raise AssertionError(f"laser {' '.join(args)} failed ({result.returncode}):\n{result.stderr[-3000:]}")
+    return result
+
+
+def records_by_id(output: Path) -> dict[str, dict]:
+    """Records of every rank file; asserts each sample_id appears exactly once."""
+    seen: dict[str, dict] = {}
+    for path in sorted(output.glob("predictions.rank*.jsonl")):
+        for line in path.read_text().splitlines():
+            record = json.loads(line)
+            assert record["sample_id"] not in seen, f"{record['sample_id']} written twice"
+            seen[record["sample_id"]] = record
+    return seen
+
+
+def comparable(record: dict) -> tuple:
+    return (record["prediction"], record["layer"], record["box"], record["path"], record["error"])
