@@ -78,12 +78,22 @@ def _forward(adapter: VisionLanguageAdapter, inputs: dict[str, Any], **extra: An
 def capture_full(
     adapter: VisionLanguageAdapter, probe: AttentionProbe, inputs: BatchFeature
 ) -> tuple[torch.Tensor, torch.Tensor, list[VisualLayout]]:
-    """One full prefill with the probe on: ([batch, L, H, n_max], valid, layouts)."""
-    layouts = [adapter.visual_layout(inputs, i) for i in range(len(inputs["input_ids"]))]
-    positions, valid = pad_positions(layouts)
+    """One full prefill with the probe on: ([batch, L, H, n_max], valid, layouts).
+
+    The probe reads the adapter's `probe_positions` (the visual tokens, or a Q-Former's query
+    tokens) and `project_rows` maps those rows onto the layout's cells."""
+    batch = len(inputs["input_ids"])
+    layouts = [adapter.visual_layout(inputs, i) for i in range(batch)]
+    probe_positions = [adapter.probe_positions(inputs, i) for i in range(batch)]
+    width = max(p.numel() for p in probe_positions)
+    positions = torch.zeros(batch, width, dtype=torch.long)
+    for i, p in enumerate(probe_positions):
+        positions[i, : p.numel()] = p
     with probe.capture(positions) as capture:
         _forward(adapter, adapter.prepare_model_inputs(model_tensors(inputs)), use_cache=False)
-    return capture.result(), valid, layouts
+    rows = adapter.project_rows(capture.result(), inputs, layouts)
+    _, valid = pad_positions(layouts)
+    return rows, valid, layouts
 
 
 def capture_with_prefix_reuse(
