@@ -159,7 +159,8 @@ class InstructBlipAdapter(VisionLanguageAdapter):
         })
 
     def decoder_layers(self) -> nn.ModuleList:
-        return self.model.blip.language_model.model.layers
+        lm = self.model.blip.language_model  # decoder-only LMs (Vicuna, OPT); not the Flan-T5 variants
+        return lm.get_decoder().layers
 
     def probe_positions(self, inputs: BatchFeature, index: int) -> torch.Tensor:
         """The query tokens' positions: [num_query_tokens]."""
