@@ -31,6 +31,8 @@ class QFormerVLM(nn.Module):
 
     def __init__(self, blip: nn.Module):
         super().__init__()
+        if not getattr(blip.config, "use_decoder_only_language_model", True):
+            raise ValueError("instructblip: only decoder-only language models (Vicuna, OPT) are supported")
         self.blip = blip
         self.cross_attention: torch.Tensor | None = None
         self._recorded: list[torch.Tensor] | None = None
