@@ -47,6 +47,7 @@ class LlavaAdapter(VisionLanguageAdapter):
         vision = model.config.vision_config
         side = int(vision.image_size) // int(vision.patch_size)
         self.grid = (side, side)
+        self.native_resolution = int(vision.image_size)
 
     # ----------------------------------------------------------------- prompts
     def prompt(self, question: str | None, n_images: int) -> str:

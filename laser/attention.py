@@ -121,7 +121,13 @@ def capture_with_prefix_reuse(
         continuations += [ids_q[i][p:], ids_0[i][p:]]
     cont_ids, cont_mask = _left_pad(continuations, pad_id)
 
-    prefix_inputs = model_tensors(inputs_q)
+    # per-token extras (token_type_ids ...) describe the full prompt; adapters rebuild them if needed
+    shape = tuple(inputs_q["input_ids"].shape)
+    prefix_inputs = {
+        k: v
+        for k, v in model_tensors(inputs_q).items()
+        if not (isinstance(v, torch.Tensor) and tuple(v.shape[:2]) == shape and k != "input_ids")
+    }
     prefix_inputs.update(input_ids=prefix_ids, attention_mask=prefix_mask)
     prefix_inputs = adapter.prepare_model_inputs(prefix_inputs)
     prefix_out = _forward(adapter, prefix_inputs, use_cache=True)
@@ -147,6 +153,16 @@ def capture_with_prefix_reuse(
     return AttentionRows(rows[0::2], rows[1::2], valid, layouts, prefix_reused=True)
 
 
+def _windowed_shorter_than(adapter: VisionLanguageAdapter, length: int) -> bool:
+    """True if a sliding-window layer would not see the whole prompt: its cache keeps only the last
+    window of keys, so absolute visual positions no longer index it (full prefills are used instead)."""
+    for module in adapter.attention_modules():
+        window = getattr(module, "sliding_window", None)
+        if isinstance(window, int) and 0 < window < length:
+            return True
+    return False
+
+
 def capture_attention(
     adapter: VisionLanguageAdapter,
     probe: AttentionProbe,
@@ -155,7 +171,12 @@ def capture_attention(
     prefix_reuse: bool = True,
 ) -> AttentionRows:
     """a+ (and a0 when `inputs_0` is given) for a batch, with prefix reuse where the family allows."""
-    if inputs_0 is not None and prefix_reuse and not adapter.question_dependent_visual_tokens:
+    if (
+        inputs_0 is not None
+        and prefix_reuse
+        and not adapter.question_dependent_visual_tokens
+        and not _windowed_shorter_than(adapter, inputs_q["input_ids"].shape[1])
+    ):
         rows = capture_with_prefix_reuse(adapter, probe, inputs_q, inputs_0)
         if rows is not None:
             return rows

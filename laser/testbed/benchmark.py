@@ -1,0 +1,154 @@
+"""Scoring methods on the testbed split: per family and size bucket, with bootstrap intervals.
+
+`run_methods` answers the split with engine presets and with an oracle crop (LASER's crop size,
+centred on the target box — and the anchor box of a relational question); `results_table` renders the
+Markdown table with 95% intervals and the paired difference to vanilla.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from ..config import LaserConfig
+from ..crop import crop_size
+from ..engine import LaserEngine
+from ..metrics import bootstrap_ci, normalize_answer
+from ..paths import assets_dir
+
+SPLIT = "testbed/eval.jsonl"
+FAMILIES = ("existence", "reading", "relational")
+SIZES = ("small", "medium", "large")
+
+
+def load_split(limit_per_cell: int | None = None, path: Path | None = None) -> list[dict[str, Any]]:
+    """Records of the shipped split; with `limit_per_cell`, the first N of each (family, size) cell."""
+    path = path or assets_dir() / SPLIT
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if limit_per_cell is None:
+        return records
+    counts: dict[tuple[str, str], int] = {}
+    chosen = []
+    for r in records:
+        cell = (r["meta"]["family"], r["meta"]["size"])
+        if counts.get(cell, 0) < limit_per_cell:
+            counts[cell] = counts.get(cell, 0) + 1
+            chosen.append(r)
+    return chosen
+
+
+def oracle_box(meta: dict[str, Any], image_size: tuple[int, int], ratio: float = 0.5, min_side: int = 224):
+    """LASER's crop size centred on the evidence (target, plus the anchor of a relational question)."""
+    width, height = image_size
+    x0, y0, x1, y1 = meta["target_box"]
+    if "anchor_box" in meta:
+        a = meta["anchor_box"]
+        x0, y0, x1, y1 = min(x0, a[0]), min(y0, a[1]), max(x1, a[2]), max(y1, a[3])
+    cw, ch = crop_size(image_size, ratio, min_side)
+    cw, ch = min(width, max(cw, x1 - x0)), min(height, max(ch, y1 - y0))
+    left = int(min(max(0, (x0 + x1) / 2 - cw / 2), width - cw))
+    top = int(min(max(0, (y0 + y1) / 2 - ch / 2), height - ch))
+    return left, top, left + cw, top + ch
+
+
+def _correct(prediction: str, answers: Sequence[str]) -> bool:
+    return normalize_answer(prediction) in {normalize_answer(a) for a in answers}
+
+
+def run_methods(
+    adapter: Any,
+    records: list[dict[str, Any]],
+    methods: Sequence[str],
+    image_root: Path | None = None,
+    batch_size: int = 16,
+    progress: bool = False,
+) -> dict[str, list[dict[str, Any]]]:
+    """Answers of every method on every record: {method: [{sample_id, family, size, correct, ...}]}."""
+    image_root = image_root or assets_dir() / "testbed"
+    images = {}
+    for r in records:
+        if r["image"] not in images:
+            images[r["image"]] = Image.open(image_root / r["image"]).convert("RGB")
+    out: dict[str, list[dict[str, Any]]] = {}
+    for method in methods:
+        engine = LaserEngine(adapter, LaserConfig.preset("vanilla" if method == "oracle" else method))
+        rows = []
+        for start in range(0, len(records), batch_size):
+            chunk = records[start : start + batch_size]
+            batch_images = [images[r["image"]] for r in chunk]
+            boxes = [None] * len(chunk)
+            if method == "oracle":
+                boxes = [oracle_box(r["meta"], im.size) for r, im in zip(chunk, batch_images)]
+                batch_images = [im.crop(b) for im, b in zip(batch_images, boxes)]
+            preds = engine.answer_batch(batch_images, [r["question"] for r in chunk])
+            for r, p, b in zip(chunk, preds, boxes):
+                rows.append(
+                    {
+                        "sample_id": r["sample_id"],
+                        "family": r["meta"]["family"],
+                        "size": r["meta"]["size"],
+                        "prediction": p.answer,
+                        "answers": r["answers"],
+                        "correct": _correct(p.answer, r["answers"]),
+                        "layer": p.layer,
+                        "vaq": p.vaq,
+                        "box": list(b) if b else p.box,
+                        "path": p.path,
+                    }
+                )
+        if progress:
+            acc = np.mean([row["correct"] for row in rows])
+            print(f"  {method:<12} {100 * acc:5.1f}%  ({len(rows)} questions)", flush=True)
+        out[method] = rows
+    return out
+
+
+def paired_difference_ci(a: Sequence[float], b: Sequence[float], n: int = 2000, seed: int = 0):
+    """Mean of a - b over paired samples and its 95% percentile bootstrap interval."""
+    diff = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    low, high = bootstrap_ci(diff, n=n, seed=seed)
+    return float(diff.mean()), low, high
+
+
+def _cell(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "–"
+    values = [float(r["correct"]) for r in rows]
+    low, high = bootstrap_ci(values, n=1000)
+    return f"{100 * np.mean(values):.1f} [{100 * low:.0f}, {100 * high:.0f}]"
+
+
+def results_table(results: dict[str, list[dict[str, Any]]]) -> str:
+    """Markdown: accuracy % [95% CI] per method x (family, size), plus the paired difference to vanilla
+    on the reading family and on small targets."""
+    groups = [("all", lambda r: True)]
+    groups += [(f, lambda r, f=f: r["family"] == f) for f in FAMILIES]
+    groups += [(f"size={s}", lambda r, s=s: r["size"] == s) for s in SIZES]
+    header = "| method | " + " | ".join(name for name, _ in groups) + " |"
+    lines = [header, "|" + "---|" * (len(groups) + 1)]
+    for method, rows in results.items():
+        cells = [_cell([r for r in rows if keep(r)]) for _, keep in groups]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    if "vanilla" in results:
+        lines += ["", "| method − vanilla (paired, points [95% CI]) | reading | small targets | all |", "|---|---|---|---|"]
+        base = {r["sample_id"]: r for r in results["vanilla"]}
+        for method, rows in results.items():
+            if method == "vanilla":
+                continue
+            cells = []
+            for keep in (lambda r: r["family"] == "reading", lambda r: r["size"] == "small", lambda r: True):
+                chosen = [r for r in rows if keep(r) and r["sample_id"] in base]
+                if not chosen:
+                    cells.append("–")
+                    continue
+                mean, low, high = paired_difference_ci(
+                    [r["correct"] for r in chosen], [base[r["sample_id"]]["correct"] for r in chosen]
+                )
+                cells.append(f"{100 * mean:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]")
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
