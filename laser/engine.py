@@ -136,9 +136,28 @@ class LaserEngine:
             raise ValueError(f"questions[{index}] is empty")
         return question
 
+    def _check_context(self, inputs, indices: list[int] | None = None) -> None:
+        """Raise if a row's prompt plus `decode.max_new_tokens` exceeds the LM's `max_position_embeddings`
+        (a model silently degrades past its context instead of failing)."""
+        limit = getattr(self.adapter.language_config(), "max_position_embeddings", None)
+        mask = inputs.get("attention_mask")
+        if not isinstance(limit, int) or limit <= 0 or mask is None:
+            return
+        lengths = mask.reshape(mask.shape[0], -1).sum(dim=-1).tolist()
+        new = self.config.decode.max_new_tokens
+        for row, length in enumerate(lengths):
+            if length + new > limit:
+                i = indices[row] if indices is not None else row
+                raise ValueError(
+                    f"questions[{i}]: prompt of {int(length)} tokens + decode.max_new_tokens={new} exceeds the "
+                    f"language model's max_position_embeddings={limit}; shorten the question or lower "
+                    "decode.max_new_tokens"
+                )
+
     def _attend(self, images: list[Image.Image], questions: list[str]) -> AttentionRows:
         cfg, adapter = self.config, self.adapter
         inputs_q = adapter.build_inputs(images, questions, with_question=True)
+        self._check_context(inputs_q)
         inputs_0 = None
         if cfg.vaq.map != "raw":
             if cfg.vaq.baseline == "generic":
@@ -216,7 +235,7 @@ class LaserEngine:
                 x0, y0, x1, y1 = loc.box
                 w, h = image.size
                 crop_region = (x0 / w, y0 / h, x1 / w, y1 / h)
-                if cfg.crop.input == "both":
+                if cfg.crop.input == "both" and self.adapter.supports_multi_image:
                     focused.append([image, crop_view(image, loc.box)])
                     regions.append([(0.0, 0.0, 1.0, 1.0), crop_region])
                 else:
@@ -273,6 +292,7 @@ class LaserEngine:
                 inputs = self.adapter.build_inputs(pos + neg, qs + qs)
             else:
                 inputs = self.adapter.build_inputs(pos, qs)
+            self._check_context(inputs, members * (2 if contrastive else 1))
             generators = [torch.Generator().manual_seed(int(seeds[i])) for i in members]
             model_inputs = self.adapter.prepare_model_inputs(model_tensors(inputs))
             ids, reasons = generate(
