@@ -46,32 +46,73 @@ def cell_scores(
     table: integral image of the map painted on the original. Returns (image_index, normalised cell
     box in focused image i, score) per cell, cells entirely outside their image left out.
     """
+    height, width = table.shape[0] - 1, table.shape[1] - 1
     cells = []
     for segment in layout.segments:
         rows, cols = segment.grid
         x0, y0, x1, y1 = segment.box
         rx0, ry0, rx1, ry1 = view_regions[segment.image_index]
         dx, dy = (x1 - x0) / cols, (y1 - y0) / rows
-        for r in range(rows):
-            for c in range(cols):
-                cx0, cy0 = max(x0 + c * dx, 0.0), max(y0 + r * dy, 0.0)
-                cx1, cy1 = min(x0 + (c + 1) * dx, 1.0), min(y0 + (r + 1) * dy, 1.0)
-                if cx1 <= cx0 or cy1 <= cy0:
-                    continue
-                region = (
-                    rx0 + cx0 * (rx1 - rx0),
-                    ry0 + cy0 * (ry1 - ry0),
-                    rx0 + cx1 * (rx1 - rx0),
-                    ry0 + cy1 * (ry1 - ry0),
-                )
-                cells.append((segment.image_index, (cx0, cy0, cx1, cy1), region_mean(table, region)))
+        # every cell of the grid at once, with the same float64 operations as one cell at a time
+        c = torch.arange(cols, dtype=torch.float64)
+        r = torch.arange(rows, dtype=torch.float64)
+        cx0, cx1 = (x0 + c * dx).clamp(min=0.0), (x0 + (c + 1) * dx).clamp(max=1.0)
+        cy0, cy1 = (y0 + r * dy).clamp(min=0.0), (y0 + (r + 1) * dy).clamp(max=1.0)
+        col_ok, row_ok = (cx1 > cx0).tolist(), (cy1 > cy0).tolist()
+        # region of the original image each cell shows, then its mean from the integral image
+        gx0, gx1 = rx0 + cx0 * (rx1 - rx0), rx0 + cx1 * (rx1 - rx0)
+        gy0, gy1 = ry0 + cy0 * (ry1 - ry0), ry0 + cy1 * (ry1 - ry0)
+        c0 = torch.floor(gx0 * width).clamp(0, width - 1)
+        r0 = torch.floor(gy0 * height).clamp(0, height - 1)
+        c1 = torch.maximum(torch.ceil(gx1 * width), c0 + 1).clamp(max=width)
+        r1 = torch.maximum(torch.ceil(gy1 * height), r0 + 1).clamp(max=height)
+        c0, c1, r0, r1 = c0.long(), c1.long(), r0.long(), r1.long()
+        total = (
+            table[r1[:, None], c1[None, :]] - table[r0[:, None], c1[None, :]]
+            - table[r1[:, None], c0[None, :]] + table[r0[:, None], c0[None, :]]
+        )
+        means = (total / ((r1 - r0)[:, None] * (c1 - c0)[None, :]).double()).tolist()
+        cx0, cx1, cy0, cy1 = cx0.tolist(), cx1.tolist(), cy0.tolist(), cy1.tolist()
+        for i in range(rows):
+            if not row_ok[i]:
+                continue
+            for j in range(cols):
+                if col_ok[j]:
+                    cells.append((segment.image_index, (cx0[j], cy0[i], cx1[j], cy1[i]), means[i][j]))
     return cells
 
 
-def _fill(image: Image.Image, box: tuple[int, int, int, int], fill: str, generator: torch.Generator) -> None:
+class _ChannelSums:
+    """Exact per-channel pixel sums of an RGB image, kept up to date across pastes, so the mean fill
+    of every cell does not re-read the whole image (the same means as `np.mean`: integer sums are
+    exact in float64)."""
+
+    def __init__(self, image: Image.Image):
+        self.count = image.width * image.height
+        self.sums = np.asarray(image, dtype=np.int64).reshape(-1, 3).sum(0)
+
+    def mean(self) -> np.ndarray:
+        return self.sums.astype(np.float64) / self.count
+
+    def replace(self, image: Image.Image, box: tuple[int, int, int, int], value: tuple[int, int, int]) -> None:
+        """Account for `box` of `image` (not pasted yet) becoming `value`."""
+        area = (box[2] - box[0]) * (box[3] - box[1])
+        self.sums += np.asarray(value, dtype=np.int64) * area - np.asarray(image.crop(box), dtype=np.int64).reshape(-1, 3).sum(0)
+
+
+def _fill(
+    image: Image.Image,
+    box: tuple[int, int, int, int],
+    fill: str,
+    generator: torch.Generator,
+    sums: _ChannelSums | None = None,
+) -> None:
     width, height = box[2] - box[0], box[3] - box[1]
     if fill == "mean":
-        mean = tuple(int(round(v)) for v in np.asarray(image, dtype=np.float64).reshape(-1, 3).mean(0))
+        if sums is None:
+            sums = _ChannelSums(image)
+        mean = tuple(int(round(v)) for v in sums.mean())
+        sums.replace(image, box, mean)
         patch = Image.new("RGB", (width, height), mean)
     elif fill == "blur":
         patch = image.filter(ImageFilter.GaussianBlur(radius=max(2, max(width, height) // 2))).crop(box)
@@ -101,6 +142,7 @@ def counterfactual_views(
     count = min(len(cells), math.ceil(mask_ratio * len(cells))) if mask_ratio > 0 else 0
     order = sorted(range(len(cells)), key=lambda i: (-cells[i][2], i))[:count]
     masked = [im.copy() for im in images]
+    sums = [_ChannelSums(im) if fill == "mean" and count else None for im in masked]
     chosen = []
     for i in order:
         index, (x0, y0, x1, y1), _ = cells[i]
@@ -111,7 +153,7 @@ def counterfactual_views(
             max(int(math.ceil(x1 * im.width)), int(math.floor(x0 * im.width)) + 1),
             max(int(math.ceil(y1 * im.height)), int(math.floor(y0 * im.height)) + 1),
         )
-        _fill(im, px, fill, generator)
+        _fill(im, px, fill, generator, sums[index])
         chosen.append((index, (x0, y0, x1, y1)))
     return masked, chosen
 
