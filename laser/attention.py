@@ -1,7 +1,8 @@
 """The two attention passes of VAQ: with the question (a+) and without it (a0).
 
 Where the visual tokens precede the question and do not depend on it, the no-question pass reuses
-the KV cache of the shared prefix: one prefix forward, then both continuations as one batch of 2B.
+the KV cache of the shared prefix: one prefix forward, then the two short continuations on that one
+cache (never duplicated).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Any
 
 import torch
 from transformers import BatchFeature
+from transformers.cache_utils import DynamicLayer
 
 from adapters.base import VisionLanguageAdapter, VisualLayout
 
@@ -102,8 +104,12 @@ def capture_with_prefix_reuse(
     inputs_q: BatchFeature,
     inputs_0: BatchFeature,
 ) -> AttentionRows | None:
-    """Prefix forward once, then both continuations as a batch of 2B; None if the visual tokens are
-    not inside the shared prefix (the caller then runs two full prefills)."""
+    """Prefix forward once, then both continuations on its cache; None if the visual tokens are not
+    inside the shared prefix (the caller then runs two full prefills).
+
+    The continuations run one after the other on the one prefix cache (cropped back in between), so
+    the prefix KV is never duplicated; caches that cannot be cropped exactly (sliding-window, static,
+    quantised layers) run them as one batch of 2B on a repeated cache instead."""
     layouts = [adapter.visual_layout(inputs_q, i) for i in range(len(inputs_q["input_ids"]))]
     ids_q, ids_0 = _unpadded(inputs_q), _unpadded(inputs_0)
     pad_q = [inputs_q["input_ids"].shape[1] - ids.numel() for ids in ids_q]
@@ -116,10 +122,6 @@ def capture_with_prefix_reuse(
         prefix_lengths.append(shared)
     pad_id = adapter.tokenizer.pad_token_id or 0
     prefix_ids, prefix_mask = _left_pad([ids[:p] for ids, p in zip(ids_q, prefix_lengths)], pad_id)
-    continuations = []
-    for i, p in enumerate(prefix_lengths):
-        continuations += [ids_q[i][p:], ids_0[i][p:]]
-    cont_ids, cont_mask = _left_pad(continuations, pad_id)
 
     # per-token extras (token_type_ids ...) describe the full prompt; adapters rebuild them if needed
     shape = tuple(inputs_q["input_ids"].shape)
@@ -132,25 +134,59 @@ def capture_with_prefix_reuse(
     prefix_inputs = adapter.prepare_model_inputs(prefix_inputs)
     prefix_out = _forward(adapter, prefix_inputs, use_cache=True)
     cache = output_cache(prefix_out)
-    cache.batch_repeat_interleave(2)
+    del prefix_out
 
     prefix_len = prefix_ids.shape[1]
     offsets = [pad_q_i * -1 + (prefix_len - p) for pad_q_i, p in zip(pad_q, prefix_lengths)]
     positions, valid = pad_positions(layouts, offsets)
-    full_mask = torch.cat([prefix_mask.repeat_interleave(2, dim=0), cont_mask], dim=1)
+    if _croppable(cache):
+        a_plus = _continue(adapter, probe, cache, prefix_mask, [ids[p:] for ids, p in zip(ids_q, prefix_lengths)], positions, pad_id)
+        a_zero = _continue(adapter, probe, cache, prefix_mask, [ids[p:] for ids, p in zip(ids_0, prefix_lengths)], positions, pad_id)
+        return AttentionRows(a_plus, a_zero, valid, layouts, prefix_reused=True)
+    continuations = []
+    for i, p in enumerate(prefix_lengths):
+        continuations += [ids_q[i][p:], ids_0[i][p:]]
+    cache.batch_repeat_interleave(2)
+    rows = _continue(
+        adapter, probe, cache, prefix_mask.repeat_interleave(2, dim=0), continuations,
+        positions.repeat_interleave(2, dim=0), pad_id,
+    )
+    return AttentionRows(rows[0::2], rows[1::2], valid, layouts, prefix_reused=True)
+
+
+def _croppable(cache: Any) -> bool:
+    """True if every layer of `cache` is a plain dynamic layer, whose `crop` restores it exactly."""
+    layers = getattr(cache, "layers", None)
+    return bool(layers) and hasattr(cache, "crop") and all(type(layer) is DynamicLayer for layer in layers)
+
+
+def _continue(
+    adapter: VisionLanguageAdapter,
+    probe: AttentionProbe,
+    cache: Any,
+    prefix_mask: torch.Tensor,
+    continuations: list[torch.Tensor],
+    positions: torch.Tensor,
+    pad_id: int,
+) -> torch.Tensor:
+    """Rows [rows, L, H, n] of one left-padded batch of continuations on `cache` (one row per cache
+    row); the cache is cropped back to the prefix afterwards."""
+    cont_ids, cont_mask = _left_pad(continuations, pad_id)
+    prefix_len = prefix_mask.shape[1]
     device = adapter.device
     step = {
         "input_ids": cont_ids.to(device),
-        "attention_mask": full_mask.to(device),
+        "attention_mask": torch.cat([prefix_mask, cont_mask], dim=1).to(device),
         cache_kwarg(adapter.model): cache,
     }
     position_ids = adapter.position_ids(step["attention_mask"], prefix_len)
     if position_ids is not None:
         step["position_ids"] = position_ids
-    with probe.capture(positions.repeat_interleave(2, dim=0)) as capture:
+    with probe.capture(positions) as capture:
         adapter.model(**step, use_cache=True, logits_to_keep=1)
-    rows = capture.result()
-    return AttentionRows(rows[0::2], rows[1::2], valid, layouts, prefix_reused=True)
+    if _croppable(cache):
+        cache.crop(-cont_ids.shape[1])
+    return capture.result()
 
 
 def _windowed_shorter_than(adapter: VisionLanguageAdapter, length: int) -> bool:
