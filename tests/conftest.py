@@ -5,8 +5,14 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+# One thread: tiny models run faster without thread start-up, and in-process runs match the
+# command-line subprocesses (OMP_NUM_THREADS=1) bit for bit.
+torch.set_num_threads(1)
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 

@@ -23,10 +23,11 @@ QUESTIONS = [
 ]
 
 
-def save_tiny_llava(folder: Path) -> Path:
+def save_tiny_llava(folder: Path, **options) -> Path:
+    """Save `tiny_llava(**options)` (e.g. `image_size=112` for 64 visual tokens, a faster model)."""
     from tiny_models import tiny_llava
 
-    model, processor = tiny_llava()
+    model, processor = tiny_llava(**options)
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
     return folder
@@ -93,3 +94,16 @@ def records_by_id(output: Path) -> dict[str, dict]:
 
 def comparable(record: dict) -> tuple:
     return (record["prediction"], record["layer"], record["box"], record["path"], record["error"])
+
+
+def run_inprocess(*args: str) -> tuple[int, str, str]:
+    """`laser <args>` in this process (no interpreter start-up): (exit code, stdout, stderr)."""
+    import contextlib
+    import io
+
+    from laser.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(args))
+    return code, out.getvalue(), err.getvalue()

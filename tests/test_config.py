@@ -56,3 +56,31 @@ def test_every_yaml_under_configs_parses():
     assert files
     for path in files:
         assert OmegaConf.load(path) is not None, path
+
+
+def test_every_group_preset_composes_and_instantiates(tmp_path):
+    import lightning.pytorch as pl
+
+    from adapters._registry import resolve_adapter_class
+    from laser.compose import compose, data_kwargs, group_names, model_ref
+    from laser.data.datamodule import VQADataModule
+
+    annotations = tmp_path / "a.jsonl"
+    annotations.write_text('{"sample_id": "x", "image": "x.png", "question": "q?", "answers": ["a"]}\n')
+    for trainer in group_names("trainer"):
+        cfg = compose([f"trainer={trainer}", "trainer.devices=1", "trainer.accelerator=cpu", "trainer.strategy=auto"])
+        pl.Trainer(**{k: v for k, v in dict(cfg.trainer).items() if v is not None}, logger=False)
+    for model in group_names("model"):
+        cfg = compose([f"model={model}"])
+        assert resolve_adapter_class(model_ref(cfg), cfg.model.adapter).name
+    for data in group_names("data"):
+        cfg = compose([f"data={data}"])
+        kwargs = data_kwargs(cfg)
+        if data != "testbed":  # the others point at files the user downloads
+            kwargs.update(annotations=str(annotations), image_root=str(tmp_path), format="jsonl")
+        datamodule = VQADataModule(**kwargs)
+        datamodule.setup("predict")
+        assert datamodule.expected_ids
+    for method in list_presets():
+        cfg = compose([f"method={method}"])
+        assert LaserConfig.from_dict(cfg.method).name == method

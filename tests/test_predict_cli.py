@@ -12,6 +12,7 @@ from run_fixtures import (
     laser_command,
     predict_args,
     records_by_id,
+    run_inprocess,
     run_laser,
     save_tiny_llava,
     write_dataset,
@@ -24,7 +25,8 @@ def setup(tmp_path_factory):
     model = save_tiny_llava(root / "model")
     annotations = write_dataset(root / "data", n=8)
     reference = root / "reference"
-    run_laser("predict", *predict_args(model, annotations, reference, "data.batch_size=3"))
+    code, _, err = run_inprocess("predict", *predict_args(model, annotations, reference, "data.batch_size=3"))
+    assert code == 0, err
     return root, model, annotations, reference
 
 
@@ -75,20 +77,21 @@ def test_sigkill_then_rerun_completes_identically(setup):
 
 def test_evaluate_scores_and_checks_completeness(setup):
     root, model, annotations, reference = setup
-    result = run_laser("evaluate", str(reference))
+    code, stdout, _ = run_inprocess("evaluate", str(reference))
+    assert code == 0
     metrics = json.loads((reference / "metrics.json").read_text())
     assert metrics["complete"] and metrics["overall"]["n"] == 8
     expected = sum(r["prediction"].strip().lower() == "red" for r in records_by_id(reference).values()) / 8
     assert metrics["overall"]["accuracy"] == pytest.approx(expected)
-    assert "meta.family" in metrics["groups"] and "overall" in result.stdout
+    assert "meta.family" in metrics["groups"] and "overall" in stdout
 
 
 def test_new_run_into_folder_of_another_config_stops(setup):
     root, model, annotations, reference = setup
-    result = run_laser("predict", *predict_args(model, annotations, reference, "method=vanilla"), check=False)
-    assert result.returncode == 2
-    assert result.stderr.strip().startswith("laser: error:") and "Traceback" not in result.stderr
-    assert "overwrite=true" in result.stderr
+    code, _, err = run_inprocess("predict", *predict_args(model, annotations, reference, "method=vanilla"))
+    assert code == 2
+    assert err.strip().startswith("laser: error:") and "Traceback" not in err
+    assert "overwrite=true" in err
 
 
 def test_bad_commands_give_one_line_errors(setup):
@@ -102,8 +105,11 @@ def test_bad_commands_give_one_line_errors(setup):
         (["frobnicate"], "unknown command"),
     ]
     for args, needle in cases:
-        result = run_laser(*args, check=False)
-        assert result.returncode == 2, args
-        lines = result.stderr.strip().splitlines()
-        assert lines[-1].startswith("laser: error:") and needle in lines[-1], result.stderr
-        assert "Traceback" not in result.stderr
+        code, _, err = run_inprocess(*args)
+        assert code == 2, args
+        lines = err.strip().splitlines()
+        assert lines[-1].startswith("laser: error:") and needle in lines[-1], err
+        assert "Traceback" not in err
+    # the installed console script behaves the same (one interpreter start-up)
+    result = run_laser("predict", "model=no_such_adapter", check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
