@@ -7,7 +7,6 @@ LASER_DEBUG=1 to see it).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Callable
