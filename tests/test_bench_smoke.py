@@ -1,0 +1,43 @@
+"""Smoke test of tools/bench.py on tiny shapes: every section is produced and serialisable (no timing checks)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "tools" / "bench.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("laser_bench", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_tiny_run_has_every_section(bench, tmp_path):
+    result = bench.run("tiny", threads=1, log=lambda _msg: None)
+    for section in ("meta", "attention_capture", "end_to_end", "cost_floor", "batch_throughput", "targets"):
+        assert section in result, section
+    assert set(result["attention_capture"]) == {"llava", "qwen2_vl_highres"}
+    for shape in result["attention_capture"].values():
+        assert {"sdpa", "probe"} <= set(shape["variants"])
+        assert shape["probe_attention_bytes"] < shape["eager_attention_bytes"]
+    assert set(result["end_to_end"]["variants"]) == {"vanilla", "laser", "laser_full", "reference"}
+    assert result["end_to_end"]["variants"]["laser"]["path"] == "direct"
+    assert result["end_to_end"]["variants"]["laser_full"]["path"] == "contrastive"
+    assert {"full_prefill_q", "suffix_prefill_0", "focus_prefill_decode", "focus_prefill_decode_2B"} == set(
+        result["cost_floor"]["pieces"]
+    )
+    assert set(result["batch_throughput"]) == {"batch_1", "batch_2"}
+    assert all("narrowed" in s for s in result["meta"]["shapes"].values())
+    assert len(result["targets"]) == len(bench.TARGETS)
+    text = bench.table(result)
+    assert "cost floor" in text and "targets" in text
+    out = tmp_path / "bench.json"
+    out.write_text(json.dumps(result, default=str))
+    assert json.loads(out.read_text())["meta"]["mode"] == "tiny"

@@ -1,0 +1,760 @@
+"""LASER performance bench: attention capture, end to end, the cost floor and batch throughput.
+
+    python tools/bench.py [--quick] [--out bench.json] [--threads N]
+
+Builds random-weight models of real shapes (layers, heads and visual token counts of LLaVA-1.5-7B and
+of Qwen2-VL-7B at high resolution; hidden/intermediate sizes, vision-tower depth and width narrowed
+to fit a CPU; what was narrowed is printed and written), runs every compared variant interleaved in
+one process (medians over repeats), prints a table and writes JSON. No weights are downloaded.
+
+Memory: the process re-executes itself with `MALLOC_MMAP_THRESHOLD_` fixed (large buffers come from
+mmap and go back to the OS when freed), so peak RSS above the pre-call RSS is a faithful per-call
+peak: the kernel's peak counter (VmHWM) is reset through /proc/self/clear_refs before each measured
+call. On a GPU, `torch.cuda.max_memory_allocated` deltas are reported as well.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402
+
+MMAP_THRESHOLD = 1 << 20
+NEVER_EOS = -1  # answers never stop early: every method decodes exactly `new_tokens` tokens
+QUESTION = "What is the color of the box on the left ?"
+GENERIC = "Write a general description of the image."
+
+# ----------------------------------------------------------------------------- shapes
+# real: the published model's numbers; the bench keeps layers, heads, kv heads, vocab, image
+# geometry and so the visual token counts; it narrows hidden/intermediate sizes and the vision tower.
+LLAVA_REAL = {
+    "model": "llava-hf/llava-1.5-7b-hf",
+    "text": {"layers": 32, "heads": 32, "kv_heads": 32, "hidden": 4096, "intermediate": 11008, "vocab": 32064},
+    "vision": {"tower": "CLIP ViT-L/14-336", "image_size": 336, "patch": 14, "layers": 24, "hidden": 1024,
+               "intermediate": 4096, "heads": 16},
+    "visual_tokens": 576,
+}
+QWEN_REAL = {
+    "model": "Qwen/Qwen2-VL-7B-Instruct",
+    "text": {"layers": 28, "heads": 28, "kv_heads": 4, "hidden": 3584, "intermediate": 18944, "vocab": 152064},
+    "vision": {"patch": 14, "merge": 2, "depth": 32, "embed_dim": 1280, "heads": 16},
+}
+SHAPES: dict[str, dict[str, dict[str, Any]]] = {
+    "default": {
+        "llava": {"layers": 32, "heads": 32, "kv_heads": 32, "hidden": 256, "intermediate": 688, "vocab": 32064,
+                  "vision_layers": 2, "vision_hidden": 128, "vision_intermediate": 512, "vision_heads": 16,
+                  "image_size": 336, "patch": 14},
+        "qwen": {"layers": 28, "heads": 28, "kv_heads": 4, "hidden": 224, "intermediate": 1184, "vocab": 152064,
+                 "vision_depth": 1, "vision_embed": 64, "vision_heads": 2, "patch": 14, "image_side": 1288},
+    },
+    "quick": {
+        "llava": {"layers": 4, "heads": 32, "kv_heads": 32, "hidden": 256, "intermediate": 688, "vocab": 32064,
+                  "vision_layers": 2, "vision_hidden": 128, "vision_intermediate": 512, "vision_heads": 16,
+                  "image_size": 336, "patch": 14},
+        "qwen": {"layers": 4, "heads": 28, "kv_heads": 4, "hidden": 224, "intermediate": 1184, "vocab": 152064,
+                 "vision_depth": 1, "vision_embed": 64, "vision_heads": 2, "patch": 14, "image_side": 448},
+    },
+    "tiny": {
+        "llava": {"layers": 2, "heads": 4, "kv_heads": 2, "hidden": 32, "intermediate": 64, "vocab": 256,
+                  "vision_layers": 2, "vision_hidden": 32, "vision_intermediate": 64, "vision_heads": 2,
+                  "image_size": 56, "patch": 14},
+        "qwen": {"layers": 2, "heads": 4, "kv_heads": 2, "hidden": 32, "intermediate": 64, "vocab": 256,
+                 "vision_depth": 1, "vision_embed": 32, "vision_heads": 2, "patch": 14, "image_side": 112},
+    },
+}
+PLANS = {
+    # repeats per section, batch sizes, answer length
+    "default": {"repeats": 3, "qwen_repeats": 1, "batch_repeats": 1, "batches": [1, 4, 8], "new_tokens": 8},
+    "quick": {"repeats": 1, "qwen_repeats": 1, "batch_repeats": 1, "batches": [1, 4], "new_tokens": 8},
+    "tiny": {"repeats": 1, "qwen_repeats": 1, "batch_repeats": 1, "batches": [1, 2], "new_tokens": 3},
+}
+
+
+def _word_tokenizer(extra_special: tuple[str, ...] = ()):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = (
+        "USER ASSISTANT : ? . , What is the color of box on left right Answer question using single word "
+        "phrase Write a general description image"
+    ).split()
+    vocab_words = ["<unk>", "<pad>", "<s>", "</s>", "<image>", *extra_special, *words]
+    vocab = {w: i for i, w in enumerate(dict.fromkeys(vocab_words))}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>", bos_token="<s>", eos_token="</s>",
+        additional_special_tokens=["<image>", *extra_special],
+    )
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def _never_stop(adapter):
+    adapter.eos_token_ids = lambda: [NEVER_EOS]
+    return adapter
+
+
+def build_llava(s: dict[str, Any]):
+    """LLaVA-1.5-shaped `LlavaForConditionalGeneration` (CLIP tower shape, 336 px -> 576 tokens)."""
+    from transformers import (
+        CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
+
+    from adapters.llava import LlavaAdapter
+
+    tokenizer = _word_tokenizer()
+    torch.manual_seed(0)
+    config = LlavaConfig(
+        vision_config=CLIPVisionConfig(
+            hidden_size=s["vision_hidden"], intermediate_size=s["vision_intermediate"],
+            num_hidden_layers=s["vision_layers"], num_attention_heads=s["vision_heads"],
+            image_size=s["image_size"], patch_size=s["patch"], projection_dim=s["vision_hidden"],
+        ),
+        text_config=LlamaConfig(
+            vocab_size=max(s["vocab"], len(tokenizer)), hidden_size=s["hidden"], intermediate_size=s["intermediate"],
+            num_hidden_layers=s["layers"], num_attention_heads=s["heads"], num_key_value_heads=s["kv_heads"],
+            max_position_embeddings=4096, pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        ),
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        vision_feature_layer=-2, vision_feature_select_strategy="default",
+    )
+    model = LlavaForConditionalGeneration(config).eval()
+    side = s["image_size"]
+    processor = LlavaProcessor(
+        image_processor=CLIPImageProcessor(size={"shortest_edge": side}, crop_size={"height": side, "width": side}),
+        tokenizer=tokenizer, patch_size=s["patch"], vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+    )
+    return _never_stop(LlavaAdapter(model, processor))
+
+
+def build_qwen(s: dict[str, Any]):
+    """Qwen2-VL-shaped `Qwen2VLForConditionalGeneration` (patch 14, merge 2, dynamic resolution)."""
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessor, Qwen2VLProcessor
+    from transformers import Qwen2VLVideoProcessor
+    from transformers.models.qwen2_vl.configuration_qwen2_vl import Qwen2VLTextConfig, Qwen2VLVisionConfig
+
+    from adapters.qwen_vl import Qwen2VLAdapter
+
+    special = ("<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
+               "<|video_pad|>", "<|endoftext|>")
+    tokenizer = _word_tokenizer(special)
+    tokenizer.eos_token = "<|im_end|>"
+    ids = tokenizer.convert_tokens_to_ids
+    head_dim = s["hidden"] // s["heads"]
+    quarter = head_dim // 2
+    mrope = [quarter - 2 * (quarter * 3 // 8), quarter * 3 // 8, quarter * 3 // 8]  # [16, 24, 24] at 128
+    torch.manual_seed(0)
+    config = Qwen2VLConfig(
+        vision_config=Qwen2VLVisionConfig(
+            depth=s["vision_depth"], embed_dim=s["vision_embed"], hidden_size=s["hidden"], num_heads=s["vision_heads"],
+            mlp_ratio=4, patch_size=s["patch"], spatial_merge_size=2, temporal_patch_size=2,
+        ),
+        text_config=Qwen2VLTextConfig(
+            vocab_size=max(s["vocab"], len(tokenizer)), hidden_size=s["hidden"], intermediate_size=s["intermediate"],
+            num_hidden_layers=s["layers"], num_attention_heads=s["heads"], num_key_value_heads=s["kv_heads"],
+            max_position_embeddings=32768,
+            rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": mrope},
+            pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        ),
+        image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"),
+    )
+    model = Qwen2VLForConditionalGeneration(config).eval()
+    factor = s["patch"] * 2
+    common = {"patch_size": s["patch"], "merge_size": 2, "temporal_patch_size": 2}
+    image_processor = Qwen2VLImageProcessor(
+        size={"shortest_edge": 4 * factor * factor, "longest_edge": 16384 * factor * factor}, **common
+    )
+    processor = Qwen2VLProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, video_processor=Qwen2VLVideoProcessor(**common)
+    )
+    return _never_stop(Qwen2VLAdapter(model, processor))
+
+
+def narrowing(shape: dict[str, Any], real: dict[str, Any], family: str) -> dict[str, Any]:
+    """What the bench model keeps and what it narrows, against the real model."""
+    text = real["text"]
+    kept = {k: shape[k] for k in ("layers", "heads", "kv_heads", "vocab")}
+    narrowed = {
+        "hidden": f"{text['hidden']} -> {shape['hidden']} (head_dim {text['hidden'] // text['heads']} -> "
+                  f"{shape['hidden'] // shape['heads']})",
+        "intermediate": f"{text['intermediate']} -> {shape['intermediate']}",
+    }
+    if family == "llava":
+        v = real["vision"]
+        narrowed["vision_tower"] = (
+            f"{v['layers']} layers x {v['hidden']} wide -> {shape['vision_layers']} x {shape['vision_hidden']} "
+            f"(image {shape['image_size']} px, patch {shape['patch']} kept)"
+        )
+    else:
+        v = real["vision"]
+        narrowed["vision_tower"] = (
+            f"depth {v['depth']} x {v['embed_dim']} -> {shape['vision_depth']} x {shape['vision_embed']} "
+            f"(patch {shape['patch']}, merge 2 kept)"
+        )
+    for k in ("layers", "heads", "kv_heads", "vocab"):
+        if shape[k] != text[k]:
+            narrowed[k] = f"{text[k]} -> {shape[k]}"
+            kept.pop(k)
+    return {"real": real["model"], "kept": kept, "narrowed": narrowed}
+
+
+def make_image(width: int, height: int, seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    array = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    image = Image.fromarray(array)
+    draw = ImageDraw.Draw(image)
+    for _ in range(6):
+        x0, y0 = int(rng.integers(0, width - 8)), int(rng.integers(0, height - 8))
+        x1, y1 = x0 + int(rng.integers(4, max(5, width // 4))), y0 + int(rng.integers(4, max(5, height // 4)))
+        draw.rectangle((x0, y0, x1, y1), fill=tuple(int(c) for c in rng.integers(0, 256, 3)))
+    return image
+
+
+# ----------------------------------------------------------------------------- measuring
+def _status_kb(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+class PeakMemory:
+    """Peak RSS (and CUDA peak) of one call above what was resident before it, in MiB."""
+
+    def __init__(self) -> None:
+        self.rss_before = self.peak_delta_mib = self.peak_total_mib = self.cuda_delta_mib = None
+
+    def __enter__(self) -> PeakMemory:
+        gc.collect()
+        self.rss_before = _status_kb("VmRSS")
+        self.reset_ok = False
+        try:
+            with open("/proc/self/clear_refs", "w") as fh:
+                fh.write("5")
+            self.reset_ok = True
+        except OSError:
+            pass
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self._cuda0 = torch.cuda.memory_allocated()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        hwm = _status_kb("VmHWM")
+        if self.reset_ok and hwm is not None and self.rss_before is not None:
+            self.peak_delta_mib = round(max(0, hwm - self.rss_before) / 1024, 1)
+            self.peak_total_mib = round(hwm / 1024, 1)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+            self.cuda_delta_mib = round((torch.cuda.max_memory_allocated() - self._cuda0) / 2**20, 1)
+
+    def as_dict(self) -> dict[str, Any]:
+        out = {"peak_rss_delta_mib": self.peak_delta_mib, "peak_rss_total_mib": self.peak_total_mib}
+        if self.cuda_delta_mib is not None:
+            out["cuda_peak_delta_mib"] = self.cuda_delta_mib
+        return out
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def interleaved(
+    variants: dict[str, Callable[[], Any]], repeats: int, memory: bool = True, caps: dict[str, int] | None = None
+) -> dict[str, dict]:
+    """Run every variant once per round, `repeats` rounds (a variant in `caps` only in its first
+    caps[name] rounds); memory measured on the first round.
+
+    `median_s` is the median of process CPU seconds on a CPU run (robust on a shared machine: the
+    bench pins torch to its threads, so CPU time is the work done) and of wall seconds on a GPU;
+    both are kept (`cpu_s`, `wall_s`)."""
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    walls: dict[str, list[float]] = {name: [] for name in variants}
+    mem: dict[str, dict] = {}
+    extra: dict[str, Any] = {}
+    caps = caps or {}
+    for round_ in range(repeats):
+        for name, fn in variants.items():
+            if round_ >= caps.get(name, repeats):
+                continue
+            meter = PeakMemory() if memory and round_ == 0 else contextlib.nullcontext()
+            with meter:
+                _sync()
+                start, cpu_start = time.perf_counter(), time.process_time()
+                result = fn()
+                _sync()
+                wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+                walls[name].append(wall)
+                times[name].append(wall if torch.cuda.is_available() else cpu)
+                if isinstance(result, dict) and round_ == 0:
+                    extra[name] = result
+                del result
+            if isinstance(meter, PeakMemory):
+                mem[name] = meter.as_dict()
+    out = {}
+    for name in variants:
+        out[name] = {
+            "median_s": round(statistics.median(times[name]), 4),
+            "times_s": [round(t, 4) for t in times[name]],
+            "wall_s": [round(t, 4) for t in walls[name]],
+        }
+        out[name].update(mem.get(name, {}))
+        if name in extra:
+            out[name].update(extra[name])
+    return out
+
+
+# ----------------------------------------------------------------------------- helpers on the model
+@contextlib.contextmanager
+def attention_impl(model: torch.nn.Module, impl: str):
+    """Every config in the model on `impl` (e.g. eager), restored afterwards."""
+    configs = {}
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        if config is not None and hasattr(config, "_attn_implementation"):
+            configs[id(config)] = (config, config._attn_implementation)
+    for config, _ in configs.values():
+        config._attn_implementation = impl
+    try:
+        yield
+    finally:
+        for config, original in configs.values():
+            config._attn_implementation = original
+
+
+def model_inputs(adapter, images, questions, with_question: bool = True) -> dict[str, Any]:
+    from laser.attention import model_tensors
+
+    return adapter.prepare_model_inputs(model_tensors(adapter.build_inputs(images, questions, with_question=with_question)))
+
+
+def greedy(adapter, inputs: dict[str, Any], new_tokens: int, contrastive: bool = False) -> list[int]:
+    """Minimal decode: one prefill (last-position logits only) and `new_tokens - 1` cached steps."""
+    from laser.decoding import cache_kwarg, output_cache, vat_scores
+
+    model = adapter.model
+    mask = inputs["attention_mask"]
+    extra = {}
+    pos = adapter.position_ids(mask)
+    if pos is not None:
+        extra["position_ids"] = pos
+    out = model(**inputs, **extra, use_cache=True, logits_to_keep=1)
+    kw = cache_kwarg(model)
+    tokens_out = []
+    for step in range(new_tokens):
+        z = out.logits[:, -1]
+        if contrastive:
+            half = z.shape[0] // 2
+            tok = vat_scores(z[:half], z[half:], 1.0).argmax(-1)
+            tok = torch.cat([tok, tok])
+        else:
+            tok = z.argmax(-1)
+        tokens_out.append(int(tok[0]))
+        if step == new_tokens - 1:
+            break
+        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+        step_in = {"input_ids": tok[:, None], "attention_mask": mask, kw: output_cache(out)}
+        pos = adapter.position_ids(mask, mask.shape[1] - 1)
+        if pos is not None:
+            step_in["position_ids"] = pos
+        out = model(**step_in, use_cache=True, logits_to_keep=1)
+    return tokens_out
+
+
+# ----------------------------------------------------------------------------- 1. attention capture
+def attention_capture(adapter, image: Image.Image, repeats: int, run_eager: bool | None = None) -> dict[str, Any]:
+    """Plain sdpa prefill vs the probe vs eager `output_attentions=True` on one with-question prompt."""
+    from laser.attention import _forward, capture_full, model_tensors
+    from laser.probe import AttentionProbe
+
+    inputs = adapter.build_inputs([image], [QUESTION])
+    tensors = adapter.prepare_model_inputs(model_tensors(inputs))
+    layout = adapter.visual_layout(inputs, 0)
+    n_visual, seq = layout.n_visual, int(inputs["input_ids"].shape[1])
+    layers, heads = adapter.num_layers, adapter.num_heads
+    itemsize = torch.finfo(adapter.dtype).bits // 8
+    probe_bytes = layers * heads * n_visual * 4  # float32 rows
+    eager_bytes = layers * heads * seq * seq * itemsize
+    probe = AttentionProbe(adapter.attention_modules())
+
+    def plain():
+        probe.remove()
+        _forward(adapter, tensors, use_cache=False)
+
+    def probed():
+        probe.install()
+        rows, _, _ = capture_full(adapter, probe, inputs)
+        probe.remove()
+        return {"kept_bytes": rows.numel() * rows.element_size()}
+
+    def eager():
+        probe.remove()
+        with attention_impl(adapter.model, "eager"):
+            out = adapter.model(**tensors, output_attentions=True, use_cache=False)
+        attn = [a for a in out.attentions if a is not None]
+        return {"kept_bytes": sum(a.numel() * a.element_size() for a in attn)}
+
+    if run_eager is None:
+        run_eager = eager_bytes < 10e9
+    variants = {"sdpa": plain, "probe": probed}
+    if run_eager:
+        variants["eager_output_attentions"] = eager
+    results = interleaved(variants, repeats, caps={"eager_output_attentions": 1})
+    out = {
+        "seq_len": seq, "n_visual": n_visual, "layers": layers, "heads": heads,
+        "probe_attention_bytes": probe_bytes, "eager_attention_bytes": eager_bytes,
+        "eager_needs_gb": round(eager_bytes / 1e9, 2), "eager_run": run_eager,
+        "attention_memory_ratio": round(eager_bytes / probe_bytes, 1),
+        "variants": results,
+        "probe_overhead": round(results["probe"]["median_s"] / results["sdpa"]["median_s"] - 1, 4),
+    }
+    if run_eager:
+        out["eager_vs_sdpa"] = round(results["eager_output_attentions"]["median_s"] / results["sdpa"]["median_s"], 3)
+    return out
+
+
+# ----------------------------------------------------------------------------- 2. end to end
+def reference_pipeline(adapter, image: Image.Image, question: str, new_tokens: int) -> list[int]:
+    """What ViCrop's research code does: eager attention, `output_attentions=True` over all layers on
+    two full prefills (question, generic prompt), rel-att a+/a0 at a fixed layer, multi-scale crop,
+    then HF `generate` on original + crop."""
+    from laser.attention import model_tensors
+    from laser.canvas import canvas_shape, paint_map
+    from laser.crop import place_multiscale_crop
+
+    model = adapter.model
+    layer = min(adapter.default_layer, adapter.num_layers - 1)
+    with attention_impl(model, "eager"):
+        inputs_q = adapter.build_inputs([image], [question])
+        out_q = model(**model_tensors(inputs_q), output_attentions=True)
+        inputs_g = adapter.build_inputs([image], [GENERIC])
+        out_g = model(**model_tensors(inputs_g), output_attentions=True)
+        pos_q = adapter.visual_layout(inputs_q, 0).positions
+        pos_g = adapter.visual_layout(inputs_g, 0).positions
+        a_q = out_q.attentions[layer][0, :, -1, pos_q].mean(0)
+        a_g = out_g.attentions[layer][0, :, -1, pos_g].mean(0)
+        del out_q, out_g
+        ratio = a_q / (a_g + 1e-6)
+        layout = adapter.visual_layout(inputs_q, 0)
+        canvas = paint_map(ratio, layout, 0, canvas_shape(image.size, 512))
+        box = place_multiscale_crop(canvas, image.size, adapter.native_resolution, [1.0, 1.25, 1.5, 1.75, 2.0])
+        crop = image.crop(box)
+        inputs_f = adapter.build_inputs([[image, crop]], [question])
+        ids = model.generate(
+            **model_tensors(inputs_f), max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+            pad_token_id=adapter.tokenizer.pad_token_id,
+        )
+    return ids[0, inputs_f["input_ids"].shape[1]:].tolist()
+
+
+def engines(adapter, new_tokens: int) -> dict[str, Any]:
+    from laser import LaserConfig, LaserEngine
+
+    common = {"decode.max_new_tokens": new_tokens}
+    return {
+        "vanilla": LaserEngine(adapter, LaserConfig.preset("vanilla", **common)),
+        "laser": LaserEngine(adapter, LaserConfig.preset("laser", **common, **{"gate.depth": 1.5})),
+        "laser_full": LaserEngine(adapter, LaserConfig.preset("laser_full", **common)),
+    }
+
+
+def end_to_end(adapter, image: Image.Image, repeats: int, new_tokens: int, engs: dict[str, Any]) -> dict[str, Any]:
+    def run(engine):
+        def fn():
+            pred = engine.answer(image, QUESTION)
+            assert len(pred.token_ids) == new_tokens, pred.token_ids
+            return {"path": pred.path, "stages_s": {k: round(v, 4) for k, v in pred.timings.items()}}
+        return fn
+
+    def reference():
+        ids = reference_pipeline(adapter, image, QUESTION, new_tokens)
+        assert len(ids) == new_tokens
+        return {"path": "reference"}
+
+    variants = {name: run(engine) for name, engine in engs.items()}
+    variants["reference"] = reference
+    results = interleaved(variants, repeats, caps={"reference": 1})  # 10x the others: one run
+    t = {k: v["median_s"] for k, v in results.items()}
+    ratios = {
+        "laser_over_vanilla": round(t["laser"] / t["vanilla"], 3),
+        "laser_full_over_vanilla": round(t["laser_full"] / t["vanilla"], 3),
+        "laser_over_reference": round(t["laser"] / t["reference"], 3),
+        "laser_full_over_reference": round(t["laser_full"] / t["reference"], 3),
+    }
+    mem = {k: v.get("peak_rss_delta_mib") for k, v in results.items()}
+    if mem.get("vanilla"):
+        ratios["laser_peak_mem_over_vanilla"] = round(mem["laser"] / mem["vanilla"], 3)
+        ratios["laser_full_peak_mem_over_vanilla"] = round(mem["laser_full"] / mem["vanilla"], 3)
+    return {"new_tokens": new_tokens, "variants": results, "ratios": ratios}
+
+
+# ----------------------------------------------------------------------------- 3. cost floor
+def cost_floor(adapter, image: Image.Image, repeats: int, new_tokens: int) -> dict[str, Any]:
+    """The separate minimal forwards the method needs, each timed alone (probe off)."""
+    from laser.attention import _common_prefix, _forward, model_tensors
+    from laser.decoding import cache_kwarg, output_cache
+    from laser.probe import AttentionProbe
+
+    probe = AttentionProbe(adapter.attention_modules())
+    probe.remove()
+    model = adapter.model
+    inputs_q = adapter.build_inputs([image], [QUESTION])
+    inputs_0 = adapter.build_inputs([image], [QUESTION], with_question=False)
+    full_q = adapter.prepare_model_inputs(model_tensors(inputs_q))
+    ids_q, ids_0 = inputs_q["input_ids"][0], inputs_0["input_ids"][0]
+    shared = _common_prefix(ids_q, ids_0)
+    prefix = dict(full_q)
+    prefix.update(input_ids=full_q["input_ids"][:, :shared], attention_mask=full_q["attention_mask"][:, :shared])
+    prefix = adapter.prepare_model_inputs(prefix)
+    cache = output_cache(_forward(adapter, prefix, use_cache=True))
+    suffix_ids = ids_0[shared:][None]
+    suffix_mask = torch.ones(1, shared + suffix_ids.shape[1], dtype=torch.long)
+    w, h = image.size
+    crop = image.crop((w // 4, h // 4, w // 4 + w // 2, h // 4 + h // 2))
+    focus = model_inputs(adapter, [crop], [QUESTION])
+    focus2 = model_inputs(adapter, [crop, crop], [QUESTION, QUESTION])
+
+    def full_prefill():
+        _forward(adapter, full_q, use_cache=True)
+
+    def suffix_prefill():
+        step = {"input_ids": suffix_ids, "attention_mask": suffix_mask, cache_kwarg(model): cache}
+        pos = adapter.position_ids(suffix_mask, shared)
+        if pos is not None:
+            step["position_ids"] = pos
+        model(**step, use_cache=True, logits_to_keep=1)
+        cache.crop(-int(suffix_ids.shape[1]))  # back to the prefix, ready for the next round
+
+    def focus_direct():
+        greedy(adapter, focus, new_tokens)
+
+    def focus_contrastive():
+        greedy(adapter, focus2, new_tokens, contrastive=True)
+
+    variants = {
+        "full_prefill_q": full_prefill,
+        "suffix_prefill_0": suffix_prefill,
+        "focus_prefill_decode": focus_direct,
+        "focus_prefill_decode_2B": focus_contrastive,
+    }
+    results = interleaved(variants, repeats, memory=False)
+    t = {k: v["median_s"] for k, v in results.items()}
+    floor_direct = t["full_prefill_q"] + t["suffix_prefill_0"] + t["focus_prefill_decode"]
+    floor_contrastive = t["full_prefill_q"] + t["suffix_prefill_0"] + t["focus_prefill_decode_2B"]
+    return {
+        "shared_prefix_tokens": shared, "suffix_tokens": int(suffix_ids.shape[1]),
+        "pieces": results, "floor_direct_s": round(floor_direct, 4),
+        "floor_contrastive_s": round(floor_contrastive, 4), "floor_vanilla_s": t["focus_prefill_decode"],
+    }
+
+
+# ----------------------------------------------------------------------------- 4. batch throughput
+def batch_throughput(engine, batches: list[int], repeats: int, image_size: tuple[int, int]) -> dict[str, Any]:
+    images = [make_image(*image_size, seed=10 + i) for i in range(max(batches))]
+    questions = [QUESTION] * max(batches)
+    variants = {f"batch_{b}": (lambda b=b: engine.answer_batch(images[:b], questions[:b]) and None) for b in batches}
+    results = interleaved(variants, repeats, memory=False)
+    out = {}
+    for b in batches:
+        r = results[f"batch_{b}"]
+        out[f"batch_{b}"] = {**r, "samples_per_s": round(b / r["median_s"], 4)}
+    base = out[f"batch_{batches[0]}"]["samples_per_s"]
+    for b in batches:
+        out[f"batch_{b}"]["throughput_vs_batch_1"] = round(out[f"batch_{b}"]["samples_per_s"] / base, 3)
+    return out
+
+
+# ----------------------------------------------------------------------------- driver
+TARGETS = [
+    ("probe adds <= 10% to sdpa prefill (LLaVA shape)", lambda r: r["attention_capture"]["llava"]["probe_overhead"], "<=", 0.10),
+    ("attention memory eager/probe >= 100x (LLaVA shape)", lambda r: r["attention_capture"]["llava"]["attention_memory_ratio"], ">=", 100),
+    ("laser/vanilla <= 2.2 (direct)", lambda r: r["end_to_end"]["ratios"]["laser_over_vanilla"], "<=", 2.2),
+    ("laser_full/vanilla <= 3.2 (contrastive)", lambda r: r["end_to_end"]["ratios"]["laser_full_over_vanilla"], "<=", 3.2),
+    ("laser/reference <= 0.6", lambda r: r["end_to_end"]["ratios"]["laser_over_reference"], "<=", 0.6),
+    ("laser/floor - 1 <= 15% (direct)", lambda r: r["floor_ratios"]["laser_over_floor_direct"] - 1, "<=", 0.15),
+    ("laser_full/floor - 1 <= 15% (contrastive)", lambda r: r["floor_ratios"]["laser_full_over_floor_contrastive"] - 1, "<=", 0.15),
+    ("throughput batch 4 >= batch 1", lambda r: r["batch_throughput"].get("batch_4", {}).get("throughput_vs_batch_1"), ">=", 1.0),
+    ("peak RSS delta laser/vanilla <= 1.25", lambda r: r["end_to_end"]["ratios"].get("laser_peak_mem_over_vanilla"), "<=", 1.25),
+]
+
+
+def check_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    for name, get, op, bound in TARGETS:
+        try:
+            value = get(result)
+        except (KeyError, TypeError):
+            value = None
+        ok = None if value is None else (value <= bound if op == "<=" else value >= bound)
+        out.append({"target": name, "value": None if value is None else round(value, 4), "bound": f"{op} {bound}", "met": ok})
+    return out
+
+
+def run(mode: str = "default", threads: int | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+    shapes, plan = SHAPES[mode], PLANS[mode]
+    if threads:
+        torch.set_num_threads(threads)
+    n_new = plan["new_tokens"]
+    import transformers
+
+    result: dict[str, Any] = {
+        "meta": {
+            "mode": mode, "plan": plan, "python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "threads": torch.get_num_threads(),
+            "device": "cuda" if torch.cuda.is_available() else "cpu", "machine": platform.machine(),
+            "cpu_count": os.cpu_count(), "dtype": "float32",
+            "memory_method": "VmHWM reset via /proc/self/clear_refs, MALLOC_MMAP_THRESHOLD_=%d" % MMAP_THRESHOLD,
+            "time_metric": "wall seconds (GPU)" if torch.cuda.is_available() else
+            "process CPU seconds (torch pinned to the bench's threads; wall seconds kept as wall_s)",
+            "shapes": {
+                "llava": {**narrowing(shapes["llava"], LLAVA_REAL, "llava"), "config": shapes["llava"]},
+                "qwen2_vl": {**narrowing(shapes["qwen"], QWEN_REAL, "qwen"), "config": shapes["qwen"]},
+            },
+        }
+    }
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    log(f"[bench] building LLaVA-1.5-shaped model ({mode})")
+    llava = build_llava(shapes["llava"])
+    image = make_image(640, 480)
+    with torch.inference_mode():
+        model_inputs(llava, [image], [QUESTION])  # warm the processor
+        log("[bench] 1. attention capture (LLaVA)")
+        result["attention_capture"] = {"llava": attention_capture(llava, image, plan["repeats"])}
+        log("[bench] 2. end to end")
+        engs = engines(llava, n_new)
+        result["end_to_end"] = end_to_end(llava, image, plan["repeats"], n_new, engs)
+        log("[bench] 3. cost floor")
+        result["cost_floor"] = cost_floor(llava, image, plan["repeats"], n_new)
+    t = {k: v["median_s"] for k, v in result["end_to_end"]["variants"].items()}
+    floor = result["cost_floor"]
+    result["floor_ratios"] = {
+        "laser_over_floor_direct": round(t["laser"] / floor["floor_direct_s"], 3),
+        "laser_full_over_floor_contrastive": round(t["laser_full"] / floor["floor_contrastive_s"], 3),
+        "vanilla_over_floor_vanilla": round(t["vanilla"] / floor["floor_vanilla_s"], 3),
+    }
+    log("[bench] 4. batch throughput")
+    result["batch_throughput"] = batch_throughput(engs["laser"], plan["batches"], plan["batch_repeats"], image.size)
+    del engs, llava
+    gc.collect()
+    log("[bench] building Qwen2-VL-shaped model (high resolution)")
+    qwen = build_qwen(shapes["qwen"])
+    side = shapes["qwen"]["image_side"]
+    with torch.inference_mode():
+        model_inputs(qwen, [make_image(side, side)], [QUESTION])
+        log("[bench] 1. attention capture (Qwen2-VL high-res)")
+        result["attention_capture"]["qwen2_vl_highres"] = attention_capture(
+            qwen, make_image(side, side, seed=1), plan["qwen_repeats"]
+        )
+    result["targets"] = check_targets(result)
+    result["meta"]["wall_s"] = round(time.perf_counter() - t0, 1)
+    result["meta"]["cpu_s"] = round(time.process_time() - cpu0, 1)
+    return result
+
+
+def _fmt_mem(v: dict[str, Any]) -> str:
+    m = v.get("peak_rss_delta_mib")
+    return "-" if m is None else f"{m:,.0f}"
+
+
+def table(result: dict[str, Any]) -> str:
+    lines = []
+    meta = result["meta"]
+    lines.append(f"LASER bench ({meta['mode']}; torch {meta['torch']}, transformers {meta['transformers']}, "
+                 f"{meta['device']}, {meta['threads']} thread(s), {meta['dtype']}; wall {meta.get('wall_s')} s, "
+                 f"CPU {meta.get('cpu_s')} s)")
+    lines.append(f"  times: {meta['time_metric']}")
+    for fam, s in meta["shapes"].items():
+        lines.append(f"  {fam}: shape of {s['real']}; kept {s['kept']}; narrowed {s['narrowed']}")
+    lines.append("")
+    lines.append("1. attention capture (one prefill with the question)")
+    lines.append(f"  {'shape':<18}{'variant':<26}{'median s':>10}{'peak RSS +MiB':>15}{'attn kept':>14}")
+    for shape, r in result["attention_capture"].items():
+        for name, v in r["variants"].items():
+            kept = v.get("kept_bytes")
+            kept_s = "-" if kept is None else f"{kept / 2**20:,.1f} MiB"
+            lines.append(f"  {shape:<18}{name:<26}{v['median_s']:>10.3f}{_fmt_mem(v):>15}{kept_s:>14}")
+        if not r["eager_run"]:
+            lines.append(f"  {shape:<18}{'eager_output_attentions':<26}{'not run':>10}{'':>15}"
+                         f"{r['eager_attention_bytes'] / 2**20:,.0f} MiB")
+        lines.append(f"  {shape:<18}T={r['seq_len']}, n_visual={r['n_visual']}, L={r['layers']}, H={r['heads']}: "
+                     f"probe keeps {r['probe_attention_bytes'] / 2**20:.2f} MiB, eager {r['eager_needs_gb']} GB "
+                     f"({r['attention_memory_ratio']:,.0f}x); probe overhead {100 * r['probe_overhead']:+.1f}%"
+                     + (f"; eager/sdpa {r['eager_vs_sdpa']:.2f}x" if "eager_vs_sdpa" in r else ""))
+    e2e = result["end_to_end"]
+    lines.append("")
+    lines.append(f"2. end to end, LLaVA shape, {e2e['new_tokens']} new tokens")
+    lines.append(f"  {'method':<14}{'path':<14}{'median s':>10}{'peak RSS +MiB':>15}  stages")
+    for name, v in e2e["variants"].items():
+        stages = ", ".join(f"{k} {s:.2f}" for k, s in v.get("stages_s", {}).items() if k != "total")
+        lines.append(f"  {name:<14}{v.get('path', ''):<14}{v['median_s']:>10.3f}{_fmt_mem(v):>15}  {stages}")
+    lines.append("  " + ", ".join(f"{k} {v}" for k, v in e2e["ratios"].items()))
+    floor = result["cost_floor"]
+    lines.append("")
+    lines.append("3. cost floor (minimal forwards, each timed alone)")
+    for name, v in floor["pieces"].items():
+        lines.append(f"  {name:<26}{v['median_s']:>10.3f}")
+    lines.append(f"  floor direct {floor['floor_direct_s']:.3f} s, contrastive {floor['floor_contrastive_s']:.3f} s; "
+                 + ", ".join(f"{k} {v}" for k, v in result["floor_ratios"].items()))
+    lines.append("")
+    lines.append("4. LaserEngine.answer_batch throughput (laser, direct path)")
+    for name, v in result["batch_throughput"].items():
+        lines.append(f"  {name:<10}{v['median_s']:>10.3f} s{v['samples_per_s']:>10.3f} samples/s"
+                     f"{v['throughput_vs_batch_1']:>8.2f}x")
+    lines.append("")
+    lines.append("targets")
+    for t in result["targets"]:
+        mark = {True: "MET ", False: "MISS", None: "n/a "}[t["met"]]
+        lines.append(f"  [{mark}] {t['target']}: {t['value']} ({t['bound']})")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smoke-test sizes (~1 min)")
+    parser.add_argument("--out", default="bench.json")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: CPU time = work)")
+    args = parser.parse_args(argv)
+    if argv is None and os.environ.get("MALLOC_MMAP_THRESHOLD_") is None and sys.platform.startswith("linux"):
+        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD)}
+        os.execve(sys.executable, [sys.executable, *sys.argv], env)
+    sys.path.insert(0, str(ROOT))
+    result = run("quick" if args.quick else "default", args.threads, log=lambda m: print(m, file=sys.stderr, flush=True))
+    text = table(result)
+    print(text)
+    result["table"] = text
+    Path(args.out).write_text(json.dumps(result, indent=2, default=str))
+    print(f"\nwrote {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
