@@ -37,7 +37,7 @@ from laser.testbed.split import load_split  # noqa: E402
 
 
 def stage_for(progress: float) -> int:
-    return 0 if progress < 0.08 else (1 if progress < 0.25 else 2)
+    return "a1" if progress < 0.08 else (1 if progress < 0.25 else 2)
 
 
 class Batcher:
@@ -66,7 +66,69 @@ class Batcher:
         mask = torch.tensor([[0] * (L - len(s)) + [1] * len(s) for s in seqs])
         px = torch.from_numpy(d["pixels"]).permute(0, 3, 1, 2).float() / 255.0
         px = (px - self.mean) / self.std
-        return ids, mask, labels, px, torch.from_numpy(d["digit_labels"]), torch.from_numpy(d["color_labels"])
+        return (ids, mask, labels, px, torch.from_numpy(d["digit_labels"]), torch.from_numpy(d["color_labels"]),
+                torch.from_numpy(d["attn_targets"]))
+
+
+def vision_aux(heads, h, d, cl):
+    """Box-pooled digit CE (mean of the box's patch features) + per-patch colour CE."""
+    loss = F.cross_entropy(heads["color"](h).reshape(-1, len(COLOR_NAMES) + 1), cl.reshape(-1))
+    if len(d["box_view"]):
+        m = torch.from_numpy(d["box_mask"])
+        feats = (h[torch.from_numpy(d["box_view"])] * m[..., None]).sum(1) / m.sum(1, keepdim=True).clamp(min=1)
+        loss = loss + F.cross_entropy(heads["box_digit"](feats), torch.from_numpy(d["box_digit"]))
+    return loss
+
+
+def vision_pretrain(model, heads, rng, minutes, log, batch=64):
+    """Vision tower + aux heads only (cheap steps): learn to read large digits before the LM joins."""
+    vt = model.model.vision_tower
+    params = list(vt.parameters()) + list(heads.parameters())
+    opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01, betas=(0.9, 0.98))
+    ip_mean = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
+    ip_std = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
+    t_end, step, acc, n = time.time() + minutes * 60, 0, 0.0, 0
+    while time.time() < t_end:
+        frac = 1 - (t_end - time.time()) / (minutes * 60)
+        stage = "a0" if frac < 0.3 else ("a1" if frac < 0.55 else (0 if frac < 0.8 else 2))
+        d = sample_views(rng, batch, stage, views_per_scene=12)
+        px = (torch.from_numpy(d["pixels"]).permute(0, 3, 1, 2).float() / 255.0 - ip_mean) / ip_std
+        h = vt(px).last_hidden_state[:, 1:]
+        cl = torch.from_numpy(d["color_labels"])
+        loss = vision_aux(heads, h, d, cl)
+        for g in opt.param_groups:
+            g["lr"] = 1.5e-3 * min(1.0, (step + 1) / 50) * (1.0 - 0.7 * frac)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        with torch.no_grad():
+            if len(d["box_view"]):
+                m = torch.from_numpy(d["box_mask"])
+                feats = (h[torch.from_numpy(d["box_view"])] * m[..., None]).sum(1) / m.sum(1, keepdim=True).clamp(min=1)
+                acc += (heads["box_digit"](feats).argmax(-1) == torch.from_numpy(d["box_digit"])).float().sum().item()
+                n += len(d["box_view"])
+        step += 1
+        if step % 50 == 0:
+            log(f"vision pretrain step {step} stage {stage} loss {loss.item():.3f} box-digit acc {acc / max(n, 1):.3f}")
+            acc, n = 0.0, 0
+
+
+def attention_loss(attentions, ids, labels, targets, image_token_id, layers=(1, 2), heads=(0, 1)):
+    """-log(attention mass of the last prompt token on the target patches), for chosen layers/heads."""
+    sup = targets.sum(1) > 0
+    if not sup.any():
+        return torch.zeros(())
+    first = (labels != -100).float().argmax(1) - 1  # last prompt position
+    img_pos = (ids == image_token_id).nonzero()[:, 1].view(ids.size(0), -1)  # [B, 64]
+    total = 0.0
+    for layer in layers:
+        att = attentions[layer][:, list(heads)]  # [B, h, L, L]
+        rows = att[torch.arange(ids.size(0)), :, first]  # [B, h, L]
+        on_img = rows.gather(2, img_pos[:, None, :].expand(-1, rows.size(1), -1))  # [B, h, 64]
+        mass = (on_img * targets[:, None, :]).sum(-1)
+        total = total - torch.log(mass[sup] + 1e-4).mean()
+    return total / len(layers)
 
 
 def main():
@@ -78,6 +140,8 @@ def main():
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--warmup", type=int, default=300)
     ap.add_argument("--aux", type=float, default=0.5)
+    ap.add_argument("--attn-aux", type=float, default=0.3)
+    ap.add_argument("--vision-minutes", type=float, default=0.0, help="vision-only pre-training (once per run)")
     ap.add_argument("--ckpt-min", type=float, default=4.0)
     ap.add_argument("--export-min", type=float, default=10.0)
     ap.add_argument("--eval-every", type=int, default=500)
@@ -99,8 +163,10 @@ def main():
     tok = build_tokenizer()
     proc = build_processor(tok)
     model = build_model(tok)
+    model.set_attn_implementation("eager")  # attention maps for the attention loss (export uses sdpa)
     vh = model.config.vision_config.hidden_size
-    heads = torch.nn.ModuleDict({"digit": torch.nn.Linear(vh, 11), "color": torch.nn.Linear(vh, len(COLOR_NAMES) + 1)})
+    heads = torch.nn.ModuleDict({"digit": torch.nn.Linear(vh, 11), "color": torch.nn.Linear(vh, len(COLOR_NAMES) + 1),
+                                  "box_digit": torch.nn.Linear(vh, 10)})
     params = list(model.parameters()) + list(heads.parameters())
     opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=0.01, betas=(0.9, 0.98))
     step, best, trained_s = 0, -1.0, 0.0
@@ -109,13 +175,20 @@ def main():
     if ck.exists():
         st = torch.load(ck, weights_only=False)
         model.load_state_dict(st["model"])
-        heads.load_state_dict(st["heads"])
-        opt.load_state_dict(st["opt"])
+        heads.load_state_dict(st["heads"], strict=False)
+        if len(st["opt"]["param_groups"][0]["params"]) == len(params):
+            opt.load_state_dict(st["opt"])
         step, best, trained_s = st["step"], st["best"], st.get("trained_s", 0.0)
         rng.setstate(st["rng"])
         log(f"resumed from step {step} (best {best:.3f})")
     else:
         log(f"new run: {json.dumps(vars(a))}; params {sum(p.numel() for p in model.parameters())}")
+
+    vdone = ck.exists() and torch.load(ck, weights_only=False).get("vision_done", False)
+    if a.vision_minutes > 0 and not vdone:
+        vision_pretrain(model, heads, rng, a.vision_minutes, log)
+        vdone = True
+        opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=0.01, betas=(0.9, 0.98))
 
     captured = {}
     model.model.vision_tower.register_forward_hook(lambda m, i, o: captured.__setitem__("h", o.last_hidden_state))
@@ -134,7 +207,7 @@ def main():
 
     def save_ckpt():
         torch.save({"model": model.state_dict(), "heads": heads.state_dict(), "opt": opt.state_dict(),
-                    "step": step, "best": best, "trained_s": trained_s, "rng": rng.getstate()}, run / "tmp.pt")
+                    "step": step, "best": best, "trained_s": trained_s, "vision_done": vdone, "rng": rng.getstate()}, run / "tmp.pt")
         (run / "tmp.pt").replace(ck)
 
     def evaluate_and_maybe_keep():
@@ -159,17 +232,17 @@ def main():
         stage = stage_for(trained_s / budget)
         d = sample_views(rng, a.batch, stage)
         t_data = time.time()
-        ids, mask, labels, px, dl, cl = batcher(d)
+        ids, mask, labels, px, dl, cl, at = batcher(d)
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
-        out = model(input_ids=ids, attention_mask=mask, pixel_values=px)
+        out = model(input_ids=ids, attention_mask=mask, pixel_values=px, output_attentions=a.attn_aux > 0)
         logits = out.logits[:, :-1]
         lm = F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels[:, 1:].reshape(-1), ignore_index=-100)
         h = captured["h"][:, 1:]
-        aux = F.cross_entropy(heads["digit"](h).reshape(-1, 11), dl.reshape(-1), ignore_index=-100) + \
-            F.cross_entropy(heads["color"](h).reshape(-1, len(COLOR_NAMES) + 1), cl.reshape(-1))
+        aux = vision_aux(heads, h, d, cl)
         w = a.aux if trained_s < budget * 0.7 else a.aux * 0.3
-        loss = lm + w * aux
+        att_l = attention_loss(out.attentions, ids, labels, at, model.config.image_token_id) if a.attn_aux > 0 else torch.zeros(())
+        loss = lm + w * aux + a.attn_aux * att_l
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -184,6 +257,7 @@ def main():
                 agg[f"n_{fam}"] += 1
         agg["lm"] += lm.item()
         agg["aux"] += aux.item()
+        agg["att"] += float(att_l)
         agg["data_s"] += t_data - t0
         agg["step_s"] += time.time() - t0
         agg["n"] += 1
@@ -193,7 +267,7 @@ def main():
         if step % 50 == 0:
             n = agg["n"]
             accs = " ".join(f"{k[4:]}={agg[k] / agg['n_' + k[4:]]:.2f}" for k in sorted(agg) if k.startswith("acc_"))
-            log(f"step {step} t {trained_s / 60:.1f}m stage {stage} lr {lr_at(step):.2e} lm {agg['lm'] / n:.3f} aux {agg['aux'] / n:.3f} "
+            log(f"step {step} t {trained_s / 60:.1f}m stage {stage} lr {lr_at(step):.2e} lm {agg['lm'] / n:.3f} aux {agg['aux'] / n:.3f} att {agg['att'] / n:.3f} "
                 f"train[{accs}] {agg['step_s'] / n:.2f}s/step (data {agg['data_s'] / n:.2f})")
             agg.clear()
         if step % a.eval_every == 0:

@@ -3,7 +3,8 @@ resized to the model input, one question per view, plus dense per-patch labels (
 under each patch centre) used as an auxiliary loss on the vision tower.
 
 `sample_views(rng, n, stage)` -> dict(pixels uint8 [n,S,S,3], questions, answers, families,
-sizes, digit_labels [n,g*g], color_labels [n,g*g]). Stage 0: one or two big boxes, stage 1: a few
+sizes, digit_labels [n,g*g], color_labels [n,g*g], attn_targets [n,g*g] float masks,
+box_view/box_digit/box_mask: one row per readable box for a box-pooled digit loss). Stage 0: one or two big boxes, stage 1: a few
 boxes, stage 2: the evaluation distribution (3-6 boxes, zoom 1x-10x, whole scenes).
 """
 
@@ -19,11 +20,16 @@ from .scenes import COLOR_NAMES, MODEL_INPUT, RELATIONS, SCENE_SIZE, Box, Scene,
 
 EVAL_SEED_BASE = 10_000_000
 GRID = 8
+GRID_PX = MODEL_INPUT // GRID
 READABLE_MIN = 10.0  # model px: digit labels only for boxes at least this large in the view
 STAGES = {
-    0: dict(boxes=(1, 2), zoom=(1.4, 3.0), full=0.0),
-    1: dict(boxes=(2, 4), zoom=(1.3, 6.0), full=0.15),
-    2: dict(boxes=(3, 6), zoom=(1.3, 10.0), full=0.25),
+    # zoom = view side / box side; a patch-8 ViT reads glyphs of about one to three patches best
+    0: dict(boxes=(1, 3), zoom=(2.0, 4.5), full=0.0),
+    1: dict(boxes=(2, 4), zoom=(1.7, 6.0), full=0.15),
+    2: dict(boxes=(3, 6), zoom=(1.5, 10.0), full=0.25),
+    # grid-aligned warm-up for the ViT: a box spans exactly k x k patches, shifted by up to `jitter` px
+    "a0": dict(boxes=(1, 3), aligned=(2, 3, 4), jitter=0, full=0.0, zoom=(2.0, 4.5)),
+    "a1": dict(boxes=(2, 5), aligned=(2, 3, 4), jitter=4, full=0.0, zoom=(2.0, 4.5)),
 }
 FAMILY_WEIGHTS = {"reading": 0.38, "relational": 0.22, "existence": 0.14, "color": 0.1, "count": 0.06, "where": 0.1}
 PAIR_CROP = 0.25  # share of zoomed views framed around a box pair (for relational questions)
@@ -34,6 +40,17 @@ def _crop_for(rng: random.Random, scene: Scene, stage: dict) -> tuple[float, flo
     s = scene.size
     if rng.random() < stage["full"] or not scene.boxes:
         return 0.0, 0.0, float(s)
+    if "aligned" in stage:
+        b = rng.choice(scene.boxes)
+        k = rng.choice(stage["aligned"])
+        side = b.side * MODEL_INPUT / (k * GRID_PX)
+        px = side / MODEL_INPUT  # scene px per model px
+        for _ in range(20):
+            jx, jy = rng.randint(0, GRID - k), rng.randint(0, GRID - k)
+            dx, dy = rng.uniform(-stage["jitter"], stage["jitter"]), rng.uniform(-stage["jitter"], stage["jitter"])
+            x0, y0 = b.x0 - (jx * GRID_PX + dx) * px, b.y0 - (jy * GRID_PX + dy) * px
+            if 0 <= x0 <= s - side and 0 <= y0 <= s - side:
+                return x0, y0, side
     lo, hi = stage["zoom"]
     if len(scene.boxes) >= 2 and rng.random() < PAIR_CROP:
         a, b = rng.sample(scene.boxes, 2)
@@ -87,13 +104,23 @@ def _patch_labels(vboxes) -> tuple[np.ndarray, np.ndarray]:
     return digit, color
 
 
+def _patch_mask(vbox) -> np.ndarray:
+    """Patches of the GRIDxGRID view that overlap `vbox` (all zero when None): attention targets."""
+    m = np.zeros((GRID, GRID), dtype=np.float32)
+    if vbox is not None:
+        cell = MODEL_INPUT / GRID
+        x0, y0, x1, y1 = (min(max(v, 0.0), MODEL_INPUT - 1e-3) for v in vbox)
+        m[int(y0 // cell) : int(y1 // cell) + 1, int(x0 // cell) : int(x1 // cell) + 1] = 1.0
+    return m.reshape(-1)
+
+
 def _bucket(vbox) -> str:
     side = min(vbox[2] - vbox[0], vbox[3] - vbox[1])
     return "small" if side < 6 else ("medium" if side < 12 else "large")
 
 
 def _question(rng: random.Random, vboxes, scene: Scene):
-    """(family, question, answer, size) for one view, or None when nothing is well-defined."""
+    """(family, question, answer, size, target box in view px or None) for one view, or None when nothing is well-defined."""
     inn = [v for v in vboxes if v[2] == "in"]
     partial = [v for v in vboxes if v[2] == "partial"]
     fam = rng.choices(list(FAMILY_WEIGHTS), weights=list(FAMILY_WEIGHTS.values()))[0]
@@ -102,7 +129,7 @@ def _question(rng: random.Random, vboxes, scene: Scene):
         v = rng.choice(inn)
         if _bucket(v[1]) == "small" and rng.random() < 0.7:
             v = max(inn, key=lambda t: t[1][2] - t[1][0])
-        return "reading", f"What digit is in the {v[0].color} box?", str(v[0].digit), _bucket(v[1])
+        return "reading", f"What digit is in the {v[0].color} box?", str(v[0].digit), _bucket(v[1]), v[1]
     if fam == "relational" and len(inn) >= 2:
         sub = Scene(scene.seed, scene.size, [v[0] for v in inn + partial])
         cands = [(a, r, related_box(sub, a, r)) for a in sub.boxes for r in RELATIONS]
@@ -111,31 +138,31 @@ def _question(rng: random.Random, vboxes, scene: Scene):
         if cands:
             a, r, t = rng.choice(cands)
             vb = next(v[1] for v in inn if v[0] is t)
-            return "relational", f"What digit is in the box {RELATIONS[r]} the {a.color} box?", str(t.digit), _bucket(vb)
+            return "relational", f"What digit is in the box {RELATIONS[r]} the {a.color} box?", str(t.digit), _bucket(vb), vb
     if fam == "existence":
         present = [v for v in inn]
         absent = [c for c in COLOR_NAMES if c not in {v[0].color for v in inn + partial}]
         if present and (rng.random() < 0.5 or not absent):
             v = rng.choice(present)
-            return "existence", f"Is there a {v[0].color} box?", "yes", _bucket(v[1])
+            return "existence", f"Is there a {v[0].color} box?", "yes", _bucket(v[1]), v[1]
         if absent:
-            return "existence", f"Is there a {rng.choice(absent)} box?", "no", "large"
+            return "existence", f"Is there a {rng.choice(absent)} box?", "no", "large", None
     if fam == "color" and inn:
         v = rng.choice(inn)
         if sum(w[0].digit == v[0].digit for w in inn + partial) == 1:
-            return "color", f"What color is the box with the digit {v[0].digit}?", v[0].color, _bucket(v[1])
+            return "color", f"What color is the box with the digit {v[0].digit}?", v[0].color, _bucket(v[1]), v[1]
     if fam == "count" and inn and not partial:
-        return "count", "How many boxes are there?", str(len(inn)), "large"
+        return "count", "How many boxes are there?", str(len(inn)), "large", None
     if fam == "where" and inn:
         v = rng.choice(inn)
         x0, y0, x1, y1 = v[1]
         dx, dy = (x0 + x1) / 2 - MODEL_INPUT / 2, (y0 + y1) / 2 - MODEL_INPUT / 2
         if max(abs(dx), abs(dy)) > 0.2 * MODEL_INPUT and abs(abs(dx) - abs(dy)) > 0.1 * MODEL_INPUT:
             ans = ("right" if dx > 0 else "left") if abs(dx) > abs(dy) else ("bottom" if dy > 0 else "top")
-            return "where", f"Where is the {v[0].color} box?", ans, _bucket(v[1])
+            return "where", f"Where is the {v[0].color} box?", ans, _bucket(v[1]), v[1]
     if inn:  # fallback: reading
         v = max(inn, key=lambda t: t[1][2] - t[1][0])
-        return "reading", f"What digit is in the {v[0].color} box?", str(v[0].digit), _bucket(v[1])
+        return "reading", f"What digit is in the {v[0].color} box?", str(v[0].digit), _bucket(v[1]), v[1]
     return None
 
 
@@ -143,7 +170,7 @@ def sample_views(rng: random.Random, n: int, stage: int = 2, views_per_scene: in
     st = STAGES[stage]
     pix = np.zeros((n, MODEL_INPUT, MODEL_INPUT, 3), dtype=np.uint8)
     out = {"questions": [], "answers": [], "families": [], "sizes": []}
-    digits, colors = [], []
+    digits, colors, attn_t, box_rows = [], [], [], []
     i = 0
     while i < n:
         scene = make_scene(rng.randrange(EVAL_SEED_BASE), n_boxes=rng.randint(*st["boxes"]))
@@ -156,15 +183,24 @@ def sample_views(rng: random.Random, n: int, stage: int = 2, views_per_scene: in
             q = _question(rng, vboxes, scene)
             if q is None:
                 continue
-            view = img.resize((MODEL_INPUT, MODEL_INPUT), Image.BICUBIC, box=(x0, y0, x0 + side, y0 + side))
+            view = img.resize((MODEL_INPUT, MODEL_INPUT), Image.BICUBIC, box=(x0, y0, x0 + side, y0 + side), reducing_gap=3.0)
             pix[i] = np.asarray(view)
             d, c = _patch_labels(vboxes)
+            for b, vb, vis in vboxes:
+                if vis == "in" and min(vb[2] - vb[0], vb[3] - vb[1]) >= READABLE_MIN:
+                    box_rows.append((i, b.digit, _patch_mask(vb)))
             digits.append(d)
             colors.append(c)
-            for key, val in zip(("families", "questions", "answers", "sizes"), q):
+            for key, val in zip(("families", "questions", "answers", "sizes"), q[:4]):
                 out[key].append(val)
+            attn_t.append(_patch_mask(q[4]))
             i += 1
     out["pixels"] = pix
     out["digit_labels"] = np.stack(digits)
     out["color_labels"] = np.stack(colors)
+    out["attn_targets"] = np.stack(attn_t)
+    # readable boxes: (view index, digit, patch mask) for a box-pooled digit loss
+    out["box_view"] = np.array([r[0] for r in box_rows], dtype=np.int64)
+    out["box_digit"] = np.array([r[1] for r in box_rows], dtype=np.int64)
+    out["box_mask"] = np.stack([r[2] for r in box_rows]) if box_rows else np.zeros((0, GRID * GRID), np.float32)
     return out
