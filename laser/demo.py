@@ -57,11 +57,14 @@ def main(argv: list[str] | None = None) -> int:
         render_overlay(
             image,
             pred,
-            vanilla_answer=vanilla.get(record["sample_id"]),
-            num_layers=adapter.num_layers,
-            path=path,
+            vanilla.get(record["sample_id"]),
+            adapter.num_layers,
+            path,
             question=record["question"],
-            truth=record["answers"][0],
+            answers=record["answers"],
+            crop_input=engine.config.crop.input,
+            gate_depth=engine.config.gate.depth,
+            title=f"testbed {record['sample_id']} ({record['meta']['size']} target)",
         )
         written.append(path)
     if written:
