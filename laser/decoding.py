@@ -52,6 +52,15 @@ def choose_tokens(
     return torch.cat(tokens).to(scores.device)
 
 
+NONFINITE_LOGITS = "non-finite logits"
+"""How a sample's `fallback` reason starts when its own (positive or direct) logits were NaN or +inf."""
+
+
+def nonfinite_rows(logits: torch.Tensor) -> torch.Tensor:
+    """[batch] bool: rows holding a NaN or +inf, or no finite value at all (-inf alone is a mask)."""
+    return torch.isnan(logits).any(dim=-1) | torch.isposinf(logits).any(dim=-1) | ~torch.isfinite(logits).any(dim=-1)
+
+
 def cache_kwarg(model: Any) -> str:
     """Name of the forward argument that takes the KV cache (`cache` from transformers 5.x)."""
     params = inspect.signature(model.forward).parameters
@@ -75,7 +84,8 @@ def generate(
     and rows [B, 2B) the negative streams of the same samples).
 
     Returns the answer token ids per sample (EOS excluded) and, per sample, the reason decoding fell
-    back to the positive stream alone (non-finite contrastive scores), or None.
+    back to the positive stream alone (non-finite contrastive scores), or None. A sample whose own
+    logits turn NaN/inf stops there with a reason starting with `NONFINITE_LOGITS`.
     """
     model = adapter.model
     eos = torch.tensor(adapter.eos_token_ids(), device=adapter.device)
@@ -95,17 +105,23 @@ def generate(
     for step in range(cfg.max_new_tokens):
         z = output.logits[:, -1, :].float()
         z_pos = z[:batch]
+        nonfinite = nonfinite_rows(z_pos)  # e.g. float16 overflow: argmax over NaN silently gives token 0
+        broken = nonfinite & ~done
+        if nonfinite.any():
+            z_pos = torch.where(nonfinite[:, None], torch.zeros_like(z_pos), z_pos)
+            for i in broken.nonzero().flatten().tolist():
+                fallbacks[i] = f"{NONFINITE_LOGITS} (NaN/inf) at step {step}; answer cut there"
         if contrastive:
             scores = plausibility_cut(vat_scores(z_pos, z[batch:], cfg.alpha), z_pos, cfg.beta)
-            bad = ~torch.isfinite(scores).any(dim=-1) | torch.isnan(scores).any(dim=-1)
+            bad = nonfinite_rows(scores)
             if bad.any():
                 scores = torch.where(bad[:, None], z_pos, scores)
-                for i in bad.nonzero().flatten().tolist():
+                for i in (bad & ~nonfinite & ~done).nonzero().flatten().tolist():
                     fallbacks[i] = fallbacks[i] or f"non-finite contrastive scores at step {step}"
         else:
             scores = z_pos
         tokens = choose_tokens(scores, cfg, generators)
-        finished_now = torch.isin(tokens, eos)
+        finished_now = torch.isin(tokens, eos) | broken
         for i in (~done & ~finished_now).nonzero().flatten().tolist():
             answers[i].append(int(tokens[i]))
         done = done | finished_now

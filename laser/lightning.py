@@ -7,6 +7,7 @@ No collectives inside `predict_step`.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import traceback
 from typing import Any
@@ -15,6 +16,7 @@ import lightning.pytorch as pl
 import torch
 
 from .config import LaserConfig
+from .decoding import NONFINITE_LOGITS
 from .engine import LaserEngine
 from .prediction import Prediction
 
@@ -74,6 +76,7 @@ class LaserModule(pl.LightningModule):
         self.engine = LaserEngine(adapter, self.method)
 
     def predict_step(self, batch: list[dict[str, Any]], batch_idx: int = 0) -> list[dict[str, Any]]:
+        batch = [sample for sample in batch if not sample.get("padding")]  # DDP filler: no record
         records: list[dict[str, Any] | None] = [None] * len(batch)
         ready = []
         for i, sample in enumerate(batch):
@@ -90,17 +93,40 @@ class LaserModule(pl.LightningModule):
         """Answer as one batch; if that fails, answer one by one so only the bad sample fails."""
         try:
             predictions = self._engine_batch(samples)
-            return [self._record(s, p, None) for s, p in zip(samples, predictions)]
+            return [self._checked(s, p) for s, p in zip(samples, predictions)]
         except Exception:
             if len(samples) == 1:
                 return [self._record(samples[0], None, _describe_error())]
         out = []
         for sample in samples:
             try:
-                out.append(self._record(sample, self._engine_batch([sample])[0], None))
+                out.append(self._checked(sample, self._engine_batch([sample])[0]))
             except Exception:
                 out.append(self._record(sample, None, _describe_error()))
         return out
+
+    def _checked(self, sample: dict[str, Any], pred: Prediction) -> dict[str, Any]:
+        """The record of `pred`, unless its own logits went NaN/inf (say, float16 overflow): then the
+        sample is answered again with vanilla decoding (the `fallback` field says why), and if that
+        fails too (or the method is vanilla already) it becomes an error record."""
+        if not (pred.fallback or "").startswith(NONFINITE_LOGITS):
+            return self._record(sample, pred, None)
+        reason = f"{pred.fallback} on the {pred.path} path"
+        running = self.engine.config
+        if not running.localize and running.decode.mode == "direct":  # vanilla already: nothing to fall back to
+            return self._record(sample, None, f"NonFiniteLogits: {reason}; no answer")
+        vanilla = copy.deepcopy(running)
+        vanilla.localize, vanilla.crop.enabled, vanilla.decode.mode = False, False, "direct"
+        self.engine.config = vanilla
+        try:
+            retry = self._engine_batch([sample])[0]
+        finally:
+            self.engine.config = running
+        if (retry.fallback or "").startswith(NONFINITE_LOGITS):
+            return self._record(sample, None, f"NonFiniteLogits: {reason}, and {retry.fallback} with vanilla decoding")
+        retry.path, retry.method = "vanilla", pred.method
+        retry.fallback = f"{reason}; answered with vanilla decoding"
+        return self._record(sample, retry, None)
 
     def _engine_batch(self, samples: list[dict[str, Any]]) -> list[Prediction]:
         seeds = [sample_seed(self.seed, s["sample_id"]) for s in samples]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,9 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from .compose import data_kwargs, method_config, model_ref
+
+ANNOTATION_ERRORS = "annotation_errors.txt"
+"""Bad annotation entries skipped with `data.on_error=skip`, one message a line."""
 
 
 def is_launcher_rank() -> bool:
@@ -52,6 +56,14 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     done = completed_ids(output_dir)
     datamodule = VQADataModule(**data_kwargs(cfg), skip_ids=done)
     datamodule.setup("predict")
+    if datamodule.errors and is_launcher_rank():  # data.on_error=skip: list what was left out
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / ANNOTATION_ERRORS).write_text("".join(f"{e}\n" for e in datamodule.errors), encoding="utf-8")
+        print(
+            f"laser predict: skipped {len(datamodule.errors)} bad annotation entries (data.on_error=skip), "
+            f"listed in {output_dir / ANNOTATION_ERRORS}; first: {datamodule.errors[0]}",
+            file=sys.stderr,
+        )
     pending = [i for i in datamodule.expected_ids if i not in done]
     start = time.perf_counter()
     summary = {"output_dir": str(output_dir), "action": action, "skipped": len(done), "pending": len(pending)}
@@ -81,5 +93,6 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         written=len({r.get("sample_id") for r in records}),
         expected=len(datamodule.expected_ids),
         errors=sum(r.get("error") is not None for r in records),
+        skipped_annotations=len(datamodule.errors),
     )
     return summary

@@ -102,14 +102,13 @@ class VQADataModule(pl.LightningDataModule):
         Under DDP (`use_distributed_sampler=True`) Lightning wraps the sequential sampler in its
         unrepeated distributed sampler: rank r gets items r, r+W, r+2W, ... and no padding. That
         sampler asserts every rank gets at least one item, which a resumed run with fewer pending
-        samples than ranks would break, so such a dataset is padded with copies of its last
-        sample (`laser.writer.merge_records` drops the duplicate records).
+        samples than ranks would break, so such a dataset is padded with placeholder items
+        (`padding=True`) for which `LaserModule` writes no record: each sample is written once.
         """
         self._require_setup()
         self.dataset = VQADataset(self.samples, self.image_root, self.skip_ids)
         world_size = int(getattr(self.trainer, "world_size", 1) or 1)
-        if 0 < len(self.dataset) < world_size:
-            self.dataset.samples += [self.dataset.samples[-1]] * (world_size - len(self.dataset))
+        self.dataset.pad_to(world_size)
         return DataLoader(
             self.dataset,
             batch_size=self.batch_size,

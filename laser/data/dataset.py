@@ -100,17 +100,29 @@ class VQADataset(Dataset):
         self.samples: list[VQASample] = [s for s in samples if s.sample_id not in skip]
         self.image_root = Path(image_root) if image_root is not None else None
         self.skipped = len(samples) - len(self.samples)
+        self.padding = 0  # items past the real samples, for DDP ranks left without one (see `pad_to`)
+
+    def pad_to(self, size: int) -> None:
+        """Grow to `size` items with placeholders (`padding=True`, no image loaded) that the model
+        side answers with no record, so every rank gets an item yet no sample is written twice."""
+        if self.samples and len(self) < size:
+            self.padding += size - len(self)
 
     def __len__(self) -> int:
-        return len(self.samples)
+        return len(self.samples) + self.padding
 
     def image_path(self, sample: VQASample) -> Path:
         path = Path(sample.image)
         return self.image_root / path if self.image_root is not None else path
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        if index >= len(self.samples) and index < len(self):
+            return {"sample_id": self.samples[-1].sample_id, "padding": True, "image": None, "error": None}
         sample = self.samples[index]
-        image, error = load_image(self.image_path(sample))
+        if not sample.question.strip():  # a per-sample error, not a model call on an empty prompt
+            image, error = None, "question is empty"
+        else:
+            image, error = load_image(self.image_path(sample))
         return {
             "sample_id": sample.sample_id,
             "question": format_question(sample),

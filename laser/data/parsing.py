@@ -64,7 +64,7 @@ def collect(
         except ValueError as err:
             message = f"{path}, {where}: {err}"
             if on_error == "raise":
-                raise ValueError(message) from None
+                raise ValueError(f"{message} (data.on_error=skip leaves bad entries out and lists them)") from None
             out.errors.append(message)
             continue
         first_seen[sample.sample_id] = where

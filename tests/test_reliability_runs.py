@@ -1,0 +1,157 @@
+"""Reliability of whole runs: SIGKILL at several points (model load, after k batches, a DDP run) then the
+same command again gives every sample exactly once and the same predictions as an uninterrupted run;
+the same command with the same seed repeats exactly (greedy and sampling, 1 and 2 processes); and a
+run never overwrites another configuration's predictions unless told to (resume=true / overwrite=true).
+
+One saved tiny model (112 px, 64 visual tokens) and one uninterrupted reference per decoding mode."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from run_fixtures import comparable, laser_command, predict_args, records_by_id, run_laser, save_tiny_llava, write_dataset
+
+from laser.cli import main
+
+N = 5
+GREEDY = ("data.batch_size=1", "method.decode.max_new_tokens=2")
+SAMPLING = ("data.batch_size=2", "method.decode.max_new_tokens=3", "method.decode.do_sample=true", "seed=7")
+DDP = ("trainer.devices=2", "trainer.strategy=ddp")
+
+
+def same_predictions(a: dict, b: dict) -> bool:
+    """Every field but the wall-clock timings."""
+    strip = lambda r: {k: v for k, v in r.items() if k != "timings"}  # noqa: E731
+    return sorted(a) == sorted(b) and all(strip(a[i]) == strip(b[i]) for i in a)
+
+
+def run_in_process(*args: str) -> int:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the subprocess runs (OMP_NUM_THREADS=1): same float sums
+    try:
+        return main(["predict", *args])
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    model = save_tiny_llava(root / "model", image_size=112)
+    annotations = write_dataset(root / "data", n=N, sizes=((160, 120), (120, 160), (112, 112)))
+    greedy = root / "greedy"
+    assert run_in_process(*predict_args(model, annotations, greedy, *GREEDY)) == 0
+    return root, model, annotations, records_by_id(greedy)
+
+
+def lines(out: Path) -> int:
+    return sum(p.read_bytes().count(b"\n") for p in out.glob("predictions.rank*.jsonl"))
+
+
+def maps_file(pid: int, needle: str) -> bool:
+    try:
+        return needle in Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return False
+
+
+def start_and_kill(args: list[str], until, timeout: float = 120) -> None:
+    """Start `laser predict args` in its own process group; SIGKILL the whole group once `until(pid)`."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        laser_command("predict", *args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True
+    )
+    deadline = time.time() + timeout
+    try:
+        while time.time() < deadline and proc.poll() is None and not until(proc.pid):
+            time.sleep(0.01)
+        assert proc.poll() is None, "the run ended before it could be killed"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def test_sigkill_during_load_and_after_k_batches_then_rerun_is_identical(setup):
+    root, model, annotations, greedy = setup
+    out = root / "killed"
+    args = predict_args(model, annotations, out, *GREEDY)
+    start_and_kill(args, lambda pid: maps_file(pid, "model.safetensors"))  # while the weights are being read
+    assert (out / "run_config.json").exists() and lines(out) == 0
+    for k in (1, 3):  # one batch is one sample: killed after k, or while writing batch k + 1
+        start_and_kill(args, lambda pid: lines(out) >= k)
+        assert k <= lines(out) < N
+    assert run_in_process(*args) == 0  # the same command again
+    assert same_predictions(records_by_id(out), greedy)  # records_by_id: every id exactly once
+
+
+def test_sampling_repeats_exactly_and_a_killed_ddp_run_resumes_to_the_same_samples(setup):
+    root, model, annotations, greedy = setup
+    out = root / "sampled"
+    args = predict_args(model, annotations, out, *SAMPLING)
+    assert run_in_process(*args) == 0
+    first = records_by_id(out)
+    assert run_in_process(*args, "overwrite=true") == 0  # the same command again, from scratch
+    assert same_predictions(records_by_id(out), first)
+    assert any(first[i]["prediction"] != greedy[i]["prediction"] for i in greedy)  # it did sample
+
+    two = root / "sampled_ddp"  # 2 processes: SIGKILL the launcher and its worker, then the same command
+    ddp_args = predict_args(model, annotations, two, *SAMPLING, *DDP)
+    start_and_kill(ddp_args, lambda pid: lines(two) >= 2)
+    assert 2 <= lines(two) < N
+    run_laser("predict", *ddp_args)
+    records = records_by_id(two)
+    assert len(list(two.glob("predictions.rank*.jsonl"))) == 2
+    assert sorted(records) == sorted(first)
+    assert all(comparable(records[i]) == comparable(first[i]) for i in first)
+
+
+def test_output_of_another_config_is_never_overwritten_by_accident(setup, tmp_path, capsys):
+    root, model, annotations, greedy = setup
+    out = tmp_path / "out"
+    shutil.copytree(root / "greedy", out)
+    assert run_in_process(*predict_args(model, annotations, out, *GREEDY)) == 0  # same config: nothing to do
+    assert "0 predicted now, 5 already there" in capsys.readouterr().out
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    changed = predict_args(model, annotations, out, "data.batch_size=1", "method=vanilla", "method.decode.max_new_tokens=2")
+    assert run_in_process(*changed) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("laser: error:") and "\n" not in err
+    assert "already holds predictions from a different run config" in err and "method.localize" in err
+    assert "resume=true" in err and "overwrite=true" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # untouched
+
+    # resume=true: the old predictions stay, only missing samples are predicted with the new config
+    rank0 = out / "predictions.rank0.jsonl"
+    rank0.write_text("".join(rank0.read_text().splitlines(keepends=True)[:2]))
+    with pytest.warns(UserWarning, match="resuming .* with a changed config"):
+        assert run_in_process(*changed, "resume=true") == 0
+    records = records_by_id(out)
+    kept = sorted(greedy)[:2]
+    assert sorted(records) == sorted(greedy)
+    assert all(records[i] == greedy[i] for i in kept)
+    assert all(records[i]["method"] == "vanilla" for i in records if i not in kept)
+    assert json.loads((out / "run_config.json").read_text())["method"]["name"] == "vanilla"
+
+    # overwrite=true: every old prediction is deleted and the run starts over
+    assert run_in_process(*predict_args(model, annotations, out, *GREEDY), "overwrite=true") == 0
+    assert same_predictions(records_by_id(out), greedy)
+
+
+def test_ddp_padding_items_are_never_written():
+    """A resumed DDP run with fewer pending samples than ranks pads the dataset so every rank gets an
+    item; the filler items yield no record, so no sample is written twice."""
+    from laser.data import VQADataset, VQASample
+    from laser.lightning import LaserModule
+
+    dataset = VQADataset([VQASample("a", "a.png", "q?", ["x"])])
+    dataset.pad_to(3)
+    items = [dataset[i] for i in range(len(dataset))]
+    assert len(items) == 3 and [bool(item.get("padding")) for item in items] == [False, True, True]
+    module = LaserModule(model="unused", method="vanilla")  # no engine: a filler batch never reaches it
+    assert module.predict_step(items[1:]) == []
