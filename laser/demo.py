@@ -31,6 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     from .engine import LaserEngine
     from .testbed.benchmark import load_split, results_table, run_methods
 
+    import torch
+
+    torch.set_num_threads(1)  # the testbed model is tiny: one thread is faster than two
     start = time.perf_counter()
     model_dir = assets_dir() / "testbed" / "model"
     adapter = create_adapter(str(model_dir))
