@@ -8,8 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .data.datamodule import DEFAULT_METRICS
-from .metrics import score
+from .metrics import DEFAULT_METRICS, score
 from .writer import RUN_CONFIG, merge_records
 
 GROUP_MAX_VALUES = 12

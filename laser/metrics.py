@@ -16,6 +16,16 @@ from typing import Any
 import numpy as np
 
 METRICS = ("vqa", "pope", "choice", "exact")
+DEFAULT_METRICS = {
+    "jsonl": "exact",
+    "textvqa": "vqa",
+    "pope": "pope",
+    "aokvqa": "choice",
+    "vstar": "choice",
+    "gqa": "exact",
+    "docvqa": "exact",
+}
+"""The metric each data format is scored with unless the config names one."""
 CHOICE_LETTERS = string.ascii_uppercase  # as laser.data.samples; not imported, to keep metrics light
 
 # ------------------------------------------------------------- normalisation

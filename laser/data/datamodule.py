@@ -8,22 +8,11 @@ from typing import Any
 import lightning.pytorch as pl
 from torch.utils.data import DataLoader
 
+from ..metrics import DEFAULT_METRICS, METRICS  # noqa: F401  (METRICS re-exported)
 from .dataset import VQADataset, collate_samples
 from .formats import READERS, default_image_root, read_annotations
 from .parsing import check_on_error
 from .samples import VQASample
-
-METRICS = ("vqa", "pope", "choice", "exact")
-DEFAULT_METRICS = {
-    "jsonl": "exact",
-    "textvqa": "vqa",
-    "pope": "pope",
-    "aokvqa": "choice",
-    "vstar": "choice",
-    "gqa": "exact",
-    "docvqa": "exact",
-}
-"""The metric each format is scored with unless the config names one (see `laser.metrics.score`)."""
 
 
 class VQADataModule(pl.LightningDataModule):

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from ..metrics import score
+from ..metrics import DEFAULT_METRICS, score
 from ..writer import RUN_CONFIG, merge_records
 
 # Folder or file names that say nothing on their own: the parent folder is kept in the label.
@@ -17,11 +17,6 @@ GENERIC_NAMES = frozenset(
     {"model", "models", "checkpoint", "weights", "hf", "final", "annotations", "eval", "val", "test",
      "questions", "data", "dev", "train", "split"}
 )  # fmt: skip
-DEFAULT_METRICS = {
-    "jsonl": "exact", "textvqa": "vqa", "pope": "pope", "aokvqa": "choice", "vstar": "choice",
-    "gqa": "exact", "docvqa": "exact",
-}  # fmt: skip
-"""As `laser.data.datamodule.DEFAULT_METRICS` (copied so reports do not import Lightning)."""
 VANILLA = "vanilla"
 
 
