@@ -85,6 +85,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
             enable_model_summary=False,
         )
         trainer.predict(module, datamodule=datamodule, return_predictions=False)
+        trainer.strategy.barrier("laser-predict-written")  # every rank has written its last batch
         if trainer.global_rank != 0:
             return summary
     records = read_records(output_dir)
