@@ -25,13 +25,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pictures", type=int, default=4)
     args = parser.parse_args(argv)
 
+    import torch
+
     from adapters import create_adapter
 
     from .config import LaserConfig
     from .engine import LaserEngine
     from .testbed.benchmark import load_split, results_table, run_methods
-
-    import torch
 
     torch.set_num_threads(1)  # the testbed model is tiny: one thread is faster than two
     start = time.perf_counter()

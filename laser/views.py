@@ -10,7 +10,7 @@ from PIL import Image, ImageFilter
 
 from adapters.base import Box, VisualLayout
 
-from .canvas import integral_image, region_mean
+from .canvas import integral_image
 from .crop import PixelBox
 
 

@@ -5,9 +5,9 @@ the record's `fallback`; if even vanilla decoding has no finite logits the sampl
 
 import pytest
 import torch
+from conftest import random_image
 from tiny_models import tiny_llava
 
-from conftest import random_image
 from laser import engine as engine_module
 from laser.config import LaserConfig
 from laser.engine import LaserEngine

@@ -15,7 +15,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from run_fixtures import comparable, laser_command, predict_args, records_by_id, run_laser, save_tiny_llava, write_dataset
+from run_fixtures import (
+    comparable,
+    laser_command,
+    predict_args,
+    records_by_id,
+    run_laser,
+    save_tiny_llava,
+    write_dataset,
+)
 
 from laser.cli import main
 
@@ -84,7 +92,7 @@ def test_sigkill_during_load_and_after_k_batches_then_rerun_is_identical(setup):
     start_and_kill(args, lambda pid: maps_file(pid, "model.safetensors"))  # while the weights are being read
     assert (out / "run_config.json").exists() and lines(out) == 0
     for k in (1, 3):  # one batch is one sample: killed after k, or while writing batch k + 1
-        start_and_kill(args, lambda pid: lines(out) >= k)
+        start_and_kill(args, lambda pid, k=k: lines(out) >= k)
         assert k <= lines(out) < N
     assert run_in_process(*args) == 0  # the same command again
     assert same_predictions(records_by_id(out), greedy)  # records_by_id: every id exactly once

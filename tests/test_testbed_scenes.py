@@ -8,7 +8,15 @@ import pytest
 from laser.paths import assets_dir
 from laser.testbed.glyphs import glyph_box
 from laser.testbed.scenes import (
-    COLORS, MEDIUM_MAX, RELATIONS, SMALL_MAX, make_questions, make_scene, related_box, render_scene, size_bucket,
+    COLORS,
+    MEDIUM_MAX,
+    RELATIONS,
+    SMALL_MAX,
+    make_questions,
+    make_scene,
+    related_box,
+    render_scene,
+    size_bucket,
 )
 from laser.testbed.split import load_split, split_records
 

@@ -115,7 +115,11 @@ def _never_stop(adapter):
 def build_llava(s: dict[str, Any]):
     """LLaVA-1.5-shaped `LlavaForConditionalGeneration` (CLIP tower shape, 336 px -> 576 tokens)."""
     from transformers import (
-        CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration,
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
         LlavaProcessor,
     )
 
@@ -150,8 +154,13 @@ def build_llava(s: dict[str, Any]):
 
 def build_qwen(s: dict[str, Any]):
     """Qwen2-VL-shaped `Qwen2VLForConditionalGeneration` (patch 14, merge 2, dynamic resolution)."""
-    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessor, Qwen2VLProcessor
-    from transformers import Qwen2VLVideoProcessor
+    from transformers import (
+        Qwen2VLConfig,
+        Qwen2VLForConditionalGeneration,
+        Qwen2VLImageProcessor,
+        Qwen2VLProcessor,
+        Qwen2VLVideoProcessor,
+    )
     from transformers.models.qwen2_vl.configuration_qwen2_vl import Qwen2VLTextConfig, Qwen2VLVisionConfig
 
     from adapters.qwen_vl import Qwen2VLAdapter
@@ -632,7 +641,7 @@ def run(mode: str = "default", threads: int | None = None, log: Callable[[str], 
             "transformers": transformers.__version__, "threads": torch.get_num_threads(),
             "device": "cuda" if torch.cuda.is_available() else "cpu", "machine": platform.machine(),
             "cpu_count": os.cpu_count(), "dtype": "float32",
-            "memory_method": "VmHWM reset via /proc/self/clear_refs, MALLOC_MMAP_THRESHOLD_=%d" % MMAP_THRESHOLD,
+            "memory_method": f"VmHWM reset via /proc/self/clear_refs, MALLOC_MMAP_THRESHOLD_={MMAP_THRESHOLD}",
             "time_metric": "wall seconds (GPU)" if torch.cuda.is_available() else
             "process CPU seconds (torch pinned to the bench's threads; wall seconds kept as wall_s)",
             "shapes": {
