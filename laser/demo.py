@@ -14,7 +14,7 @@ from PIL import Image
 
 from .paths import assets_dir
 
-DEMO_METHODS = ["vanilla", "oracle", "vicrop", "laser", "laser_full"]
+DEMO_METHODS = ["vanilla", "oracle", "oracle_tight", "vicrop", "laser", "laser_full"]
 
 
 def main(argv: list[str] | None = None) -> int:

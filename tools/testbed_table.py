@@ -29,7 +29,7 @@ from laser.config import LaserConfig  # noqa: E402
 from laser.paths import assets_dir  # noqa: E402
 from laser.testbed.benchmark import FAMILIES, load_split, results_table, run_methods  # noqa: E402
 
-METHODS = ["vanilla", "oracle", "vicrop", "vcd", "laser", "laser_full"]
+METHODS = ["vanilla", "oracle", "oracle_tight", "vicrop", "vcd", "laser", "laser_full"]
 
 
 def write_run(folder: Path, method: str, records: list[dict], rows: list[dict]) -> None:
@@ -39,7 +39,7 @@ def write_run(folder: Path, method: str, records: list[dict], rows: list[dict]) 
         "model": {"name_or_path": "laser:assets/testbed/model", "adapter": None, "dtype": "auto"},
         "data": {"format": "jsonl", "annotations": "laser:assets/testbed/eval.jsonl", "image_root": "laser:assets/testbed",
                  "metric": "exact", "limit": None},
-        "method": {"name": method} if method == "oracle" else LaserConfig.preset(method).to_dict(),
+        "method": {"name": method} if method.startswith("oracle") else LaserConfig.preset(method).to_dict(),
         "seed": 0,
     }  # fmt: skip
     (folder / "run_config.json").write_text(json.dumps(config, indent=2) + "\n")

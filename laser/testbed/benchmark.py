@@ -1,7 +1,8 @@
 """Scoring methods on the testbed split: per family and size bucket, with bootstrap intervals.
 
-`run_methods` answers the split with engine presets and with an oracle crop (LASER's crop size,
-centred on the target box — and the anchor box of a relational question); `results_table` renders the
+`run_methods` answers the split with engine presets and with two oracle crops centred on the evidence
+(the target box, and the anchor box of a relational question): `oracle` has LASER's crop size,
+`oracle_tight` is a square of 2.5x the target's side; `results_table` renders the
 Markdown table with 95% intervals and the paired difference to vanilla.
 """
 
@@ -56,6 +57,24 @@ def oracle_box(meta: dict[str, Any], image_size: tuple[int, int], ratio: float =
     return left, top, left + cw, top + ch
 
 
+def tight_oracle_box(meta: dict[str, Any], image_size: tuple[int, int], factor: float = 2.5, min_side: int = 64):
+    """A square of `factor` x the evidence's side (at least `min_side`), centred on it, in the image."""
+    width, height = image_size
+    x0, y0, x1, y1 = meta["target_box"]
+    side = factor * max(x1 - x0, y1 - y0)
+    if "anchor_box" in meta:
+        a = meta["anchor_box"]
+        x0, y0, x1, y1 = min(x0, a[0]), min(y0, a[1]), max(x1, a[2]), max(y1, a[3])
+        side = max(side, 1.2 * max(x1 - x0, y1 - y0))
+    side = int(min(max(side, min_side), width, height))
+    left = int(min(max(0, (x0 + x1) / 2 - side / 2), width - side))
+    top = int(min(max(0, (y0 + y1) / 2 - side / 2), height - side))
+    return left, top, left + side, top + side
+
+
+ORACLES = {"oracle": oracle_box, "oracle_tight": tight_oracle_box}
+
+
 def _correct(prediction: str, answers: Sequence[str]) -> bool:
     return normalize_answer(prediction) in {normalize_answer(a) for a in answers}
 
@@ -76,14 +95,14 @@ def run_methods(
             images[r["image"]] = Image.open(image_root / r["image"]).convert("RGB")
     out: dict[str, list[dict[str, Any]]] = {}
     for method in methods:
-        engine = LaserEngine(adapter, LaserConfig.preset("vanilla" if method == "oracle" else method))
+        engine = LaserEngine(adapter, LaserConfig.preset("vanilla" if method in ORACLES else method))
         rows = []
         for start in range(0, len(records), batch_size):
             chunk = records[start : start + batch_size]
             batch_images = [images[r["image"]] for r in chunk]
             boxes = [None] * len(chunk)
-            if method == "oracle":
-                boxes = [oracle_box(r["meta"], im.size) for r, im in zip(chunk, batch_images)]
+            if method in ORACLES:
+                boxes = [ORACLES[method](r["meta"], im.size) for r, im in zip(chunk, batch_images)]
                 batch_images = [im.crop(b) for im, b in zip(batch_images, boxes)]
             preds = engine.answer_batch(batch_images, [r["question"] for r in chunk])
             for r, p, b in zip(chunk, preds, boxes):

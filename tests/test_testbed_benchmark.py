@@ -1,0 +1,28 @@
+"""Oracle crops and the results table of the testbed benchmark, by hand."""
+
+from laser.testbed.benchmark import oracle_box, paired_difference_ci, results_table, tight_oracle_box
+
+
+def test_oracle_box_has_laser_crop_size_centred_and_clamped():
+    meta = {"target_box": [100, 100, 140, 140]}
+    assert oracle_box(meta, (512, 512)) == (0, 0, 256, 256)  # centre 120 -> clamped at the border
+    meta = {"target_box": [300, 200, 340, 240]}
+    assert oracle_box(meta, (512, 512)) == (192, 92, 448, 348)
+
+
+def test_tight_oracle_box_and_anchor_union():
+    assert tight_oracle_box({"target_box": [200, 200, 240, 240]}, (512, 512)) == (170, 170, 270, 270)
+    meta = {"target_box": [200, 200, 240, 240], "anchor_box": [300, 200, 340, 240]}
+    x0, y0, x1, y1 = tight_oracle_box(meta, (512, 512))
+    assert x0 <= 200 and x1 >= 340 and x1 - x0 == y1 - y0
+
+
+def test_results_table_and_paired_difference():
+    rows = lambda correct: [  # noqa: E731
+        {"sample_id": str(i), "family": "reading", "size": "small", "correct": c} for i, c in enumerate(correct)
+    ]
+    results = {"vanilla": rows([0, 0, 1, 0]), "laser": rows([1, 1, 1, 0])}
+    mean, low, high = paired_difference_ci([1, 1, 1, 0], [0, 0, 1, 0])
+    assert mean == 0.5 and low <= mean <= high
+    table = results_table(results)
+    assert "| laser | 75.0" in table and "| vanilla | 25.0" in table and "+50.0" in table
