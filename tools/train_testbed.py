@@ -141,6 +141,10 @@ def main():
     ap.add_argument("--warmup", type=int, default=300)
     ap.add_argument("--aux", type=float, default=0.5)
     ap.add_argument("--attn-aux", type=float, default=0.3)
+    ap.add_argument("--init", default="", help="start a new run from this checkpoint's model/heads")
+    ap.add_argument("--freeze-vision", action="store_true")
+    ap.add_argument("--families", default="", help='JSON family weights, e.g. {"reading": 0.6, ...}')
+    ap.add_argument("--stages", default="", help="comma-separated stages cycled per step (overrides the curriculum)")
     ap.add_argument("--vision-minutes", type=float, default=0.0, help="vision-only pre-training (once per run)")
     ap.add_argument("--ckpt-min", type=float, default=4.0)
     ap.add_argument("--export-min", type=float, default=10.0)
@@ -167,7 +171,19 @@ def main():
     vh = model.config.vision_config.hidden_size
     heads = torch.nn.ModuleDict({"digit": torch.nn.Linear(vh, 11), "color": torch.nn.Linear(vh, len(COLOR_NAMES) + 1),
                                   "box_digit": torch.nn.Linear(vh, 10)})
-    params = list(model.parameters()) + list(heads.parameters())
+    if a.families:
+        from laser.testbed import data as tb_data
+
+        tb_data.FAMILY_WEIGHTS.update(json.loads(a.families))
+    if a.init and not (run / "last.pt").exists():
+        st0 = torch.load(a.init, weights_only=False)
+        model.load_state_dict(st0["model"])
+        heads.load_state_dict(st0["heads"], strict=False)
+        log(f"initialised from {a.init} (step {st0['step']})")
+    if a.freeze_vision:
+        for p_ in model.model.vision_tower.parameters():
+            p_.requires_grad = False
+    params = [p_ for p_ in model.parameters() if p_.requires_grad] + list(heads.parameters())
     opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=0.01, betas=(0.9, 0.98))
     step, best, trained_s = 0, -1.0, 0.0
     rng = random.Random(a.seed)
@@ -184,7 +200,7 @@ def main():
     else:
         log(f"new run: {json.dumps(vars(a))}; params {sum(p.numel() for p in model.parameters())}")
 
-    vdone = ck.exists() and torch.load(ck, weights_only=False).get("vision_done", False)
+    vdone = bool(a.init) or (ck.exists() and torch.load(ck, weights_only=False).get("vision_done", False))
     if a.vision_minutes > 0 and not vdone:
         vision_pretrain(model, heads, rng, a.vision_minutes, log)
         vdone = True
@@ -230,6 +246,8 @@ def main():
     t0 = time.time()
     while trained_s < budget:
         stage = stage_for(trained_s / budget)
+        if a.stages:
+            stage = [int(x) if x.isdigit() else x for x in a.stages.split(",")][step % len(a.stages.split(","))]
         d = sample_views(rng, a.batch, stage)
         t_data = time.time()
         ids, mask, labels, px, dl, cl, at = batcher(d)
