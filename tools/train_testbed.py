@@ -35,11 +35,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from laser.testbed.data import GRID, sample_views  # noqa: E402
+from laser.testbed.data import sample_views  # noqa: E402
 from laser.testbed.model import answer_ids, build_model, build_processor, build_tokenizer, prompt_ids  # noqa: E402
 from laser.testbed.quick_eval import first_token_eval  # noqa: E402
 from laser.testbed.scenes import COLOR_NAMES  # noqa: E402

@@ -16,7 +16,15 @@ import random
 import numpy as np
 from PIL import Image
 
-from .scenes import COLOR_NAMES, MODEL_INPUT, RELATIONS, SCENE_SIZE, Box, Scene, make_scene, related_box, render_scene
+from .scenes import (
+    COLOR_NAMES,
+    MODEL_INPUT,
+    RELATIONS,
+    Scene,
+    make_scene,
+    related_box,
+    render_scene,
+)
 
 EVAL_SEED_BASE = 10_000_000
 GRID = 8
