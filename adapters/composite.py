@@ -28,9 +28,9 @@ from PIL import Image
 from torch import nn
 from transformers import BatchFeature
 
+from ._common import as_image_list
 from ._registry import register_adapter
 from .base import ImageInput, VisionLanguageAdapter, VisualLayout, VisualSegment
-from .llava import as_image_list
 
 ARCHITECTURE = "LaserCompositeVLM"
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)

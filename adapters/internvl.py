@@ -15,9 +15,9 @@ import torch
 from torch import nn
 from transformers import BatchFeature
 
+from ._common import PromptAdapter
 from ._registry import register_adapter
-from .base import ImageInput, VisionLanguageAdapter, VisualLayout, VisualSegment
-from .llava import as_image_list
+from .base import VisualLayout, VisualSegment
 
 
 def _tile_side(image_processor: Any) -> tuple[int, int]:
@@ -27,7 +27,7 @@ def _tile_side(image_processor: Any) -> tuple[int, int]:
 
 
 @register_adapter
-class InternVLAdapter(VisionLanguageAdapter):
+class InternVLAdapter(PromptAdapter):
     """Chat prompt `<|im_start|>user\\n<IMG_CONTEXT>\\n{question}\\n{instruction}<|im_end|>...`;
     the processor expands `<IMG_CONTEXT>` to `<img>` + tokens + `</img>`."""
 
@@ -37,24 +37,12 @@ class InternVLAdapter(VisionLanguageAdapter):
     reference_num_layers = 28
     native_resolution = 448
     supports_multi_image = True
+    model_class_name = "InternVLForConditionalGeneration"
     default_checkpoint = "OpenGVLab/InternVL3-8B-hf"
-
-    @classmethod
-    def from_pretrained(cls, path: str, **load_kwargs: Any) -> InternVLAdapter:
-        from transformers import AutoProcessor, InternVLForConditionalGeneration
-
-        instruction = load_kwargs.pop("instruction", None)
-        load_kwargs.setdefault("dtype", torch.float32)
-        model = InternVLForConditionalGeneration.from_pretrained(path, **load_kwargs).eval()
-        processor = AutoProcessor.from_pretrained(path)
-        kwargs = {"instruction": instruction} if instruction is not None else {}
-        return cls(model, processor, **kwargs)
 
     def __init__(self, model: nn.Module, processor: Any, **kwargs: Any):
         super().__init__(model, processor, **kwargs)
-        self.tokenizer.padding_side = "left"
         self.image_token = processor.image_token
-        self.image_token_id = int(model.config.image_token_id)
         self.start_token_id = int(processor.start_image_token_id)
         self.tokens_per_tile = int(processor.image_seq_length)
         self.side = math.isqrt(self.tokens_per_tile)
@@ -67,24 +55,7 @@ class InternVLAdapter(VisionLanguageAdapter):
         question_part = f"{question}\n" if question is not None else ""
         return f"<|im_start|>user\n{images}{question_part}{self.instruction}<|im_end|>\n<|im_start|>assistant\n"
 
-    def build_inputs(
-        self, images: list[ImageInput], questions: list[str], *, with_question: bool = True
-    ) -> BatchFeature:
-        if len(images) != len(questions):
-            raise ValueError(f"build_inputs: {len(images)} images for {len(questions)} questions")
-        per_sample = [as_image_list(im) for im in images]
-        texts = [
-            self.prompt(q if with_question else None, len(ims)) for q, ims in zip(questions, per_sample)
-        ]
-        flat = [im for ims in per_sample for im in ims]
-        inputs = self.processor(text=texts, images=flat, return_tensors="pt", padding=True)
-        inputs["laser_image_sizes"] = [[im.size for im in ims] for ims in per_sample]
-        return inputs
-
     # ----------------------------------------------------------------- structure
-    def decoder_layers(self) -> nn.ModuleList:
-        return self.model.model.language_model.layers
-
     def tile_arrangement(self, size: tuple[int, int], n_tiles: int) -> tuple[int, int]:
         """(rows, cols) of the tiles the processor cut an image of `size` (width, height) into."""
         from transformers.models.got_ocr2.image_processing_got_ocr2 import get_optimal_tiled_canvas

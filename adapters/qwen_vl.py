@@ -13,13 +13,13 @@ import torch
 from torch import nn
 from transformers import BatchFeature
 
+from ._common import PromptAdapter
 from ._registry import register_adapter
-from .base import ImageInput, VisionLanguageAdapter, VisualLayout, VisualSegment
-from .llava import as_image_list
+from .base import VisualLayout, VisualSegment
 
 
 @register_adapter
-class Qwen2VLAdapter(VisionLanguageAdapter):
+class Qwen2VLAdapter(PromptAdapter):
     """Chat prompt `<|im_start|>user\\n<|vision_start|><|image_pad|><|vision_end|>{question}\\n{instruction}`.
 
     Positions: the model builds its 3D (t, h, w) rotary ids itself on every prefill from
@@ -38,24 +38,9 @@ class Qwen2VLAdapter(VisionLanguageAdapter):
     default_checkpoint = "Qwen/Qwen2-VL-7B-Instruct"
     system_prompt: str | None = "You are a helpful assistant."
 
-    @classmethod
-    def from_pretrained(cls, path: str, **load_kwargs: Any) -> Qwen2VLAdapter:
-        import transformers
-        from transformers import AutoProcessor
-
-        instruction = load_kwargs.pop("instruction", None)
-        load_kwargs.setdefault("dtype", torch.float32)
-        model_cls = getattr(transformers, cls.model_class_name)
-        model = model_cls.from_pretrained(path, **load_kwargs).eval()
-        processor = AutoProcessor.from_pretrained(path)
-        kwargs = {"instruction": instruction} if instruction is not None else {}
-        return cls(model, processor, **kwargs)
-
     def __init__(self, model: nn.Module, processor: Any, **kwargs: Any):
         super().__init__(model, processor, **kwargs)
-        self.tokenizer.padding_side = "left"
         self.image_token = getattr(processor, "image_token", "<|image_pad|>")
-        self.image_token_id = int(model.config.image_token_id)
         self.merge = int(model.config.vision_config.spatial_merge_size)
 
     # ----------------------------------------------------------------- prompts
@@ -67,20 +52,6 @@ class Qwen2VLAdapter(VisionLanguageAdapter):
             f"{system}<|im_start|>user\n{images}{question_part}{self.instruction}<|im_end|>\n"
             "<|im_start|>assistant\n"
         )
-
-    def build_inputs(
-        self, images: list[ImageInput], questions: list[str], *, with_question: bool = True
-    ) -> BatchFeature:
-        if len(images) != len(questions):
-            raise ValueError(f"build_inputs: {len(images)} images for {len(questions)} questions")
-        per_sample = [as_image_list(im) for im in images]
-        texts = [
-            self.prompt(q if with_question else None, len(ims)) for q, ims in zip(questions, per_sample)
-        ]
-        flat = [im for ims in per_sample for im in ims]
-        inputs = self.processor(text=texts, images=flat, return_tensors="pt", padding=True)
-        inputs["laser_image_sizes"] = [[im.size for im in ims] for ims in per_sample]
-        return inputs
 
     # ----------------------------------------------------------------- structure
     def inner_model(self) -> nn.Module:
