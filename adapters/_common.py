@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from transformers import BatchFeature
 
-from .base import ImageInput, VisionLanguageAdapter
+from .base import Box, ImageInput, VisionLanguageAdapter, VisualLayout, VisualSegment
 
 
 def as_image_list(images: ImageInput) -> list:
@@ -100,3 +100,17 @@ class PromptAdapter(VisionLanguageAdapter):
             raise ValueError(
                 f"{self.name}: sample {index} has {found} image tokens, the layout expects {expected}"
             )
+
+    def fixed_grid_layout(self, inputs: BatchFeature, index: int, grid: tuple[int, int], box=None) -> VisualLayout:
+        """One `grid` of tokens per image, in order; `box(size) -> Box` gives the region each grid covers
+        (default: the whole image)."""
+        positions = self.image_token_positions(inputs, index)
+        sizes = inputs["laser_image_sizes"][index]
+        per_image = grid[0] * grid[1]
+        self.check_count(index, positions.numel(), per_image * len(sizes))
+        whole: Box = (0.0, 0.0, 1.0, 1.0)
+        segments = [
+            VisualSegment(i, positions[i * per_image : (i + 1) * per_image], grid, box(size) if box else whole)
+            for i, size in enumerate(sizes)
+        ]
+        return VisualLayout(segments, image_sizes=list(sizes))

@@ -14,7 +14,7 @@ from transformers import BatchFeature
 
 from ._common import PromptAdapter
 from ._registry import register_adapter
-from .base import VisualLayout, VisualSegment
+from .base import VisualLayout
 
 
 @register_adapter
@@ -65,12 +65,4 @@ class Gemma3Adapter(PromptAdapter):
         return out
 
     def visual_layout(self, inputs: BatchFeature, index: int) -> VisualLayout:
-        positions = self.image_token_positions(inputs, index)
-        sizes = inputs["laser_image_sizes"][index]
-        per_image = self.grid[0] * self.grid[1]
-        self.check_count(index, positions.numel(), per_image * len(sizes))
-        segments = [
-            VisualSegment(i, positions[i * per_image : (i + 1) * per_image], self.grid, (0.0, 0.0, 1.0, 1.0))
-            for i in range(len(sizes))
-        ]
-        return VisualLayout(segments, image_sizes=list(sizes))
+        return self.fixed_grid_layout(inputs, index, self.grid)

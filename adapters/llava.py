@@ -9,7 +9,7 @@ from transformers import BatchFeature
 
 from ._common import PromptAdapter
 from ._registry import register_adapter
-from .base import VisualLayout, VisualSegment
+from .base import VisualLayout
 from .geometry import processor_view_box
 
 
@@ -33,18 +33,5 @@ class LlavaAdapter(PromptAdapter):
         self.native_resolution = int(vision.image_size)
 
     def visual_layout(self, inputs: BatchFeature, index: int) -> VisualLayout:
-        positions = self.image_token_positions(inputs, index)
-        sizes = inputs["laser_image_sizes"][index]
-        rows, cols = self.grid
-        per_image = rows * cols
-        self.check_count(index, positions.numel(), per_image * len(sizes))
-        segments = [
-            VisualSegment(
-                image_index=i,
-                positions=positions[i * per_image : (i + 1) * per_image],
-                grid=self.grid,
-                box=processor_view_box(self.processor.image_processor, size),
-            )
-            for i, size in enumerate(sizes)
-        ]
-        return VisualLayout(segments, image_sizes=list(sizes))
+        image_processor = self.processor.image_processor
+        return self.fixed_grid_layout(inputs, index, self.grid, lambda size: processor_view_box(image_processor, size))
