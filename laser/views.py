@@ -12,25 +12,16 @@ from adapters.base import Box, VisualLayout
 
 from .canvas import integral_image
 from .crop import PixelBox
+from .data.dataset import to_rgb as convert_to_rgb
 
 
 def to_rgb(image: Image.Image, name: str = "image") -> Image.Image:
-    """An RGB copy of any PIL image (L, LA, P, RGBA, CMYK, I;16 ...); RGBA is composited on white."""
+    """An RGB version of any PIL image (see `laser.data.dataset.to_rgb`), after checking it is one."""
     if not isinstance(image, Image.Image):
         raise TypeError(f"{name} must be a PIL.Image.Image, got {type(image).__name__}")
     if image.width < 1 or image.height < 1:
         raise ValueError(f"{name} has no pixels ({image.width}x{image.height})")
-    if image.mode == "RGB":
-        return image
-    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        array = np.asarray(image, dtype=np.float64)
-        top = array.max() if array.max() > 0 else 1.0
-        return Image.fromarray((array / top * 255).astype(np.uint8)).convert("RGB")
-    return image.convert("RGB")
+    return convert_to_rgb(image)
 
 
 def crop_view(image: Image.Image, box: PixelBox) -> Image.Image:
