@@ -203,12 +203,10 @@ class LaserEngine:
                 out.append(None)
                 fallbacks.append("non-finite attention; answered with vanilla decoding")
                 continue
-            layout = rows.layouts[i].for_image(0)
             n = rows.layouts[i].n_visual
             shape = canvas_shape(image.size, cfg.crop.canvas)
             canvas = paint_map(maps[i, :n], rows.layouts[i], 0, shape)
             box = self._place(canvas, image.size) if cfg.crop.enabled else None
-            del layout
             out.append(Localisation(int(layers[i]), [float(v) for v in vaq[i]], canvas, box))
             fallbacks.append(None)
         return out, fallbacks
@@ -250,14 +248,13 @@ class LaserEngine:
             paths.append(mode)
         return focused, regions, paths
 
-    def _negative_views(self, focused, regions, localisations, seeds, index):
+    def _negative_views(self, focused, regions, localisations, seeds, index, layout):
+        """Negative view of sample `index`; `layout` is its focused view's layout (mask view only)."""
         cf = self.config.counterfactual
         generator = torch.Generator().manual_seed(int(seeds[index]) + 1)
         if cf.view == "noise":
             views = [diffusion_noise_view(im, cf.noise_step, cf.noise_steps, generator) for im in focused[index]]
             return views, None
-        probe_inputs = self.adapter.build_inputs([self._as_input(focused[index])], ["?"])
-        layout = self.adapter.visual_layout(probe_inputs, 0)
         return counterfactual_views(
             focused[index], layout, regions[index], localisations[index].canvas,
             cf.mask_ratio, cf.fill, generator,
@@ -285,8 +282,12 @@ class LaserEngine:
             contrastive = path == "contrastive"
             if contrastive:
                 neg = []
-                for i in members:
-                    views, cells = self._negative_views(focused, regions, localisations, seeds, i)
+                layouts = [None] * len(members)
+                if cfg.counterfactual.view == "mask":  # the focused views' grids, from one processor call
+                    focus_inputs = self.adapter.build_inputs(pos, qs)
+                    layouts = [self.adapter.visual_layout(focus_inputs, j) for j in range(len(members))]
+                for i, layout in zip(members, layouts):
+                    views, cells = self._negative_views(focused, regions, localisations, seeds, i, layout)
                     neg.append(self._as_input(views))
                     masked[i] = cells
                 inputs = self.adapter.build_inputs(pos + neg, qs + qs)
