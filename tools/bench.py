@@ -7,10 +7,13 @@ of Qwen2-VL-7B at high resolution; hidden/intermediate sizes, vision-tower depth
 to fit a CPU; what was narrowed is printed and written), runs every compared variant interleaved in
 one process (medians over repeats), prints a table and writes JSON. No weights are downloaded.
 
-Memory: the process re-executes itself with `MALLOC_MMAP_THRESHOLD_` fixed (large buffers come from
-mmap and go back to the OS when freed), so peak RSS above the pre-call RSS is a faithful per-call
-peak: the kernel's peak counter (VmHWM) is reset through /proc/self/clear_refs before each measured
-call. On a GPU, `torch.cuda.max_memory_allocated` deltas are reported as well.
+Times and memory come from two processes. Times: this process, with the allocator as users have it.
+Memory: a child process (`--phase memory`, one round) runs with `MALLOC_MMAP_THRESHOLD_` fixed, so
+large buffers come from mmap and go back to the OS when freed and peak RSS above the pre-call RSS is a
+faithful per-call peak (the kernel's peak counter, VmHWM, is reset through /proc/self/clear_refs before
+each measured call). Timing under that setting would be wrong: every buffer over the threshold is
+page-faulted afresh, which taxes big batches most. On a GPU, `torch.cuda.max_memory_allocated` deltas
+are reported as well.
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -81,7 +86,7 @@ SHAPES: dict[str, dict[str, dict[str, Any]]] = {
 }
 PLANS = {
     # repeats per section, batch sizes, answer length
-    "default": {"repeats": 3, "qwen_repeats": 1, "batch_repeats": 1, "batches": [1, 4, 8], "new_tokens": 8},
+    "default": {"repeats": 5, "qwen_repeats": 1, "batch_repeats": 2, "batches": [1, 4, 8], "new_tokens": 8},
     "quick": {"repeats": 1, "qwen_repeats": 1, "batch_repeats": 1, "batches": [1, 4], "new_tokens": 8},
     "tiny": {"repeats": 1, "qwen_repeats": 1, "batch_repeats": 1, "batches": [1, 2], "new_tokens": 3},
 }
@@ -243,6 +248,9 @@ def make_image(width: int, height: int, seed: int = 0) -> Image.Image:
 
 
 # ----------------------------------------------------------------------------- measuring
+PHASE = "all"  # "time": no memory meters; "memory": one round, memory meters; "all": both in one process
+
+
 def _status_kb(field: str) -> int | None:
     try:
         with open("/proc/self/status") as fh:
@@ -306,6 +314,9 @@ def interleaved(
     `median_s` is the median of process CPU seconds on a CPU run (robust on a shared machine: the
     bench pins torch to its threads, so CPU time is the work done) and of wall seconds on a GPU;
     both are kept (`cpu_s`, `wall_s`)."""
+    memory = memory and PHASE != "time"
+    if PHASE == "memory":
+        repeats = 1
     times: dict[str, list[float]] = {name: [] for name in variants}
     walls: dict[str, list[float]] = {name: [] for name in variants}
     mem: dict[str, dict] = {}
@@ -519,11 +530,19 @@ def end_to_end(adapter, image: Image.Image, repeats: int, new_tokens: int, engs:
         "laser_over_reference": round(t["laser"] / t["reference"], 3),
         "laser_full_over_reference": round(t["laser_full"] / t["reference"], 3),
     }
-    mem = {k: v.get("peak_rss_delta_mib") for k, v in results.items()}
-    if mem.get("vanilla"):
-        ratios["laser_peak_mem_over_vanilla"] = round(mem["laser"] / mem["vanilla"], 3)
-        ratios["laser_full_peak_mem_over_vanilla"] = round(mem["laser_full"] / mem["vanilla"], 3)
+    ratios.update(memory_ratios(results))
     return {"new_tokens": new_tokens, "variants": results, "ratios": ratios}
+
+
+def memory_ratios(variants: dict[str, dict]) -> dict[str, float]:
+    """Peak RSS above the resident model, laser and laser_full over vanilla (empty without memory)."""
+    mem = {k: v.get("peak_rss_delta_mib") for k, v in variants.items()}
+    if not mem.get("vanilla"):
+        return {}
+    return {
+        "laser_peak_mem_over_vanilla": round(mem["laser"] / mem["vanilla"], 3),
+        "laser_full_peak_mem_over_vanilla": round(mem["laser_full"] / mem["vanilla"], 3),
+    }
 
 
 # ----------------------------------------------------------------------------- 3. cost floor
@@ -628,7 +647,15 @@ def check_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def run(mode: str = "default", threads: int | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+def run(
+    mode: str = "default", threads: int | None = None, log: Callable[[str], None] = print, phase: str = "all"
+) -> dict[str, Any]:
+    """Every section in one process (`phase="all"`), or only times (`"time"`: no memory meters) or only
+    memory (`"memory"`: one round of the capture and end-to-end sections, meters on)."""
+    global PHASE
+    if phase not in ("all", "time", "memory"):
+        raise ValueError(f"phase must be all, time or memory, got {phase!r}")
+    PHASE = phase
     shapes, plan = SHAPES[mode], PLANS[mode]
     if threads:
         torch.set_num_threads(threads)
@@ -637,11 +664,12 @@ def run(mode: str = "default", threads: int | None = None, log: Callable[[str], 
 
     result: dict[str, Any] = {
         "meta": {
-            "mode": mode, "plan": plan, "python": platform.python_version(), "torch": torch.__version__,
+            "mode": mode, "phase": phase, "plan": plan, "python": platform.python_version(), "torch": torch.__version__,
             "transformers": transformers.__version__, "threads": torch.get_num_threads(),
             "device": "cuda" if torch.cuda.is_available() else "cpu", "machine": platform.machine(),
             "cpu_count": os.cpu_count(), "dtype": "float32",
-            "memory_method": f"VmHWM reset via /proc/self/clear_refs, MALLOC_MMAP_THRESHOLD_={MMAP_THRESHOLD}",
+            "memory_method": "VmHWM reset via /proc/self/clear_refs before each call, "
+            f"MALLOC_MMAP_THRESHOLD_={os.environ.get('MALLOC_MMAP_THRESHOLD_', 'unset')}",
             "time_metric": "wall seconds (GPU)" if torch.cuda.is_available() else
             "process CPU seconds (torch pinned to the bench's threads; wall seconds kept as wall_s)",
             "shapes": {
@@ -661,6 +689,10 @@ def run(mode: str = "default", threads: int | None = None, log: Callable[[str], 
         log("[bench] 2. end to end")
         engs = engines(llava, n_new)
         result["end_to_end"] = end_to_end(llava, image, plan["repeats"], n_new, engs)
+        if phase == "memory":
+            del engs, llava
+            gc.collect()
+            return _qwen_capture(result, shapes, plan, log, t0, cpu0)
         log("[bench] 3. cost floor")
         result["cost_floor"] = cost_floor(llava, image, plan["repeats"], n_new)
     t = {k: v["median_s"] for k, v in result["end_to_end"]["variants"].items()}
@@ -674,6 +706,10 @@ def run(mode: str = "default", threads: int | None = None, log: Callable[[str], 
     result["batch_throughput"] = batch_throughput(engs["laser"], plan["batches"], plan["batch_repeats"], image.size)
     del engs, llava
     gc.collect()
+    return _qwen_capture(result, shapes, plan, log, t0, cpu0)
+
+
+def _qwen_capture(result, shapes, plan, log, t0, cpu0) -> dict[str, Any]:
     log("[bench] building Qwen2-VL-shaped model (high resolution)")
     qwen = build_qwen(shapes["qwen"])
     side = shapes["qwen"]["image_side"]
@@ -683,10 +719,27 @@ def run(mode: str = "default", threads: int | None = None, log: Callable[[str], 
         result["attention_capture"]["qwen2_vl_highres"] = attention_capture(
             qwen, make_image(side, side, seed=1), plan["qwen_repeats"]
         )
-    result["targets"] = check_targets(result)
+    if PHASE != "memory":
+        result["targets"] = check_targets(result)
     result["meta"]["wall_s"] = round(time.perf_counter() - t0, 1)
     result["meta"]["cpu_s"] = round(time.process_time() - cpu0, 1)
     return result
+
+
+MEMORY_FIELDS = ("peak_rss_delta_mib", "peak_rss_total_mib", "cuda_peak_delta_mib")
+
+
+def merge_memory(result: dict[str, Any], memory: dict[str, Any]) -> None:
+    """Put the memory phase's peaks into the time phase's result (same sections and variant names)."""
+    sections = [(result["end_to_end"], memory["end_to_end"])]
+    sections += [(result["attention_capture"][k], v) for k, v in memory["attention_capture"].items()]
+    for target, source in sections:
+        for name, measured in source["variants"].items():
+            target["variants"][name].update({k: measured[k] for k in MEMORY_FIELDS if k in measured})
+    result["end_to_end"]["ratios"].update(memory_ratios(result["end_to_end"]["variants"]))
+    result["meta"]["memory_method"] = memory["meta"]["memory_method"] + " (separate process, one round)"
+    result["meta"]["memory_phase_wall_s"] = memory["meta"].get("wall_s")
+    result["targets"] = check_targets(result)
 
 
 def _fmt_mem(v: dict[str, Any]) -> str:
@@ -700,7 +753,7 @@ def table(result: dict[str, Any]) -> str:
     lines.append(f"LASER bench ({meta['mode']}; torch {meta['torch']}, transformers {meta['transformers']}, "
                  f"{meta['device']}, {meta['threads']} thread(s), {meta['dtype']}; wall {meta.get('wall_s')} s, "
                  f"CPU {meta.get('cpu_s')} s)")
-    lines.append(f"  times: {meta['time_metric']}")
+    lines.append(f"  times: {meta['time_metric']}; memory: {meta['memory_method']}")
     for fam, s in meta["shapes"].items():
         lines.append(f"  {fam}: shape of {s['real']}; kept {s['kept']}; narrowed {s['narrowed']}")
     lines.append("")
@@ -751,12 +804,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smoke-test sizes (~1 min)")
     parser.add_argument("--out", default="bench.json")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: CPU time = work)")
+    parser.add_argument("--phase", choices=["all", "time", "memory"], default="all",
+                        help="all (default): times here, memory from a child process; time / memory: one of them")
     args = parser.parse_args(argv)
-    if argv is None and os.environ.get("MALLOC_MMAP_THRESHOLD_") is None and sys.platform.startswith("linux"):
-        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD)}
-        os.execve(sys.executable, [sys.executable, *sys.argv], env)
-    sys.path.insert(0, str(ROOT))
-    result = run("quick" if args.quick else "default", args.threads, log=lambda m: print(m, file=sys.stderr, flush=True))
+    mode = "quick" if args.quick else "default"
+
+    def log(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    linux = sys.platform.startswith("linux")
+    if args.phase == "memory":
+        if linux and os.environ.get("MALLOC_MMAP_THRESHOLD_") is None:
+            env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD)}
+            os.execve(sys.executable, [sys.executable, str(Path(__file__).resolve()), *sys.argv[1:]], env)
+        result = run(mode, args.threads, log=log, phase="memory")
+        Path(args.out).write_text(json.dumps(result, indent=2, default=str))
+        return 0
+    if os.environ.get("MALLOC_MMAP_THRESHOLD_") is not None:
+        log("[bench] warning: MALLOC_MMAP_THRESHOLD_ is set; times will include page faults users do not pay")
+    memory = None
+    if args.phase == "all" and linux:
+        log("[bench] memory phase (child process, MALLOC_MMAP_THRESHOLD_ fixed)")
+        with tempfile.TemporaryDirectory() as tmp:
+            mem_out = Path(tmp) / "memory.json"
+            command = [sys.executable, str(Path(__file__).resolve()), "--phase", "memory", "--out", str(mem_out),
+                       "--threads", str(args.threads), *(["--quick"] if args.quick else [])]
+            subprocess.run(command, check=True)
+            memory = json.loads(mem_out.read_text())
+        log("[bench] time phase")
+    result = run(mode, args.threads, log=log, phase="time" if memory is not None else args.phase)
+    if memory is not None:
+        merge_memory(result, memory)
     text = table(result)
     print(text)
     result["table"] = text

@@ -150,6 +150,8 @@ def main():
     ap.add_argument("--warmup", type=int, default=300)
     ap.add_argument("--aux", type=float, default=0.5)
     ap.add_argument("--attn-aux", type=float, default=0.3)
+    ap.add_argument("--attn-layers", default="1,2", help="LM layers whose heads the attention loss supervises")
+    ap.add_argument("--attn-heads", default="0,1", help="heads (in each supervised layer) the attention loss supervises")
     ap.add_argument("--init", default="", help="start a new run from this checkpoint's model/heads")
     ap.add_argument("--freeze-vision", action="store_true")
     ap.add_argument("--families", default="", help='JSON family weights, e.g. {"reading": 0.6, ...}')
@@ -223,6 +225,8 @@ def main():
     img_root = ROOT / "laser/assets/testbed"
 
     budget = a.minutes * 60.0
+    attn_layers = tuple(int(x) for x in a.attn_layers.split(","))
+    attn_heads = tuple(int(x) for x in a.attn_heads.split(","))
 
     def lr_at(s):
         if s < a.warmup:
@@ -268,7 +272,8 @@ def main():
         h = captured["h"][:, 1:]
         aux = vision_aux(heads, h, d, cl)
         w = a.aux if trained_s < budget * 0.7 else a.aux * 0.3
-        att_l = attention_loss(out.attentions, ids, labels, at, model.config.image_token_id) if a.attn_aux > 0 else torch.zeros(())
+        att_l = attention_loss(out.attentions, ids, labels, at, model.config.image_token_id,
+                                                 layers=attn_layers, heads=attn_heads) if a.attn_aux > 0 else torch.zeros(())
         loss = lm + w * aux + a.attn_aux * att_l
         opt.zero_grad(set_to_none=True)
         loss.backward()
