@@ -40,10 +40,11 @@ def _predict(argv: list[str]) -> int:
 
 def _evaluate(argv: list[str]) -> int:
     from .evaluate import evaluate, format_table
+    from .metrics import METRICS
 
     parser = argparse.ArgumentParser(prog="laser evaluate")
     parser.add_argument("run_dir")
-    parser.add_argument("--metric", default=None, choices=["vqa", "pope", "choice", "exact"])
+    parser.add_argument("--metric", default=None, choices=list(METRICS))
     parser.add_argument("--by", action="append", default=None, help="group by a record field, e.g. meta.family")
     args = parser.parse_args(argv)
     result = evaluate(args.run_dir, args.metric, args.by)

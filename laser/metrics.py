@@ -1,4 +1,4 @@
-"""Benchmark metrics over prediction records: VQA soft accuracy, POPE, multiple choice, exact match.
+"""Benchmark metrics over prediction records: VQA soft accuracy, POPE, multiple choice, exact match, ANLS.
 
 `score(records, metric)` is the entry point; the per-answer functions are exposed for tests
 and for analyses that need per-sample values. All text comparisons go through
@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-METRICS = ("vqa", "pope", "choice", "exact")
+METRICS = ("vqa", "pope", "choice", "exact", "anls")
 DEFAULT_METRICS = {
     "jsonl": "exact",
     "textvqa": "vqa",
@@ -23,7 +23,7 @@ DEFAULT_METRICS = {
     "aokvqa": "choice",
     "vstar": "choice",
     "gqa": "exact",
-    "docvqa": "exact",
+    "docvqa": "anls",
 }
 """The metric each data format is scored with unless the config names one."""
 CHOICE_LETTERS = string.ascii_uppercase  # as laser.data.samples; not imported, to keep metrics light
@@ -123,6 +123,41 @@ def exact_match(prediction: str, answers: Sequence[str]) -> float:
     """1.0 when the normalised prediction equals any normalised reference answer, else 0.0."""
     predicted = normalize_answer(prediction)
     return float(any(normalize_answer(answer) == predicted for answer in answers))
+
+
+def levenshtein(a: str, b: str) -> int:
+    """Edit distance (insertions, deletions, substitutions, each costing 1)."""
+    if len(a) < len(b):
+        a, b = b, a
+    previous = list(range(len(b) + 1))
+    for i, ca in enumerate(a, start=1):
+        current = [i]
+        for j, cb in enumerate(b, start=1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
+        previous = current
+    return previous[-1]
+
+
+ANLS_THRESHOLD = 0.5
+
+
+def anls(prediction: str, answers: Sequence[str], threshold: float = ANLS_THRESHOLD) -> float:
+    """Average Normalized Levenshtein Similarity of one answer (DocVQA's metric, Biten et al. 2019).
+
+    Strings are compared lowercased with whitespace collapsed (not VQA-normalised: DocVQA answers
+    are extracted text). Per reference: NL = edit distance / the longer length; the score is
+    1 - NL when NL < `threshold`, else 0; the sample's value is the best over its references.
+    """
+    if not answers:
+        raise ValueError("anls needs at least one reference answer; got none")
+    predicted = " ".join(prediction.lower().split())
+    best = 0.0
+    for answer in answers:
+        reference = " ".join(str(answer).lower().split())
+        longest = max(len(predicted), len(reference))
+        distance = levenshtein(predicted, reference) / longest if longest else 0.0
+        best = max(best, 1.0 - distance if distance < threshold else 0.0)
+    return best
 
 
 # --------------------------------------------------------------------- POPE
@@ -325,6 +360,8 @@ def score(
         values = [vqa_soft_accuracy(p, r["answers"]) for p, r in zip(predictions, scored)]
     elif metric == "exact":
         values = [exact_match(p, r["answers"]) for p, r in zip(predictions, scored)]
+    elif metric == "anls":
+        values = [anls(p, r["answers"]) for p, r in zip(predictions, scored)]
     elif metric == "pope":
         labels = [r["answers"][0] for r in scored]
         result.update(pope_metrics(predictions, labels))

@@ -5,10 +5,13 @@ from __future__ import annotations
 import pytest
 
 from laser.metrics import (
+    DEFAULT_METRICS,
+    anls,
     bootstrap_ci,
     choice_accuracy,
     exact_match,
     extract_choice,
+    levenshtein,
     normalize_answer,
     pope_metrics,
     score,
@@ -61,6 +64,31 @@ def test_exact_match() -> None:
     assert exact_match("The Eiffel Tower.", ["eiffel tower", "tower"]) == 1.0
     assert exact_match("Eiffel", ["eiffel tower"]) == 0.0
     assert exact_match("anything", []) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "distance"),
+    [("", "", 0), ("abc", "", 3), ("kitten", "sitting", 3), ("flaw", "lawn", 2), ("same", "same", 0)],
+)
+def test_levenshtein(a: str, b: str, distance: int) -> None:
+    assert levenshtein(a, b) == distance == levenshtein(b, a)
+
+
+def test_anls_hand_computed() -> None:
+    assert anls("helo", ["hello"]) == pytest.approx(0.8)  # 1 edit / 5 characters
+    assert anls(" Hello   WORLD ", ["hello world"]) == 1.0  # case and spacing do not count
+    assert anls("ab", ["ac"]) == 0.0  # NL = 0.5 reaches the threshold: no credit
+    assert anls("abcd", ["abxd"]) == pytest.approx(0.75)
+    assert anls("$1,000", ["1000", "$1,000.0"]) == pytest.approx(0.75)  # 2/6 vs 2/8: the closer reference wins
+    assert anls("", ["x"]) == 0.0
+    with pytest.raises(ValueError, match="at least one reference answer"):
+        anls("x", [])
+
+
+def test_docvqa_is_scored_with_anls() -> None:
+    assert DEFAULT_METRICS["docvqa"] == "anls"
+    result = score([{"prediction": "helo", "answers": ["hello"]}, {"prediction": "x", "answers": ["abc"]}], "anls")
+    assert result["metric"] == "anls" and result["accuracy"] == pytest.approx(0.4)
 
 
 def test_pope_metrics_hand_computed() -> None:
