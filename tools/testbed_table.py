@@ -81,7 +81,8 @@ def layer_figures(rows: list[dict], num_layers: int, out: Path) -> None:
             ax.bar(layers + (i - 1) * width, share, width, label=f"{family} (n={len(chosen)})")
     ax.set(xlabel="chosen layer l*", ylabel="share of questions", title="Testbed LLaVA: layer chosen by VAQ")
     ax.set_xticks(layers)
-    ax.legend()
+    ax.set_ylim(0, ax.get_ylim()[1] * 1.3)  # room for the legend above the bars
+    ax.legend(loc="upper center", ncol=len(FAMILIES), fontsize="small")
     fig.tight_layout()
     fig.savefig(out / "chosen_layers.png", dpi=120)
     plt.close(fig)

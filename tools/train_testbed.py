@@ -4,7 +4,7 @@ python tools/train_testbed.py --run testbed_work/run1 [--minutes 75 --batch 32 -
 
 LR schedule and curriculum follow the training time spent (the CPU is shared), not the step count.
 
-Recipe of the shipped checkpoint (about 70 CPU-minutes, 1 thread, shared machine):
+Recipe of the shipped checkpoint (about 90 CPU-minutes, 1 thread, shared machine):
   1. python tools/train_testbed.py --run testbed_work/run1 --minutes 49 --vision-minutes 18 --batch 32 --warmup 200
      (joint run for ~19 min, then 18 min of vision-only warm-up: grid-aligned boxes -> jittered ->
      random zooms, box-pooled digit loss; then joint again; the LM was still at chance on reading)
@@ -12,7 +12,13 @@ Recipe of the shipped checkpoint (about 70 CPU-minutes, 1 thread, shared machine
        --lr 2e-3 --warmup 20 --minutes 22 --batch 32 --aux 0 --attn-aux 0.3 --stages 0,2,0,1 \
        --families '{"reading": 0.55, "relational": 0.2, "existence": 0.12, "color": 0.05, "count": 0.0, "where": 0.08}'
      (frozen vision tower, reading-heavy mix: the LM learns to read the pooled features in ~10 min)
-The attention loss supervises LM layers 1-2, heads 0-1: the last prompt token attends to the target box.
+  3. python tools/train_testbed.py --run testbed_work/run3 --init testbed_work/run2/last.pt --freeze-vision \
+       --lr 5e-4 --warmup 20 --minutes 20 --batch 32 --aux 0 --attn-aux 0.3 --attn-layers 1,2,3 \
+       --stages 0,2,0,1 --eval-every 600 --families (as in 2)
+     (the attention loss extended to the last layer: after step 2, VAQ chose layer 3, whose map was
+     not on the target, for most reading questions)
+The attention loss supervises heads 0-1 of the listed LM layers (`--attn-layers`, default 1,2): the last
+prompt token attends to the target box.
 
 Views: random zooms of generated scenes (curriculum: stage 0 one or two big boxes, stage 1 a few
 boxes, stage 2 the eval distribution). Loss: answer tokens only, plus an auxiliary per-patch
