@@ -41,3 +41,29 @@ def test_bench_tiny_run_has_every_section(bench, tmp_path):
     out = tmp_path / "bench.json"
     out.write_text(json.dumps(result, default=str))
     assert json.loads(out.read_text())["meta"]["mode"] == "tiny"
+
+
+def test_memory_phase_merges_into_time_phase(bench):
+    """`--phase all` times in-process and takes peaks from the memory child: fields and ratios merge."""
+    def variants(names, **fields):
+        return {"variants": {n: {"median_s": 1.0, **fields.get(n, {})} for n in names}}
+
+    e2e_names = ("vanilla", "laser", "laser_full", "reference")
+    timed = {
+        "meta": {"memory_method": "none"},
+        "attention_capture": {"llava": variants(("sdpa", "probe"))},
+        "end_to_end": {**variants(e2e_names), "ratios": {"laser_over_vanilla": 1.5}},
+    }
+    memory = {
+        "meta": {"memory_method": "VmHWM", "wall_s": 3.0},
+        "attention_capture": {"llava": variants(("sdpa", "probe"), probe={"peak_rss_delta_mib": 8.0, "median_s": 9.0})},
+        "end_to_end": variants(e2e_names, vanilla={"peak_rss_delta_mib": 40.0}, laser={"peak_rss_delta_mib": 50.0},
+                               laser_full={"peak_rss_delta_mib": 90.0}),
+    }
+    bench.merge_memory(timed, memory)
+    assert timed["attention_capture"]["llava"]["variants"]["probe"] == {"median_s": 1.0, "peak_rss_delta_mib": 8.0}
+    ratios = timed["end_to_end"]["ratios"]
+    assert ratios["laser_over_vanilla"] == 1.5  # times are the time phase's
+    assert ratios["laser_peak_mem_over_vanilla"] == 1.25 and ratios["laser_full_peak_mem_over_vanilla"] == 2.25
+    met = {t["target"]: t["met"] for t in timed["targets"]}
+    assert met["peak RSS delta laser/vanilla <= 1.25"] is True
