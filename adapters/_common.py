@@ -19,6 +19,27 @@ def as_image_list(images: ImageInput) -> list:
     return list(images) if isinstance(images, (list, tuple)) else [images]
 
 
+def prompted_inputs(
+    adapter: VisionLanguageAdapter,
+    images: list[ImageInput],
+    questions: list[str],
+    with_question: bool = True,
+    nested_images: bool = False,
+) -> BatchFeature:
+    """`build_inputs` of prompt-based adapters: `adapter.prompt(question or None, n_images)` per
+    sample, one left-padded processor call over the batch (images flattened, or one list per sample
+    with `nested_images`), and each sample's image sizes in `laser_image_sizes`."""
+    if len(images) != len(questions):
+        raise ValueError(f"build_inputs: {len(images)} images for {len(questions)} questions")
+    per_sample = [as_image_list(im) for im in images]
+    texts = [adapter.prompt(q if with_question else None, len(ims)) for q, ims in zip(questions, per_sample)]
+    flat = per_sample if nested_images else [im for ims in per_sample for im in ims]
+    inputs = adapter.processor(text=texts, images=flat, return_tensors="pt", padding=True)
+    inputs.pop("labels", None)
+    inputs["laser_image_sizes"] = [[im.size for im in ims] for ims in per_sample]
+    return inputs
+
+
 class PromptAdapter(VisionLanguageAdapter):
     """Prompt = `template.format(images=..., question=..., instruction=...)`.
 
@@ -66,23 +87,10 @@ class PromptAdapter(VisionLanguageAdapter):
         question_part = f"{question}\n" if question is not None else ""
         return self.template.format(images=images, question=question_part, instruction=self.instruction)
 
-    def call_processor(self, texts: list[str], per_sample: list[list]) -> BatchFeature:
-        images = per_sample if self.nested_images else [im for ims in per_sample for im in ims]
-        return self.processor(text=texts, images=images, return_tensors="pt", padding=True)
-
     def build_inputs(
         self, images: list[ImageInput], questions: list[str], *, with_question: bool = True
     ) -> BatchFeature:
-        if len(images) != len(questions):
-            raise ValueError(f"build_inputs: {len(images)} images for {len(questions)} questions")
-        per_sample = [as_image_list(im) for im in images]
-        texts = [
-            self.prompt(q if with_question else None, len(ims)) for q, ims in zip(questions, per_sample)
-        ]
-        inputs = self.call_processor(texts, per_sample)
-        inputs.pop("labels", None)
-        inputs["laser_image_sizes"] = [[im.size for im in ims] for ims in per_sample]
-        return inputs
+        return prompted_inputs(self, images, questions, with_question, self.nested_images)
 
     # ----------------------------------------------------------------- structure
     def decoder_layers(self) -> nn.ModuleList:

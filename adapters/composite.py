@@ -28,7 +28,7 @@ from PIL import Image
 from torch import nn
 from transformers import BatchFeature
 
-from ._common import as_image_list
+from ._common import prompted_inputs
 from ._registry import register_adapter
 from .base import ImageInput, VisionLanguageAdapter, VisualLayout, VisualSegment
 
@@ -290,13 +290,7 @@ class CompositeAdapter(VisionLanguageAdapter):
     def build_inputs(
         self, images: list[ImageInput], questions: list[str], *, with_question: bool = True
     ) -> BatchFeature:
-        if len(images) != len(questions):
-            raise ValueError(f"build_inputs: {len(images)} images for {len(questions)} questions")
-        per_sample = [as_image_list(im) for im in images]
-        texts = [self.prompt(q if with_question else None, len(ims)) for q, ims in zip(questions, per_sample)]
-        inputs = self.processor(texts, [im for ims in per_sample for im in ims])
-        inputs["laser_image_sizes"] = [[im.size for im in ims] for ims in per_sample]
-        return inputs
+        return prompted_inputs(self, images, questions, with_question)
 
     def decoder_layers(self) -> nn.ModuleList:
         lm = self.model.language_model
