@@ -16,6 +16,7 @@ from ._registry import (
     list_adapters,
     register_adapter,
     reload_entry_points,
+    resolve_adapter_class,
 )
 from .base import DEFAULT_INSTRUCTION, VisionLanguageAdapter, VisualLayout, VisualSegment
 
@@ -36,4 +37,5 @@ __all__ = [
     "list_adapters",
     "register_adapter",
     "reload_entry_points",
+    "resolve_adapter_class",
 ]

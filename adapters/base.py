@@ -176,7 +176,7 @@ class VisionLanguageAdapter(ABC):
 
         rows: [batch, layers, heads, n_probe_max] (sample i's first `probe_positions(inputs, i)`
         entries valid); returns [batch, layers, heads, n_visual_max], ordered like `layouts` (padded
-        like `laser.attention.pad_positions`). Called right after the forward on `inputs`, so model
+        like `laser.method.attention.pad_positions`). Called right after the forward on `inputs`, so model
         state of that forward (e.g. Q-Former cross-attention) is still at hand. Identity by default.
         """
         return rows

@@ -6,7 +6,7 @@ from contextlib import contextmanager
 
 import torch
 
-from laser.attention import model_tensors, pad_positions
+from laser.method.attention import model_tensors, pad_positions
 
 
 @contextmanager

@@ -1,6 +1,11 @@
 """Test set-up: no network, deterministic CPU threads, shared tiny models."""
 
 import os
+import sys
+from pathlib import Path
+
+# `tools/` holds the training-only testbed code (`testbed.model`, ...), which the package does not ship.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -27,7 +32,7 @@ def llava():
 
 @pytest.fixture(scope="session")
 def llava_adapter(llava):
-    from adapters import create_adapter
+    from laser.adapters import create_adapter
 
     model, processor = llava
     return create_adapter("llava", model=model, processor=processor)

@@ -70,7 +70,7 @@ def predict_args(model: Path, annotations: Path, output: Path, *extra: str) -> l
 
 
 def laser_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "laser.cli", *args]
+    return [sys.executable, "-m", "laser.run.cli", *args]
 
 
 def run_laser(*args: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
@@ -101,7 +101,7 @@ def run_inprocess(*args: str) -> tuple[int, str, str]:
     import contextlib
     import io
 
-    from laser.cli import main
+    from laser.run.cli import main
 
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):

@@ -7,13 +7,13 @@ import pytest
 import torch
 from adapter_checks import eager_rows, language_input_embeddings
 from conftest import random_image
+from laser.adapters import create_adapter
 from PIL import Image
 from tiny_families_a import BUILDERS_A
 
-from adapters import create_adapter
 from laser import LaserConfig, LaserEngine, list_presets
-from laser.attention import capture_full
-from laser.probe import AttentionProbe
+from laser.method.attention import capture_full
+from laser.method.probe import AttentionProbe
 
 FAMILIES = list(BUILDERS_A)
 QUESTIONS = ["What is the color ?", "Is there a red box ?", "How many"]

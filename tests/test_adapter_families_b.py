@@ -12,15 +12,21 @@ import pytest
 import torch
 from adapter_checks import eager_language_model, eager_rows, language_input_embeddings
 from conftest import random_image
+from laser.adapters import VisionLanguageAdapter, create_adapter
 from PIL import Image
 from tiny_models import TINY_BUILDERS, TINY_VARIANTS
 
-import laser.attention
-from adapters import VisionLanguageAdapter, create_adapter
+import laser.method.attention
 from laser import LaserConfig, LaserEngine, list_presets
-from laser.attention import _forward, capture_attention, capture_full, model_tensors, pad_positions
-from laser.decoding import cache_kwarg, output_cache
-from laser.probe import AttentionProbe
+from laser.method.attention import (
+    capture_attention,
+    capture_full,
+    forward_last_position,
+    model_tensors,
+    pad_positions,
+)
+from laser.method.decoding import cache_kwarg, output_cache
+from laser.method.probe import AttentionProbe
 
 FAMILIES = [
     "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "internvl", "composite", "composite_open_clip", "instructblip",
@@ -66,13 +72,13 @@ def padded(tensors: list[torch.Tensor]) -> torch.Tensor:
 
 
 def capture_projected(adapter, probe, inputs, project: bool = True):
-    """The engine change this module's adapters need (`laser.attention.capture_full` reading
+    """The engine change this module's adapters need (`laser.method.attention.capture_full` reading
     `probe_positions` and calling `project_rows`): ([batch, L, H, n_max], valid, layouts)."""
     n = len(inputs["input_ids"])
     layouts = [adapter.visual_layout(inputs, i) for i in range(n)]
     positions = padded([adapter.probe_positions(inputs, i) for i in range(n)])
     with probe.capture(positions) as capture:
-        _forward(adapter, adapter.prepare_model_inputs(model_tensors(inputs)), use_cache=False)
+        forward_last_position(adapter, adapter.prepare_model_inputs(model_tensors(inputs)), use_cache=False)
     rows = capture.result()
     if project:
         rows = adapter.project_rows(rows, inputs, layouts)
@@ -85,8 +91,8 @@ def engine_projection(monkeypatch):
     """Until the engine honours `probe_positions` / `project_rows`, patch `capture_full` with them."""
     import inspect
 
-    if "project_rows" not in inspect.getsource(laser.attention):
-        monkeypatch.setattr(laser.attention, "capture_full", capture_projected)
+    if "project_rows" not in inspect.getsource(laser.method.attention):
+        monkeypatch.setattr(laser.method.attention, "capture_full", capture_projected)
 
 
 def images_for(family: str, seed: int = 0) -> list[Image.Image]:

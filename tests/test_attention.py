@@ -5,8 +5,8 @@ from adapter_checks import eager_rows
 from conftest import random_image
 
 from laser import LaserConfig, LaserEngine
-from laser.attention import capture_attention
-from laser.probe import AttentionProbe
+from laser.method.attention import capture_attention
+from laser.method.probe import AttentionProbe
 
 
 def _inputs(adapter):
@@ -40,7 +40,7 @@ def test_no_question_rows_equal_eager(llava_adapter):
 
 
 def _reference_vaq(a_plus, a_zero, top_k):
-    """DESIGN section 1 written out independently: per layer, mean of the top-K head norms."""
+    """docs/method.md, VAQ, written out independently: per layer, mean of the top-K head norms."""
     layers, heads, _ = a_plus.shape
     out = []
     for layer in range(layers):

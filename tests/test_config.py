@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from laser import LaserConfig
-from laser.config import list_presets
+from laser.method.config import list_presets
 from laser.paths import config_dir
 
 
@@ -60,10 +60,10 @@ def test_every_yaml_under_configs_parses():
 
 def test_every_group_preset_composes_and_instantiates(tmp_path):
     import lightning.pytorch as pl
+    from laser.adapters import resolve_adapter_class
 
-    from adapters._registry import resolve_adapter_class
-    from laser.compose import compose, data_kwargs, group_names, model_ref
-    from laser.data.datamodule import VQADataModule
+    from laser.run.compose import compose, data_kwargs, group_names, model_ref
+    from laser.run.data.datamodule import VQADataModule
 
     annotations = tmp_path / "a.jsonl"
     annotations.write_text('{"sample_id": "x", "image": "x.png", "question": "q?", "answers": ["a"]}\n')

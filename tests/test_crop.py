@@ -2,10 +2,10 @@
 
 import pytest
 import torch
+from laser.adapters.base import VisualLayout, VisualSegment
 
-from adapters.base import VisualLayout, VisualSegment
-from laser.canvas import canvas_shape, paint_map
-from laser.crop import crop_size, place_crop, place_multiscale_crop
+from laser.method.canvas import canvas_shape, paint_map
+from laser.method.crop import crop_size, place_crop, place_multiscale_crop
 
 
 def planted(height, width, y, x, h=1, w=1, value=1.0):

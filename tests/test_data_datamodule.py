@@ -11,9 +11,9 @@ from omegaconf import OmegaConf
 from PIL import Image
 from torch.utils.data import SequentialSampler
 
-from laser.data import VQADataModule
-from laser.data.datamodule import DEFAULT_METRICS, METRICS
 from laser.paths import config_dir
+from laser.run.data import VQADataModule
+from laser.run.data.datamodule import DEFAULT_METRICS, METRICS
 
 
 def make_jsonl(tmp_path: Path, n: int = 5) -> Path:

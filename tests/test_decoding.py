@@ -4,8 +4,8 @@ import math
 
 import torch
 
-from laser.config import DecodeConfig
-from laser.decoding import choose_tokens, plausibility_cut, vat_scores
+from laser.method.config import DecodeConfig
+from laser.method.decoding import choose_tokens, plausibility_cut, vat_scores
 
 
 def test_vat_scores_equal_one_plus_alpha_zpos_minus_alpha_zneg():

@@ -5,9 +5,8 @@ import numpy as np
 import pytest
 import torch
 from adapter_checks import language_input_embeddings
+from laser.adapters import create_adapter
 from PIL import Image
-
-from adapters import create_adapter
 
 
 @pytest.fixture(scope="module")

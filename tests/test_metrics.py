@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from laser.metrics import (
+from laser.run.metrics import (
     DEFAULT_METRICS,
     anls,
     bootstrap_ci,

@@ -4,8 +4,8 @@ import torch
 from adapter_checks import eager_rows
 from conftest import random_image
 
-from laser.attention import capture_full, model_tensors
-from laser.probe import AttentionProbe, last_row_attention
+from laser.method.attention import capture_full, model_tensors
+from laser.method.probe import AttentionProbe, last_row_attention
 
 
 def test_probe_equals_eager_attentions_every_layer_and_head(llava_adapter):
@@ -50,7 +50,7 @@ def test_probe_does_not_change_model_outputs(llava_adapter):
 
 def test_probe_is_installed_only_on_language_model(llava):
     model, processor = llava
-    from adapters import create_adapter
+    from laser.adapters import create_adapter
 
     adapter = create_adapter("llava", model=model, processor=processor)
     AttentionProbe(adapter.attention_modules()).install()

@@ -4,10 +4,9 @@ import sys
 import textwrap
 from importlib.metadata import EntryPoint
 
+import laser.adapters as adapters
 import pytest
-
-import adapters
-from adapters import (
+from laser.adapters import (
     AdapterNotFoundError,
     VisionLanguageAdapter,
     create_adapter,
@@ -55,7 +54,7 @@ def test_third_party_adapter_through_entry_point(tmp_path, monkeypatch):
     module.write_text(
         textwrap.dedent(
             """
-            from adapters.llava import LlavaAdapter
+            from laser.adapters.llava import LlavaAdapter
 
             class ThrowAwayAdapter(LlavaAdapter):
                 name = "throwaway"

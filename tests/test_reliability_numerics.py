@@ -8,17 +8,17 @@ import torch
 from conftest import random_image
 from tiny_models import tiny_llava
 
-from laser import engine as engine_module
-from laser.config import LaserConfig
-from laser.engine import LaserEngine
-from laser.lightning import LaserModule
+from laser.method import engine as engine_module
+from laser.method.config import LaserConfig
+from laser.method.engine import LaserEngine
+from laser.run.lightning import LaserModule
 
 QUESTION = "What is the color ?"
 
 
 @pytest.fixture(scope="module")
 def adapter():
-    from adapters import create_adapter
+    from laser.adapters import create_adapter
 
     model, processor = tiny_llava(image_size=112)
     return create_adapter("llava", model=model, processor=processor)

@@ -174,7 +174,7 @@ def test_labels_stay_distinct_and_vanilla_only_runs_skip_layer_figures(runs, tmp
 def real_run(tmp_path_factory):
     from run_fixtures import predict_args, save_tiny_llava, write_dataset
 
-    from laser.cli import main as laser_main
+    from laser.run.cli import main as laser_main
 
     root = tmp_path_factory.mktemp("report_real")
     model = save_tiny_llava(root / "tiny-llava")

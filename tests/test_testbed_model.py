@@ -4,9 +4,9 @@ import os
 
 import pytest
 import torch
+from testbed.model import answer_ids, build_processor, build_tokenizer, prompt, prompt_ids
 
 from laser.paths import assets_dir
-from laser.testbed.model import answer_ids, build_processor, build_tokenizer, prompt, prompt_ids
 from laser.testbed.scenes import make_scene, render_scene
 from laser.testbed.split import load_split
 

@@ -3,10 +3,11 @@
 import numpy as np
 import pytest
 import torch
+from laser.adapters.base import VisualLayout, VisualSegment
 from PIL import Image
 
-from adapters.base import VisualLayout, VisualSegment
-from laser.views import counterfactual_views, diffusion_noise_view, to_rgb
+from laser.method.images import to_rgb
+from laser.method.views import counterfactual_views, diffusion_noise_view
 
 
 def test_counterfactual_masks_the_top_cells_with_the_channel_mean():

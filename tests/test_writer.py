@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from laser.writer import (
+from laser.run.writer import (
     PredictionWriter,
     RunConfigMismatch,
     completed_ids,
@@ -206,7 +206,7 @@ def test_trainer_predict_writes_and_resumes(tmp_path: Path) -> None:
     import torch
     from PIL import Image
 
-    from laser.data import VQADataModule
+    from laser.run.data import VQADataModule
 
     Image.new("RGB", (8, 8)).save(tmp_path / "img.png")
     lines = [

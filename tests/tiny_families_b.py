@@ -205,7 +205,7 @@ def _tiny_causal_lm(tokenizer, hidden: int, layers: int):
 
 def tiny_composite(*, vision_layers: int = 1, text_layers: int = 3, hidden: int = 64, seed: int = 0):
     """A `CompositeVLM`: random timm ViT (32 px, patch 8: 4x4 tokens), MLP projector, Llama LM."""
-    from adapters.composite import CompositeVLM
+    from laser.adapters.composite import CompositeVLM
 
     tokenizer = word_tokenizer()
     torch.manual_seed(seed)
@@ -218,7 +218,7 @@ def tiny_composite(*, vision_layers: int = 1, text_layers: int = 3, hidden: int 
 
 def tiny_composite_open_clip(*, vision_layers: int = 1, text_layers: int = 3, hidden: int = 64, seed: int = 0):
     """A `CompositeVLM` on a random open_clip ViT-B-32 visual tower shrunk to 32 px / patch 8 / width 32."""
-    from adapters.composite import CompositeVLM
+    from laser.adapters.composite import CompositeVLM
 
     tokenizer = word_tokenizer()
     torch.manual_seed(seed)

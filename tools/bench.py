@@ -119,6 +119,7 @@ def _never_stop(adapter):
 
 def build_llava(s: dict[str, Any]):
     """LLaVA-1.5-shaped `LlavaForConditionalGeneration` (CLIP tower shape, 336 px -> 576 tokens)."""
+    from laser.adapters.llava import LlavaAdapter
     from transformers import (
         CLIPImageProcessor,
         CLIPVisionConfig,
@@ -127,8 +128,6 @@ def build_llava(s: dict[str, Any]):
         LlavaForConditionalGeneration,
         LlavaProcessor,
     )
-
-    from adapters.llava import LlavaAdapter
 
     tokenizer = _word_tokenizer()
     torch.manual_seed(0)
@@ -159,6 +158,7 @@ def build_llava(s: dict[str, Any]):
 
 def build_qwen(s: dict[str, Any]):
     """Qwen2-VL-shaped `Qwen2VLForConditionalGeneration` (patch 14, merge 2, dynamic resolution)."""
+    from laser.adapters.qwen_vl import Qwen2VLAdapter
     from transformers import (
         Qwen2VLConfig,
         Qwen2VLForConditionalGeneration,
@@ -167,8 +167,6 @@ def build_qwen(s: dict[str, Any]):
         Qwen2VLVideoProcessor,
     )
     from transformers.models.qwen2_vl.configuration_qwen2_vl import Qwen2VLTextConfig, Qwen2VLVisionConfig
-
-    from adapters.qwen_vl import Qwen2VLAdapter
 
     special = ("<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
                "<|video_pad|>", "<|endoftext|>")
@@ -372,14 +370,14 @@ def attention_impl(model: torch.nn.Module, impl: str):
 
 
 def model_inputs(adapter, images, questions, with_question: bool = True) -> dict[str, Any]:
-    from laser.attention import model_tensors
+    from laser.method.attention import model_tensors
 
     return adapter.prepare_model_inputs(model_tensors(adapter.build_inputs(images, questions, with_question=with_question)))
 
 
 def greedy(adapter, inputs: dict[str, Any], new_tokens: int, contrastive: bool = False) -> list[int]:
     """Minimal decode: one prefill (last-position logits only) and `new_tokens - 1` cached steps."""
-    from laser.decoding import cache_kwarg, output_cache, vat_scores
+    from laser.method.decoding import cache_kwarg, output_cache, vat_scores
 
     model = adapter.model
     mask = inputs["attention_mask"]
@@ -413,8 +411,8 @@ def greedy(adapter, inputs: dict[str, Any], new_tokens: int, contrastive: bool =
 # ----------------------------------------------------------------------------- 1. attention capture
 def attention_capture(adapter, image: Image.Image, repeats: int, run_eager: bool | None = None) -> dict[str, Any]:
     """Plain sdpa prefill vs the probe vs eager `output_attentions=True` on one with-question prompt."""
-    from laser.attention import _forward, capture_full, model_tensors
-    from laser.probe import AttentionProbe
+    from laser.method.attention import capture_full, forward_last_position, model_tensors
+    from laser.method.probe import AttentionProbe
 
     inputs = adapter.build_inputs([image], [QUESTION])
     tensors = adapter.prepare_model_inputs(model_tensors(inputs))
@@ -428,7 +426,7 @@ def attention_capture(adapter, image: Image.Image, repeats: int, run_eager: bool
 
     def plain():
         probe.remove()
-        _forward(adapter, tensors, use_cache=False)
+        forward_last_position(adapter, tensors, use_cache=False)
 
     def probed():
         probe.install()
@@ -467,9 +465,9 @@ def reference_pipeline(adapter, image: Image.Image, question: str, new_tokens: i
     """What ViCrop's research code does: eager attention, `output_attentions=True` over all layers on
     two full prefills (question, generic prompt), rel-att a+/a0 at a fixed layer, multi-scale crop,
     then HF `generate` on original + crop."""
-    from laser.attention import model_tensors
-    from laser.canvas import canvas_shape, paint_map
-    from laser.crop import place_multiscale_crop
+    from laser.method.attention import model_tensors
+    from laser.method.canvas import canvas_shape, paint_map
+    from laser.method.crop import place_multiscale_crop
 
     model = adapter.model
     layer = min(adapter.default_layer, adapter.num_layers - 1)
@@ -548,9 +546,9 @@ def memory_ratios(variants: dict[str, dict]) -> dict[str, float]:
 # ----------------------------------------------------------------------------- 3. cost floor
 def cost_floor(adapter, image: Image.Image, repeats: int, new_tokens: int) -> dict[str, Any]:
     """The separate minimal forwards the method needs, each timed alone (probe off)."""
-    from laser.attention import _common_prefix, _forward, model_tensors
-    from laser.decoding import cache_kwarg, output_cache
-    from laser.probe import AttentionProbe
+    from laser.method.attention import common_prefix_length, forward_last_position, model_tensors
+    from laser.method.decoding import cache_kwarg, output_cache
+    from laser.method.probe import AttentionProbe
 
     probe = AttentionProbe(adapter.attention_modules())
     probe.remove()
@@ -559,11 +557,11 @@ def cost_floor(adapter, image: Image.Image, repeats: int, new_tokens: int) -> di
     inputs_0 = adapter.build_inputs([image], [QUESTION], with_question=False)
     full_q = adapter.prepare_model_inputs(model_tensors(inputs_q))
     ids_q, ids_0 = inputs_q["input_ids"][0], inputs_0["input_ids"][0]
-    shared = _common_prefix(ids_q, ids_0)
+    shared = common_prefix_length(ids_q, ids_0)
     prefix = dict(full_q)
     prefix.update(input_ids=full_q["input_ids"][:, :shared], attention_mask=full_q["attention_mask"][:, :shared])
     prefix = adapter.prepare_model_inputs(prefix)
-    cache = output_cache(_forward(adapter, prefix, use_cache=True))
+    cache = output_cache(forward_last_position(adapter, prefix, use_cache=True))
     suffix_ids = ids_0[shared:][None]
     suffix_mask = torch.ones(1, shared + suffix_ids.shape[1], dtype=torch.long)
     w, h = image.size
@@ -572,7 +570,7 @@ def cost_floor(adapter, image: Image.Image, repeats: int, new_tokens: int) -> di
     focus2 = model_inputs(adapter, [crop, crop], [QUESTION, QUESTION])
 
     def full_prefill():
-        _forward(adapter, full_q, use_cache=True)
+        forward_last_position(adapter, full_q, use_cache=True)
 
     def suffix_prefill():
         step = {"input_ids": suffix_ids, "attention_mask": suffix_mask, cache_kwarg(model): cache}

@@ -15,10 +15,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
+from testbed.model import prompt  # noqa: E402
+from testbed.quick_eval import load_views, summarize  # noqa: E402
 from transformers import AutoProcessor, LlavaForConditionalGeneration  # noqa: E402
 
-from laser.testbed.model import prompt  # noqa: E402
-from laser.testbed.quick_eval import load_views, summarize  # noqa: E402
 from laser.testbed.split import load_split  # noqa: E402
 
 

@@ -24,8 +24,9 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from adapters import create_adapter  # noqa: E402
-from laser.config import LaserConfig  # noqa: E402
+from laser.adapters import create_adapter  # noqa: E402
+
+from laser.method.config import LaserConfig  # noqa: E402
 from laser.paths import assets_dir  # noqa: E402
 from laser.testbed.benchmark import FAMILIES, load_split, results_table, run_methods  # noqa: E402
 

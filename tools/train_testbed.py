@@ -43,10 +43,10 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from testbed.model import answer_ids, build_model, build_processor, build_tokenizer, prompt_ids  # noqa: E402
+from testbed.quick_eval import first_token_eval  # noqa: E402
+from testbed.views import sample_views  # noqa: E402
 
-from laser.testbed.data import sample_views  # noqa: E402
-from laser.testbed.model import answer_ids, build_model, build_processor, build_tokenizer, prompt_ids  # noqa: E402
-from laser.testbed.quick_eval import first_token_eval  # noqa: E402
 from laser.testbed.scenes import COLOR_NAMES  # noqa: E402
 from laser.testbed.split import load_split  # noqa: E402
 

@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 from matplotlib.patches import Patch, Rectangle  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from ..metrics import exact_match  # noqa: E402
+from ..run.metrics import exact_match  # noqa: E402
 
 DPI = 100
 BOX_COLOUR = "#39ff14"
@@ -286,7 +286,7 @@ def render_overlay(
 ) -> Path:
     """Draw one sample into `path` (PNG) and return the path.
 
-    `prediction` is a `laser.prediction.Prediction` (made with `save_heatmap=True` for the map);
+    `prediction` is a `laser.method.prediction.Prediction` (made with `save_heatmap=True` for the map);
     `vanilla_answer` the plain model's answer (None to leave it out); `adapter_num_layers` the
     model's decoder depth L. `crop_input` tells how the engine built the focused input (to place the
     mask cells); `gate_depth` marks the `auto` gate on the VAQ chart; `answers` (reference answers)

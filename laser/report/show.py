@@ -16,10 +16,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..compose import resolve_path
-from ..config import LaserConfig
+from ..method.config import LaserConfig
 from ..paths import config_dir
-from ..writer import RUN_CONFIG, merge_records
+from ..run.compose import resolve_path
+from ..run.writer import RUN_CONFIG, merge_records
 from .runs import short_name
 
 
@@ -45,9 +45,8 @@ def load_adapter(spec: dict[str, Any], device: str = "auto"):
     """The adapter of a model spec (`name_or_path`, `adapter`, `dtype`), in eval mode on `device`."""
     import torch
 
-    from adapters import create_adapter
-
-    from ..lightning import resolve_dtype
+    from ..adapters import create_adapter
+    from ..run.loading import resolve_dtype
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -62,8 +61,8 @@ def load_adapter(spec: dict[str, Any], device: str = "auto"):
 
 def run_sample(run: dict[str, Any], sample_id: str) -> tuple[Any, str, list[str], Any]:
     """(image, question as the model saw it, reference answers, the sample) of a run's sample."""
-    from ..data import format_question, load_image, read_annotations
-    from ..data.formats import default_image_root
+    from ..run.data import format_question, load_image, read_annotations
+    from ..run.data.formats import default_image_root
 
     data = run.get("data") or {}
     annotations = resolve_path(data.get("annotations"))
@@ -93,7 +92,7 @@ def explain(
     seed: int | None = None,
 ) -> tuple[Any, str]:
     """The method's prediction (with its heatmap) and the vanilla answer on the same image."""
-    from ..engine import LaserEngine
+    from ..method.engine import LaserEngine
 
     method.save_heatmap = True
     seeds = None if seed is None else [seed]
@@ -112,7 +111,7 @@ def show_run_sample(
     run_dir: str | Path, sample_id: str, out: str | Path | None = None, device: str = "auto"
 ) -> dict[str, Any]:
     """Re-run one sample of a run (its model, method and per-sample seed) and draw it."""
-    from ..lightning import sample_seed
+    from ..run.loading import sample_seed
     from .overlay import render_overlay
 
     folder = Path(run_dir)
@@ -158,7 +157,7 @@ def show_image(
     device: str = "auto",
 ) -> dict[str, Any]:
     """Answer one question about one image with `method` and vanilla, and draw it."""
-    from ..data import load_image
+    from ..run.data import load_image
     from .overlay import render_overlay
 
     image, error = load_image(Path(image_path))

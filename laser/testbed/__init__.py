@@ -1,2 +1,3 @@
-"""LASER testbed: a fine-detail benchmark (coloured boxes with digits, `scenes`, `split`) and a tiny
-real LLaVA (`model`) trained (`data`, tools/train_testbed.py) to read digits only when they are large."""
+"""The shipped fine-detail benchmark: coloured boxes with digits (`scenes`, `glyphs`), its split
+(`split`) and the table runner (`benchmark`). The tiny trained LLaVA that reads it lives in
+`laser/assets/testbed/model`; the code that trains it is in `tools/testbed/` (not shipped)."""

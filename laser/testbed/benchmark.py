@@ -16,11 +16,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ..config import LaserConfig
-from ..crop import crop_size
-from ..engine import LaserEngine
-from ..metrics import bootstrap_ci, normalize_answer
+from ..method.config import LaserConfig
+from ..method.crop import crop_size
+from ..method.engine import LaserEngine
 from ..paths import assets_dir
+from ..run.metrics import bootstrap_ci, normalize_answer
 
 SPLIT = "testbed/eval.jsonl"
 FAMILIES = ("existence", "reading", "relational")

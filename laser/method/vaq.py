@@ -1,4 +1,4 @@
-"""VAQ: how strongly each layer's visual attention is modulated by the question (DESIGN section 1).
+"""VAQ: how strongly each layer's visual attention is modulated by the question (docs/method.md).
 
 Shapes: `a_plus`, `a_zero`: [batch, layers, heads, n_visual] last-row attention over visual tokens with
 and without the question; `valid`: [batch, n_visual] marks real (not padding) visual entries.

@@ -8,8 +8,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from .config import LaserConfig
-from .paths import PACKAGE_DIR, config_dir
+from ..method.config import LaserConfig
+from ..paths import PACKAGE_DIR, config_dir
 
 GROUPS = ("model", "data", "method", "trainer")
 TOP_LEVEL = {"output_dir", "seed", "resume", "overwrite"}

@@ -14,9 +14,8 @@ import torch
 from transformers import BatchFeature
 from transformers.cache_utils import DynamicLayer
 
-from adapters.base import VisionLanguageAdapter, VisualLayout
-
-from .decoding import cache_kwarg, output_cache
+from ..adapters.base import VisionLanguageAdapter, VisualLayout
+from .cache import cache_kwarg, output_cache
 from .probe import AttentionProbe
 
 
@@ -64,13 +63,13 @@ def _unpadded(inputs: BatchFeature) -> list[torch.Tensor]:
     return [ids[mask.bool()] for ids, mask in zip(inputs["input_ids"], inputs["attention_mask"])]
 
 
-def _common_prefix(a: torch.Tensor, b: torch.Tensor) -> int:
+def common_prefix_length(a: torch.Tensor, b: torch.Tensor) -> int:
     n = min(a.numel(), b.numel())
     differ = (a[:n] != b[:n]).nonzero()
     return int(differ[0]) if differ.numel() else n
 
 
-def _forward(adapter: VisionLanguageAdapter, inputs: dict[str, Any], **extra: Any) -> Any:
+def forward_last_position(adapter: VisionLanguageAdapter, inputs: dict[str, Any], **extra: Any) -> Any:
     position_ids = adapter.position_ids(inputs["attention_mask"])
     if position_ids is not None:
         inputs = {**inputs, "position_ids": position_ids}
@@ -92,7 +91,7 @@ def capture_full(
     for i, p in enumerate(probe_positions):
         positions[i, : p.numel()] = p
     with probe.capture(positions) as capture:
-        _forward(adapter, adapter.prepare_model_inputs(model_tensors(inputs)), use_cache=False)
+        forward_last_position(adapter, adapter.prepare_model_inputs(model_tensors(inputs)), use_cache=False)
     rows = adapter.project_rows(capture.result(), inputs, layouts)
     _, valid = pad_positions(layouts)
     return rows, valid, layouts
@@ -115,7 +114,7 @@ def capture_with_prefix_reuse(
     pad_q = [inputs_q["input_ids"].shape[1] - ids.numel() for ids in ids_q]
     prefix_lengths = []
     for i, layout in enumerate(layouts):
-        shared = min(_common_prefix(ids_q[i], ids_0[i]), ids_q[i].numel() - 1, ids_0[i].numel() - 1)
+        shared = min(common_prefix_length(ids_q[i], ids_0[i]), ids_q[i].numel() - 1, ids_0[i].numel() - 1)
         last_visual = int(layout.positions.max()) - pad_q[i]
         if shared <= last_visual:
             return None
@@ -132,7 +131,7 @@ def capture_with_prefix_reuse(
     }
     prefix_inputs.update(input_ids=prefix_ids, attention_mask=prefix_mask)
     prefix_inputs = adapter.prepare_model_inputs(prefix_inputs)
-    prefix_out = _forward(adapter, prefix_inputs, use_cache=True)
+    prefix_out = forward_last_position(adapter, prefix_inputs, use_cache=True)
     cache = output_cache(prefix_out)
     del prefix_out
 

@@ -1,4 +1,4 @@
-"""`LaserModule`: the engine inside Lightning's predict loop (DESIGN section 5).
+"""`LaserModule`: the engine inside Lightning's predict loop (docs/method.md, "Lightning").
 
 The model is loaded in `configure_model` on each process's own device; `predict_step` returns one
 JSON record per sample, a failed sample becoming a record with `error` while the run goes on.
@@ -8,34 +8,16 @@ No collectives inside `predict_step`.
 from __future__ import annotations
 
 import copy
-import hashlib
 import traceback
 from typing import Any
 
 import lightning.pytorch as pl
-import torch
 
-from .config import LaserConfig
-from .decoding import NONFINITE_LOGITS
-from .engine import LaserEngine
-from .prediction import Prediction
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def sample_seed(seed: int, sample_id: str) -> int:
-    """A per-sample seed that depends only on the run seed and the id (not on rank or batch)."""
-    digest = hashlib.sha256(f"{seed}:{sample_id}".encode()).digest()
-    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
-
-
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """`auto`: float32 on CPU, bfloat16 on GPU."""
-    if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if dtype not in DTYPES:
-        raise ValueError(f"model.dtype={dtype!r}; expected auto or one of {', '.join(DTYPES)}")
-    return DTYPES[dtype]
+from ..method.config import LaserConfig
+from ..method.decoding import NONFINITE_LOGITS
+from ..method.engine import LaserEngine
+from ..method.prediction import Prediction
+from .loading import resolve_dtype, sample_seed
 
 
 class LaserModule(pl.LightningModule):
@@ -67,7 +49,7 @@ class LaserModule(pl.LightningModule):
     def configure_model(self) -> None:
         if self.engine is not None:
             return
-        from adapters import create_adapter
+        from ..adapters import create_adapter
 
         dtype = resolve_dtype(self.dtype_name, self.device)
         adapter = create_adapter(self.model_ref, adapter=self.adapter_name, dtype=dtype)

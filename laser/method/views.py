@@ -8,20 +8,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageFilter
 
-from adapters.base import Box, VisualLayout
-
+from ..adapters.base import Box, VisualLayout
 from .canvas import integral_image
 from .crop import PixelBox
-from .data.dataset import to_rgb as convert_to_rgb
-
-
-def to_rgb(image: Image.Image, name: str = "image") -> Image.Image:
-    """An RGB version of any PIL image (see `laser.data.dataset.to_rgb`), after checking it is one."""
-    if not isinstance(image, Image.Image):
-        raise TypeError(f"{name} must be a PIL.Image.Image, got {type(image).__name__}")
-    if image.width < 1 or image.height < 1:
-        raise ValueError(f"{name} has no pixels ({image.width}x{image.height})")
-    return convert_to_rgb(image)
 
 
 def crop_view(image: Image.Image, box: PixelBox) -> Image.Image:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from .paths import assets_dir
+from ..paths import assets_dir
 
 DEMO_METHODS = ["vanilla", "oracle", "oracle_tight", "vicrop", "laser", "laser_full"]
 
@@ -27,11 +27,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from adapters import create_adapter
-
-    from .config import LaserConfig
-    from .engine import LaserEngine
-    from .testbed.benchmark import load_split, results_table, run_methods
+    from ..adapters import create_adapter
+    from ..method.config import LaserConfig
+    from ..method.engine import LaserEngine
+    from ..testbed.benchmark import load_split, results_table, run_methods
 
     torch.set_num_threads(1)  # the testbed model is tiny: one thread is faster than two
     start = time.perf_counter()
@@ -54,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         pred = engine.answer(image, record["question"])
         path = out / f"{record['sample_id']}.png"
         try:
-            from .report.overlay import render_overlay
+            from ..report.overlay import render_overlay
         except ImportError:  # the report package is optional for the demo table
             break
         render_overlay(

@@ -11,17 +11,17 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
-from adapters.base import VisionLanguageAdapter
-
+from ..adapters.base import VisionLanguageAdapter
 from . import vaq as vaq_ops
 from .attention import AttentionRows, capture_attention, model_tensors
 from .canvas import canvas_shape, paint_map
 from .config import LaserConfig
 from .crop import place_crop, place_multiscale_crop
 from .decoding import generate
+from .images import to_rgb
 from .prediction import Prediction
 from .probe import AttentionProbe
-from .views import counterfactual_views, crop_view, diffusion_noise_view, to_rgb
+from .views import counterfactual_views, crop_view, diffusion_noise_view
 
 
 @dataclass

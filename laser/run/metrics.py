@@ -26,7 +26,7 @@ DEFAULT_METRICS = {
     "docvqa": "anls",
 }
 """The metric each data format is scored with unless the config names one."""
-CHOICE_LETTERS = string.ascii_uppercase  # as laser.data.samples; not imported, to keep metrics light
+CHOICE_LETTERS = string.ascii_uppercase  # as laser.run.data.samples; not imported, to keep metrics light
 
 # ------------------------------------------------------------- normalisation
 # Punctuation the VQA evaluation strips; the apostrophe is kept (it belongs to contractions)

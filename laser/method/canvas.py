@@ -1,4 +1,4 @@
-"""Painting per-token values onto the image plane through a `VisualLayout` (DESIGN section 3).
+"""Painting per-token values onto the image plane through a `VisualLayout` (docs/method.md, "Adapter contract").
 
 The painted map is a density: a token's value is spread over the region its patch covers, so the
 sum over a window is the mass of the map inside that window, whatever the grids' sizes.
@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from adapters.base import Box, VisualLayout
+from ..adapters.base import Box, VisualLayout
 
 
 def canvas_shape(image_size: tuple[int, int], long_side: int) -> tuple[int, int]:

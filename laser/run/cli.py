@@ -11,7 +11,7 @@ import os
 import sys
 from collections.abc import Callable
 
-USAGE = """laser <command> [args]
+USAGE = """laser <command> [args]        (laser --version)
 
   predict  key=value ...          run a method over a dataset (trainer.predict)
   evaluate <run_dir> [--by KEY]   merge ranks, check completeness, score -> metrics.json
@@ -21,6 +21,26 @@ USAGE = """laser <command> [args]
   list                            adapters, methods, datasets
   demo                            the testbed model on a subset of its split (< 5 min on CPU)
 """
+
+
+def version_line() -> str:
+    """`laser 0.2.0 (torch ..., transformers ..., lightning ...)`."""
+    from .. import __version__
+
+    return f"laser {__version__} (" + ", ".join(f"{k} {v}" for k, v in dependency_versions().items()) + ")"
+
+
+def dependency_versions() -> dict[str, str]:
+    """Installed versions of the packages a run's numbers depend on."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("torch", "transformers", "lightning"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    return out
 
 
 def _predict(argv: list[str]) -> int:
@@ -61,10 +81,9 @@ def _evaluate(argv: list[str]) -> int:
 
 
 def _list(argv: list[str]) -> int:
-    from adapters import get_adapter_class, list_adapters
-
+    from ..adapters import get_adapter_class, list_adapters
+    from ..method.config import list_presets
     from .compose import group_names
-    from .config import list_presets
 
     print("adapters (name: Hugging Face classes served):")
     for name in list_adapters():
@@ -77,13 +96,13 @@ def _list(argv: list[str]) -> int:
 
 
 def _compare(argv: list[str]) -> int:
-    from .report.compare import main as compare_main
+    from ..report.compare import main as compare_main
 
     return compare_main(argv)
 
 
 def _show(argv: list[str]) -> int:
-    from .report.show import main as show_main
+    from ..report.show import main as show_main
 
     return show_main(argv)
 
@@ -109,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
+        return 0
+    if argv[0] in ("--version", "-V", "version"):
+        print(version_line())
         return 0
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:

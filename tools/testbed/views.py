@@ -16,7 +16,7 @@ import random
 import numpy as np
 from PIL import Image
 
-from .scenes import (
+from laser.testbed.scenes import (
     COLOR_NAMES,
     MODEL_INPUT,
     RELATIONS,

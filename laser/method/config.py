@@ -1,4 +1,4 @@
-"""`LaserConfig`: every method choice with its default (DESIGN section 1), loaded from YAML presets."""
+"""`LaserConfig`: every method choice with its default (docs/method.md), loaded from YAML presets."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
-from .paths import config_dir
+from ..paths import config_dir
 
 
 @dataclass

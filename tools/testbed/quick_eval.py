@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from .model import prompt
+from testbed.model import prompt
 
 
 def oracle_crop(rec: dict, size: int) -> tuple[int, int, int, int]:

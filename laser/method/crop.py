@@ -1,4 +1,4 @@
-"""Where to zoom: Con-ViCrop window placement and ViCrop's multi-scale windows (DESIGN section 1)."""
+"""Where to zoom: Con-ViCrop window placement and ViCrop's multi-scale windows (docs/method.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Token-by-token decoding with a KV cache: direct, or VAT contrastive in lock-step (DESIGN section 1).
+"""Token-by-token decoding with a KV cache: direct, or VAT contrastive in lock-step (docs/method.md).
 
 The contrastive path runs the positive and the negative stream as one batch of 2B per step:
 `VAT_t = z+_t - z-_t`, score `s_t = z+_t + alpha * VAT_t = (1 + alpha) z+_t - alpha z-_t`, and
@@ -7,11 +7,11 @@ tokens with `p+ < beta * max p+` are excluded (adaptive plausibility).
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import torch
 
+from .cache import cache_kwarg, output_cache
 from .config import DecodeConfig
 
 
@@ -59,17 +59,6 @@ NONFINITE_LOGITS = "non-finite logits"
 def nonfinite_rows(logits: torch.Tensor) -> torch.Tensor:
     """[batch] bool: rows holding a NaN or +inf, or no finite value at all (-inf alone is a mask)."""
     return torch.isnan(logits).any(dim=-1) | torch.isposinf(logits).any(dim=-1) | ~torch.isfinite(logits).any(dim=-1)
-
-
-def cache_kwarg(model: Any) -> str:
-    """Name of the forward argument that takes the KV cache (`cache` from transformers 5.x)."""
-    params = inspect.signature(model.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
-
-
-def output_cache(output: Any) -> Any:
-    cache = getattr(output, "cache", None)
-    return cache if cache is not None else getattr(output, "past_key_values", None)
 
 
 def generate(

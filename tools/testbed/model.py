@@ -18,7 +18,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from .scenes import COLOR_NAMES, INSTRUCTION, MODEL_INPUT
+from laser.testbed.scenes import COLOR_NAMES, INSTRUCTION, MODEL_INPUT
 
 PATCH = 8
 SPECIALS = ["<unk>", "<pad>", "<s>", "</s>", "<image>"]

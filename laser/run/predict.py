@@ -47,7 +47,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     if cfg.resume and cfg.overwrite:
         raise ValueError("resume=true and overwrite=true contradict each other; choose one")
     mode = "overwrite" if cfg.overwrite else "resume" if cfg.resume else "new"
-    from adapters._registry import resolve_adapter_class
+    from ..adapters import resolve_adapter_class
 
     resolve_adapter_class(model_ref(cfg), cfg.model.adapter)  # fail before anything is written
     action = "child"

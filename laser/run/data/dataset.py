@@ -11,52 +11,11 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
+from ...method.images import convert_to_rgb
 from .samples import VQASample, format_question
-
-_WHITE = (255, 255, 255, 255)
-_ALPHA_MODES = ("RGBA", "LA", "La", "RGBa", "PA")
-
-
-def _high_depth_to_l(image: Image.Image) -> Image.Image:
-    """8-bit grey from 16/32-bit integer or float pixels.
-
-    PIL's own conversion clips 16-bit values at 255 (a mostly white image), so values are
-    rescaled: 16-bit modes by 65535 -> 255; `I`/`F` are kept if already in 0..255, scaled as
-    16-bit if within 0..65535, otherwise stretched from their min..max.
-    """
-    pixels = np.asarray(image, dtype=np.float64)
-    if image.mode.startswith("I;16"):
-        scaled = pixels / 257.0
-    else:
-        low, high = (float(pixels.min()), float(pixels.max())) if pixels.size else (0.0, 0.0)
-        if low >= 0 and high <= 255:
-            scaled = pixels
-        elif low >= 0 and high <= 65535:
-            scaled = pixels / 257.0
-        else:
-            scaled = (pixels - low) * (255.0 / max(high - low, 1e-12))
-    return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), mode="L")
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Any PIL mode as RGB; transparent pixels are composited on white (not black, which is what
-    dropping the alpha channel gives and which would invent dark regions)."""
-    if image.mode == "RGB":
-        return image
-    if image.mode == "P":
-        image = image.convert("RGBA") if "transparency" in image.info else image.convert("RGB")
-    elif image.mode.startswith("I;16") or image.mode in ("I", "F"):
-        image = _high_depth_to_l(image)
-    elif image.mode == "La":
-        image = image.convert("LA")
-    if image.mode in _ALPHA_MODES:
-        rgba = image.convert("RGBA")
-        image = Image.alpha_composite(Image.new("RGBA", rgba.size, _WHITE), rgba)
-    return image.convert("RGB")
 
 
 def load_image(path: str | Path) -> tuple[Image.Image | None, str | None]:
@@ -76,7 +35,7 @@ def load_image(path: str | Path) -> tuple[Image.Image | None, str | None]:
         with Image.open(path) as opened:
             opened.load()  # decode now, inside the try: PIL otherwise decodes lazily
             upright = ImageOps.exif_transpose(opened)
-            return to_rgb(upright).copy(), None
+            return convert_to_rgb(upright).copy(), None
     except Exception as err:  # any decoder failure must become a message, not a crash
         return None, f"cannot load image {path}: {type(err).__name__}: {err}"
 
