@@ -1,11 +1,21 @@
-"""The testbed results of the README: every method on the full shipped split.
+"""The testbed results of the README: every method on a testbed split, for a testbed model.
 
     python tools/testbed_table.py --out docs/testbed
+    python tools/testbed_table.py --model testbed_emergent --split-seeds 0 2 --dev-seed 1 --out docs/testbed_emergent
 
-Writes `results.md` (accuracy per family and size bucket with 95% bootstrap intervals, and the paired
-difference to vanilla), `results.json`, one run folder per method (`runs/<method>/`, readable by
-`laser evaluate` and `laser compare`), `layer_profile.png` (mean VAQ per layer per question family)
-and `chosen_layers.png` (histogram of l* per family).
+`--model` is a model preset (`configs/model/<name>.yaml`) or a checkpoint folder. `--split-seeds` are
+generator seeds of the evaluation splits (0 = the shipped split; any other is materialised under
+`--work`, deterministically, with scene seeds disjoint from training and from the other seeds).
+With `--dev-seed`, `laser_static` runs at every decoder layer on that dev split first; the layer with
+the best dev accuracy becomes `laser_static_best` on every split, and the paired differences are also
+given against it.
+
+Writes `results.md` (per split: accuracy per family and size bucket with 95% bootstrap intervals,
+paired differences to vanilla and to the best static layer, the chosen layer per family with its hit
+rate, mean VAQ per layer per family, the share of crops that contain the target per method and per
+chosen layer), `results.json`, one run folder per method (`runs/<method>/`, or `seed<S>/runs/<method>/`
+with several splits; readable by `laser evaluate` and `laser compare`), `layer_profile.png` (mean VAQ
+per layer per question family) and `chosen_layers.png` (histogram of l* per family).
 """
 
 from __future__ import annotations
@@ -27,20 +37,58 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from laser.adapters import create_adapter  # noqa: E402
 
 from laser.method.config import LaserConfig  # noqa: E402
-from laser.paths import assets_dir  # noqa: E402
-from laser.testbed.benchmark import FAMILIES, load_split, results_table, run_methods  # noqa: E402
+from laser.paths import assets_dir, config_dir  # noqa: E402
+from laser.testbed.benchmark import (  # noqa: E402
+    FAMILIES,
+    crop_contains_target,
+    load_split,
+    results_table,
+    run_methods,
+)
+from laser.testbed.split import materialize_split  # noqa: E402
 
 METHODS = ["vanilla", "oracle", "oracle_tight", "vicrop", "vcd", "laser", "laser_full", "laser_static"]
+BEST_STATIC = "laser_static_best"
+MODEL_LABEL = {"testbed": "Testbed LLaVA", "testbed_emergent": "Emergent testbed LLaVA"}
 
 
-def write_run(folder: Path, method: str, records: list[dict], rows: list[dict]) -> None:
+def resolve_model(name: str) -> tuple[Path, str]:
+    """(checkpoint folder, `name_or_path` as a run config writes it) of a model preset or a folder."""
+    preset = config_dir() / "model" / f"{name}.yaml"
+    if preset.is_file():
+        from omegaconf import OmegaConf
+
+        ref = str(OmegaConf.load(preset).name_or_path)
+        path = Path(__file__).resolve().parents[1] / "laser" / ref.removeprefix("laser:") if ref.startswith("laser:") else Path(ref)
+        return path, ref
+    return Path(name), name
+
+
+def split_root(seed: int, work: Path) -> Path:
+    """Folder holding `eval.jsonl` and `images/` of the split with generator seed `seed`."""
+    if seed == 0:
+        return assets_dir() / "testbed"
+    root = work / f"seed{seed}"
+    if not (root / "eval.jsonl").is_file():
+        materialize_split(root, seed=seed)
+    return root
+
+
+def write_run(folder: Path, method: str, records: list[dict], rows: list[dict], model_ref: str, root: Path,
+              config: LaserConfig | None = None) -> None:
     """A run folder like `laser predict` writes, so `laser evaluate` / `laser compare` read it."""
     folder.mkdir(parents=True, exist_ok=True)
+    shipped = root == assets_dir() / "testbed"
+    annotations = "laser:assets/testbed/eval.jsonl" if shipped else str(root / "eval.jsonl")
+    if config is not None:
+        method_cfg = config.to_dict()
+    else:
+        method_cfg = {"name": method} if method.startswith("oracle") else LaserConfig.preset(method).to_dict()
     config = {
-        "model": {"name_or_path": "laser:assets/testbed/model", "adapter": None, "dtype": "auto"},
-        "data": {"format": "jsonl", "annotations": "laser:assets/testbed/eval.jsonl", "image_root": "laser:assets/testbed",
+        "model": {"name_or_path": model_ref, "adapter": None, "dtype": "auto"},
+        "data": {"format": "jsonl", "annotations": annotations, "image_root": "laser:assets/testbed" if shipped else str(root),
                  "metric": "exact", "limit": None},
-        "method": {"name": method} if method.startswith("oracle") else LaserConfig.preset(method).to_dict(),
+        "method": method_cfg,
         "seed": 0,
     }  # fmt: skip
     (folder / "run_config.json").write_text(json.dumps(config, indent=2) + "\n")
@@ -56,9 +104,9 @@ def write_run(folder: Path, method: str, records: list[dict], rows: list[dict]) 
             f.write(json.dumps(out) + "\n")
 
 
-def layer_figures(rows: list[dict], num_layers: int, out: Path) -> None:
+def layer_figures(rows: list[dict], num_layers: int, out: Path, label: str = "Testbed LLaVA") -> None:
     layers = np.arange(num_layers)
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(6.4, 4))
     for family in FAMILIES:
         vaq = np.array([r["vaq"] for r in rows if r["family"] == family and r["vaq"]])
         if len(vaq):
@@ -66,21 +114,21 @@ def layer_figures(rows: list[dict], num_layers: int, out: Path) -> None:
             sem = vaq.std(0) / np.sqrt(len(vaq))
             ax.plot(layers, mean, marker="o", label=f"{family} (n={len(vaq)})")
             ax.fill_between(layers, mean - 1.96 * sem, mean + 1.96 * sem, alpha=0.2)
-    ax.set(xlabel="decoder layer l", ylabel="mean VAQ[l]", title="Testbed LLaVA: VAQ per layer by question family")
+    ax.set(xlabel="decoder layer l", ylabel="mean VAQ[l]", title=f"{label}: VAQ per layer by family")
     ax.set_xticks(layers)
     ax.legend()
     fig.tight_layout()
     fig.savefig(out / "layer_profile.png", dpi=120)
     plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(6.4, 4))
     width = 0.8 / len(FAMILIES)
     for i, family in enumerate(FAMILIES):
         chosen = [r["layer"] for r in rows if r["family"] == family and r["layer"] is not None]
         if chosen:
             share = np.bincount(chosen, minlength=num_layers) / len(chosen)
             ax.bar(layers + (i - 1) * width, share, width, label=f"{family} (n={len(chosen)})")
-    ax.set(xlabel="chosen layer l*", ylabel="share of questions", title="Testbed LLaVA: layer chosen by VAQ")
+    ax.set(xlabel="chosen layer l*", ylabel="share of questions", title=f"{label}: layer chosen by VAQ")
     ax.set_xticks(layers)
     ax.set_ylim(0, ax.get_ylim()[1] * 1.3)  # room for the legend above the bars
     ax.legend(loc="upper center", ncol=len(FAMILIES), fontsize="small")
@@ -89,9 +137,72 @@ def layer_figures(rows: list[dict], num_layers: int, out: Path) -> None:
     plt.close(fig)
 
 
+def _pct(hits: list) -> str:
+    return f"{100 * np.mean(hits):.0f}% ({len(hits)})" if hits else "–"
+
+
+def layer_tables(rows: list[dict], num_layers: int) -> str:
+    """Markdown: per family, the share of questions VAQ sends to each layer, their accuracy and how often
+    the crop contains the target; and the mean VAQ per layer per family."""
+    lines = ["Chosen layer l* per family: share of the family's questions · accuracy · crop contains the target",
+             "", "| family | " + " | ".join(f"l={layer}" for layer in range(num_layers)) + " |",
+             "|" + "---|" * (num_layers + 1)]
+    for family in (*FAMILIES, "all"):
+        fam = [r for r in rows if (family == "all" or r["family"] == family) and r["layer"] is not None]
+        cells = []
+        for layer in range(num_layers):
+            at = [r for r in fam if r["layer"] == layer]
+            if not at:
+                cells.append("–")
+                continue
+            inside = [c for c in map(crop_contains_target, at) if c is not None]
+            share = 100 * len(at) / len(fam)
+            acc = 100 * np.mean([r["correct"] for r in at])
+            cells.append(f"{share:.0f}% · {acc:.0f}% · {_pct(inside)}")
+        lines.append(f"| {family} (n={len(fam)}) | " + " | ".join(cells) + " |")
+    lines += ["", "Mean VAQ[l] per family", "", "| family | " + " | ".join(f"l={layer}" for layer in range(num_layers)) + " |",
+              "|" + "---|" * (num_layers + 1)]
+    for family in FAMILIES:
+        vaq = np.array([r["vaq"] for r in rows if r["family"] == family and r["vaq"]])
+        if len(vaq):
+            lines.append(f"| {family} | " + " | ".join(f"{v:.3f}" for v in vaq.mean(0)) + " |")
+    return "\n".join(lines)
+
+
+def containment_table(results: dict[str, list[dict]]) -> str:
+    """Markdown: share of crops that contain the whole target box / the target's centre, per method and
+    family (n = questions with a crop and a target box; "no" existence answers have none)."""
+    lines = ["| method (whole target / its centre) | all | " + " | ".join(FAMILIES) + " | size=small |",
+             "|---|---|" + "---|" * len(FAMILIES) + "---|"]
+    for method, rows in results.items():
+        rows = [r for r in rows if crop_contains_target(r) is not None]
+        if not rows:
+            continue
+        groups = [rows] + [[r for r in rows if r["family"] == f] for f in FAMILIES]
+        groups.append([r for r in rows if r["size"] == "small"])
+        cells = []
+        for group in groups:
+            whole = [crop_contains_target(r) for r in group]
+            centre = [crop_contains_target(r, centre=True) for r in group]
+            cells.append(f"{100 * np.mean(whole):.0f}% / {100 * np.mean(centre):.0f}% ({len(group)})" if group else "–")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def static_sweep(adapter, records: list[dict], root: Path) -> dict[int, float]:
+    """Accuracy of `laser_static` at every decoder layer on the dev records."""
+    configs = {f"static@{layer}": LaserConfig.preset("laser_static", **{"vaq.layer": layer}) for layer in range(adapter.num_layers)}
+    results = run_methods(adapter, records, list(configs), image_root=root, progress=True, configs=configs)
+    return {int(name.split("@")[1]): float(np.mean([r["correct"] for r in rows])) for name, rows in results.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="docs/testbed")
+    parser.add_argument("--model", default="testbed", help="model preset name or checkpoint folder")
+    parser.add_argument("--split-seeds", type=int, nargs="+", default=[0], help="generator seeds of the evaluated splits")
+    parser.add_argument("--dev-seed", type=int, default=None, help="split seed on which the best static layer is chosen")
+    parser.add_argument("--work", default="testbed_work/splits", help="where non-shipped splits are materialised")
     parser.add_argument("--per-cell", type=int, default=None, help="limit questions per (family, size)")
     parser.add_argument("--methods", nargs="+", default=METHODS)
     args = parser.parse_args()
@@ -101,19 +212,50 @@ def main() -> None:
 
     torch.set_num_threads(1)  # the testbed model is tiny: one thread is faster than two
     start = time.perf_counter()
-    adapter = create_adapter(str(assets_dir() / "testbed" / "model"))
-    records = load_split(args.per_cell)
-    print(f"{len(records)} questions, methods: {', '.join(args.methods)}", flush=True)
-    results = run_methods(adapter, records, args.methods, progress=True)
-    table = results_table(results)
-    command = "python tools/testbed_table.py" + (f" --per-cell {args.per_cell}" if args.per_cell else "")
-    (out / "results.md").write_text(f"<!-- {command} -->\n{table}\n")
-    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
-    for method, rows in results.items():
-        write_run(out / "runs" / method, method, records, rows)
-    if "laser" in results:
-        layer_figures(results["laser"], adapter.num_layers, out)
-    print(table)
+    model_path, model_ref = resolve_model(args.model)
+    label = MODEL_LABEL.get(args.model, model_path.name)
+    adapter = create_adapter(str(model_path))
+    work = Path(args.work)
+    command = "python tools/testbed_table.py " + " ".join(sys.argv[1:])
+    report = [f"<!-- {command} -->"]
+    methods = list(args.methods)
+    configs: dict[str, LaserConfig] = {}
+    summary: dict = {"model": model_ref, "splits": {}}
+    if args.dev_seed is not None:
+        dev_root = split_root(args.dev_seed, work)
+        dev = load_split(args.per_cell, path=dev_root / "eval.jsonl")
+        print(f"dev split seed {args.dev_seed}: {len(dev)} questions, laser_static at every layer", flush=True)
+        sweep = static_sweep(adapter, dev, dev_root)
+        best = max(sweep, key=lambda layer: (sweep[layer], -layer))
+        configs[BEST_STATIC] = LaserConfig.preset("laser_static", **{"vaq.layer": best})
+        methods.append(BEST_STATIC)
+        summary["dev"] = {"seed": args.dev_seed, "n": len(dev), "static_accuracy": sweep, "best_layer": best}
+        report += [f"## Best static layer (dev split, generator seed {args.dev_seed}, {len(dev)} questions)", "",
+                   "| layer | " + " | ".join(str(layer) for layer in sweep) + " |", "|" + "---|" * (len(sweep) + 1),
+                   "| laser_static accuracy | " + " | ".join(f"{100 * a:.1f}" for a in sweep.values()) + " |", "",
+                   f"`{BEST_STATIC}` = `laser_static` with `vaq.layer={best}`; `laser_static` uses the adapter's "
+                   f"default layer ({adapter.default_layer}).", ""]  # fmt: skip
+    references = ("vanilla", BEST_STATIC)
+    for seed in args.split_seeds:
+        root = split_root(seed, work)
+        records = load_split(args.per_cell, path=root / "eval.jsonl")
+        print(f"split seed {seed}: {len(records)} questions, methods: {', '.join(methods)}", flush=True)
+        results = run_methods(adapter, records, methods, image_root=root, progress=True, configs=configs)
+        folder = out if len(args.split_seeds) == 1 else out / f"seed{seed}"
+        folder.mkdir(parents=True, exist_ok=True)
+        name = "the shipped split (seed 0)" if seed == 0 else f"the split of generator seed {seed}"
+        report += [f"## {name}: {len(records)} questions", "", results_table(results, references), ""]
+        if "laser" in results:
+            report += ["### Where VAQ looks (`laser`)", "", layer_tables(results["laser"], adapter.num_layers), ""]
+            layer_figures(results["laser"], adapter.num_layers, folder, label)
+        report += ["### Crops that contain the target", "", containment_table(results), ""]
+        for method, rows in results.items():
+            write_run(folder / "runs" / method, method, records, rows, model_ref, root, configs.get(method))
+        summary["splits"][seed] = results
+    text = "\n".join(report)
+    (out / "results.md").write_text(text + "\n")
+    (out / "results.json").write_text(json.dumps(summary, indent=1) + "\n")
+    print(text)
     print(f"done in {time.perf_counter() - start:.0f} s -> {out}")
 
 

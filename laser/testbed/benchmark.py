@@ -86,8 +86,13 @@ def run_methods(
     image_root: Path | None = None,
     batch_size: int = 16,
     progress: bool = False,
+    configs: dict[str, LaserConfig] | None = None,
 ) -> dict[str, list[dict[str, Any]]]:
-    """Answers of every method on every record: {method: [{sample_id, family, size, correct, ...}]}."""
+    """Answers of every method on every record: {method: [{sample_id, family, size, correct, ...}]}.
+
+    A method is an engine preset, an oracle, or a name in `configs` (name -> LaserConfig, e.g. the
+    static pipeline at a chosen layer)."""
+    configs = configs or {}
     image_root = image_root or assets_dir() / "testbed"
     images = {}
     for r in records:
@@ -95,7 +100,8 @@ def run_methods(
             images[r["image"]] = Image.open(image_root / r["image"]).convert("RGB")
     out: dict[str, list[dict[str, Any]]] = {}
     for method in methods:
-        engine = LaserEngine(adapter, LaserConfig.preset("vanilla" if method in ORACLES else method))
+        config = configs.get(method) or LaserConfig.preset("vanilla" if method in ORACLES else method)
+        engine = LaserEngine(adapter, config)
         rows = []
         for start in range(0, len(records), batch_size):
             chunk = records[start : start + batch_size]
@@ -118,6 +124,7 @@ def run_methods(
                         "vaq": p.vaq,
                         "box": list(b) if b else p.box,
                         "path": p.path,
+                        "target_box": r["meta"]["target_box"],
                     }
                 )
         if progress:
@@ -125,6 +132,19 @@ def run_methods(
             print(f"  {method:<12} {100 * acc:5.1f}%  ({len(rows)} questions)", flush=True)
         out[method] = rows
     return out
+
+
+def crop_contains_target(row: dict[str, Any], centre: bool = False) -> bool | None:
+    """Whether the row's crop box holds its whole target box (with `centre`, the target's centre); None
+    without a crop, or when the target is the whole canvas (the evidence of a "no" existence answer:
+    generated boxes never touch the corner)."""
+    box, target = row.get("box"), row.get("target_box")
+    if not box or not target or (target[0] == 0 and target[1] == 0):
+        return None
+    if centre:
+        cx, cy = (target[0] + target[2]) / 2, (target[1] + target[3]) / 2
+        return box[0] <= cx <= box[2] and box[1] <= cy <= box[3]
+    return box[0] <= target[0] and box[1] <= target[1] and box[2] >= target[2] and box[3] >= target[3]
 
 
 def paired_difference_ci(a: Sequence[float], b: Sequence[float], n: int = 2000, seed: int = 0):
@@ -142,9 +162,30 @@ def _cell(rows: list[dict[str, Any]]) -> str:
     return f"{100 * np.mean(values):.1f} [{100 * low:.0f}, {100 * high:.0f}]"
 
 
-def results_table(results: dict[str, list[dict[str, Any]]]) -> str:
-    """Markdown: accuracy % [95% CI] per method x (family, size), plus the paired difference to vanilla
-    on the reading family and on small targets."""
+def paired_table(results: dict[str, list[dict[str, Any]]], reference: str) -> list[str]:
+    """Markdown lines: each method minus `reference`, paired by sample, on reading / small targets / all."""
+    lines = [f"| method − {reference} (paired, points [95% CI]) | reading | small targets | all |", "|---|---|---|---|"]
+    base = {r["sample_id"]: r for r in results[reference]}
+    for method, rows in results.items():
+        if method == reference:
+            continue
+        cells = []
+        for keep in (lambda r: r["family"] == "reading", lambda r: r["size"] == "small", lambda r: True):
+            chosen = [r for r in rows if keep(r) and r["sample_id"] in base]
+            if not chosen:
+                cells.append("–")
+                continue
+            mean, low, high = paired_difference_ci(
+                [r["correct"] for r in chosen], [base[r["sample_id"]]["correct"] for r in chosen]
+            )
+            cells.append(f"{100 * mean:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def results_table(results: dict[str, list[dict[str, Any]]], references: Sequence[str] = ("vanilla",)) -> str:
+    """Markdown: accuracy % [95% CI] per method x (family, size), plus the paired difference to each
+    reference method present (vanilla by default) on the reading family, on small targets and overall."""
     groups = [("all", lambda r: True)]
     groups += [(f, lambda r, f=f: r["family"] == f) for f in FAMILIES]
     groups += [(f"size={s}", lambda r, s=s: r["size"] == s) for s in SIZES]
@@ -153,21 +194,7 @@ def results_table(results: dict[str, list[dict[str, Any]]]) -> str:
     for method, rows in results.items():
         cells = [_cell([r for r in rows if keep(r)]) for _, keep in groups]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    if "vanilla" in results:
-        lines += ["", "| method − vanilla (paired, points [95% CI]) | reading | small targets | all |", "|---|---|---|---|"]
-        base = {r["sample_id"]: r for r in results["vanilla"]}
-        for method, rows in results.items():
-            if method == "vanilla":
-                continue
-            cells = []
-            for keep in (lambda r: r["family"] == "reading", lambda r: r["size"] == "small", lambda r: True):
-                chosen = [r for r in rows if keep(r) and r["sample_id"] in base]
-                if not chosen:
-                    cells.append("–")
-                    continue
-                mean, low, high = paired_difference_ci(
-                    [r["correct"] for r in chosen], [base[r["sample_id"]]["correct"] for r in chosen]
-                )
-                cells.append(f"{100 * mean:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]")
-            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    for reference in references:
+        if reference in results:
+            lines += [""] + paired_table(results, reference)
     return "\n".join(lines)

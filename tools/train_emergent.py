@@ -1,0 +1,244 @@
+"""Train the *emergent* testbed LVLM: grounding from the answer loss alone (step-driven, seeded, resumable).
+
+    python tools/train_emergent.py --run testbed_work/emergent
+
+rebuilds `laser/assets/testbed_emergent/model` (the `model=testbed_emergent` preset) from nothing:
+same seed, same steps, same model; the LR schedule and the curriculum follow the step count, never the
+clock. Re-running the same command resumes from RUN/last.pt (written every `--ckpt-every` steps); the
+model is exported to `--export` every `--export-every` steps and at the end, so a partial model exists.
+
+What makes grounding necessary rather than taught:
+- The visual tokens are the CLIP tower's embeddings (`build_emergent`): each is a linear map of its
+  own 8x8 patch plus a position embedding, LayerNorm-ed (then the per-token LLaVA projector MLP). No visual token
+  knows anything outside its patch, so no token can carry "the red box holds a 3".
+- The image comes before the question in the prompt, so the image tokens are processed without the
+  question; only the question / answer positions can pick the box the question names, by attending to it.
+- The loss is cross-entropy on the answer tokens only: no attention loss, no auxiliary vision loss, no
+  box or patch labels (the view sampler's labels are ignored).
+
+Model: `LlavaForConditionalGeneration`, 64 px input, patch 8 -> 8x8 visual tokens, 8-layer Llama
+(hidden 128, 4 heads), the word-level tokenizer of `tools/testbed/model.py`.
+Data: `tools/testbed/views.py` (random zooms of generated scenes, training seeds < 10,000,000; the
+evaluation splits use seeds >= 10,000,000). Curriculum by step: stage 0 (one or two big boxes) first,
+then stages 0/1/2 mixed, then mostly stage 2 (the evaluation distribution).
+Every `--eval-every` steps the first answer token is scored on questions of the dev split (generator
+seed 1, `testbed_work/splits/seed1`), full scene and tight oracle crop; logged, not used to pick a model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tools"))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from testbed import views  # noqa: E402
+from testbed.model import answer_ids, build_config, build_processor, build_tokenizer, prompt_ids  # noqa: E402
+from testbed.quick_eval import first_token_eval  # noqa: E402
+from transformers import LlavaForConditionalGeneration  # noqa: E402
+
+from laser.testbed.split import load_split, materialize_split  # noqa: E402
+
+EXPORT = ROOT / "laser/assets/testbed_emergent/model"
+ARCH = dict(text_hidden=128, text_layers=8, vision_hidden=192)
+FAMILY_WEIGHTS = {"reading": 0.45, "relational": 0.2, "existence": 0.14, "color": 0.07, "count": 0.05, "where": 0.09}
+DEV_SEED = 1  # generator seed of the dev split (the shipped split is seed 0)
+
+
+def build_emergent(tok) -> LlavaForConditionalGeneration:
+    """The per-patch LLaVA: visual tokens are the CLIP tower's *embedding* output (hidden state 0 of 2,
+    selected by `vision_feature_layer=-2`), i.e. conv-patch + position embedding + pre-LayerNorm, one
+    patch each. The CLIP tower keeps one encoder layer only because transformers' LLaVA selects the
+    feature from the tower's captured hidden states, which a zero-layer tower does not produce (and
+    `vision_feature_layer=0` is read as "no hidden states"); that layer's output is never used, so it
+    is kept minimal (MLP width 8) and its weights get no gradient.
+    """
+    cfg = build_config(tok, vision_layers=1, **ARCH)
+    cfg.vision_feature_layer = -2
+    cfg.vision_config.intermediate_size = 8
+    model = LlavaForConditionalGeneration(cfg)
+    gc = model.generation_config
+    gc.pad_token_id, gc.bos_token_id, gc.eos_token_id = tok.pad_token_id, tok.bos_token_id, tok.eos_token_id
+    return model
+
+
+def stage_at(step: int, total: int):
+    """Curriculum by step: stage 0 alone, then 0/1/2 mixed, then mostly the evaluation distribution."""
+    p = step / total
+    if p < 0.12:
+        return 0
+    if p < 0.3:
+        return (0, 1, 2)[step % 3]
+    return (1, 2, 2, 2)[step % 4]
+
+
+def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    p = min(1.0, (step - warmup) / max(1, total - warmup))
+    return peak * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * p)))
+
+
+class Batcher:
+    """Views -> (input_ids, attention_mask, labels, pixel_values); labels only on the answer tokens."""
+
+    def __init__(self, tok, processor):
+        self.tok = tok
+        ip = processor.image_processor
+        self.mean = torch.tensor(ip.image_mean).view(1, 3, 1, 1)
+        self.std = torch.tensor(ip.image_std).view(1, 3, 1, 1)
+        self.cache: dict[str, list[int]] = {}
+
+    def __call__(self, d):
+        seqs, labs = [], []
+        for q, a in zip(d["questions"], d["answers"]):
+            if q not in self.cache:
+                self.cache[q] = prompt_ids(self.tok, q)
+            p, t = self.cache[q], answer_ids(self.tok, a)
+            seqs.append(p + t)
+            labs.append([-100] * len(p) + t)
+        n = max(len(s) for s in seqs)
+        pad = self.tok.pad_token_id
+        ids = torch.tensor([[pad] * (n - len(s)) + s for s in seqs])
+        labels = torch.tensor([[-100] * (n - len(s)) + lb for s, lb in zip(seqs, labs)])
+        mask = torch.tensor([[0] * (n - len(s)) + [1] * len(s) for s in seqs])
+        px = torch.from_numpy(d["pixels"]).permute(0, 3, 1, 2).float() / 255.0
+        return ids, mask, labels, (px - self.mean) / self.std
+
+
+def dev_records(n: int) -> tuple[list[dict], Path]:
+    root = ROOT / "testbed_work/splits" / f"seed{DEV_SEED}"
+    if not (root / "eval.jsonl").exists():
+        materialize_split(root, seed=DEV_SEED)
+    recs = load_split(root / "eval.jsonl")
+    return recs[:n], root
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", default=str(ROOT / "testbed_work/emergent"))
+    ap.add_argument("--export", default=str(EXPORT))
+    ap.add_argument("--steps", type=int, default=4500)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--warmup", type=int, default=150)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--ckpt-every", type=int, default=100)
+    ap.add_argument("--export-every", type=int, default=300)
+    ap.add_argument("--eval-every", type=int, default=600)
+    ap.add_argument("--eval-n", type=int, default=240, help="dev questions scored at each eval")
+    ap.add_argument("--log-every", type=int, default=25)
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    run = Path(a.run)
+    run.mkdir(parents=True, exist_ok=True)
+    logf = (run / "train.log").open("a")
+
+    def log(msg: str) -> None:
+        line = f"[{time.strftime('%H:%M:%S')}] {msg}"
+        print(line, flush=True)
+        logf.write(line + "\n")
+        logf.flush()
+
+    views.FAMILY_WEIGHTS.clear()
+    views.FAMILY_WEIGHTS.update(FAMILY_WEIGHTS)
+    torch.manual_seed(a.seed)
+    tok = build_tokenizer()
+    proc = build_processor(tok)
+    model = build_emergent(tok)
+    params = [p for n, p in model.named_parameters() if ".encoder.layers." not in n and "post_layernorm" not in n]
+    opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=0.01, betas=(0.9, 0.98))
+    rng = random.Random(a.seed)
+    step = 0
+    ck = run / "last.pt"
+    if ck.exists():
+        st = torch.load(ck, weights_only=False)
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["opt"])
+        rng.setstate(st["rng"])
+        torch.set_rng_state(st["torch_rng"])
+        step = st["step"]
+        log(f"resumed from step {step}")
+    else:
+        log(f"new run: {json.dumps(vars(a))}; arch {ARCH}; params {sum(p.numel() for p in params)}")
+
+    def save_ckpt() -> None:
+        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "rng": rng.getstate(),
+                    "torch_rng": torch.get_rng_state(), "step": step, "args": vars(a)}, run / "tmp.pt")
+        (run / "tmp.pt").replace(ck)
+
+    def export() -> None:
+        model.save_pretrained(a.export, safe_serialization=True)
+        proc.save_pretrained(a.export)
+        log(f"exported step {step} to {a.export}")
+
+    held, held_root = dev_records(a.eval_n)
+
+    def evaluate() -> None:
+        model.eval()
+        res = first_token_eval(model, proc, held, held_root, batch=48)
+        model.train()
+        for view, accs in res.items():
+            log(f"dev step {step} {view}: " + " ".join(f"{k}={v[0]:.2f}({v[1]})" for k, v in sorted(accs.items())))
+
+    batcher = Batcher(tok, proc)
+    agg: dict[str, float] = defaultdict(float)
+    model.train()
+    t0 = time.time()
+    while step < a.steps:
+        d = views.sample_views(rng, a.batch, stage_at(step, a.steps))
+        t_data = time.time()
+        ids, mask, labels, px = batcher(d)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, a.steps, a.lr, a.warmup)
+        logits = model(input_ids=ids, attention_mask=mask, pixel_values=px).logits[:, :-1]
+        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels[:, 1:].reshape(-1), ignore_index=-100)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        step += 1
+        with torch.no_grad():
+            pos = labels[:, 1:] != -100
+            first = pos & (pos.cumsum(1) == 1)
+            ok = (logits.argmax(-1)[first] == labels[:, 1:][first]).tolist()
+        for fam, size, hit in zip(d["families"], d["sizes"], ok):
+            agg[f"acc_{fam}"] += hit
+            agg[f"n_{fam}"] += 1
+            if fam == "reading":
+                agg[f"acc_read-{size}"] += hit
+                agg[f"n_read-{size}"] += 1
+        agg["loss"] += loss.item()
+        agg["data_s"] += t_data - t0
+        agg["step_s"] += time.time() - t0
+        agg["n"] += 1
+        t0 = time.time()
+        if step % a.log_every == 0:
+            n = agg["n"]
+            accs = " ".join(f"{k[4:]}={agg[k] / agg['n_' + k[4:]]:.2f}" for k in sorted(agg) if k.startswith("acc_"))
+            log(f"step {step}/{a.steps} stage {stage_at(step - 1, a.steps)} lr {lr_at(step, a.steps, a.lr, a.warmup):.2e} "
+                f"loss {agg['loss'] / n:.3f} train[{accs}] {agg['step_s'] / n:.2f}s/step (data {agg['data_s'] / n:.2f})")
+            agg.clear()
+        if step % a.ckpt_every == 0 or step == a.steps:
+            save_ckpt()
+        if step % a.eval_every == 0 or step == a.steps:
+            evaluate()
+        if step % a.export_every == 0 or step == a.steps:
+            export()
+        t0 = time.time()
+    log("done")
+
+
+if __name__ == "__main__":
+    main()
