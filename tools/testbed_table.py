@@ -200,10 +200,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="docs/testbed")
     parser.add_argument("--model", default="testbed", help="model preset name or checkpoint folder")
-    parser.add_argument("--split-seeds", type=int, nargs="+", default=[0], help="generator seeds of the evaluated splits")
+    parser.add_argument("--split-seeds", type=int, nargs="*", default=[0], help="generator seeds of the evaluated splits")
     parser.add_argument("--dev-seed", type=int, default=None, help="split seed on which the best static layer is chosen")
     parser.add_argument("--work", default="testbed_work/splits", help="where non-shipped splits are materialised")
     parser.add_argument("--per-cell", type=int, default=None, help="limit questions per (family, size)")
+    parser.add_argument("--best-static", type=int, default=None,
+                        help="the best static layer, when an earlier --dev-seed run chose it (skips the sweep)")
+    parser.add_argument("--dev-per-cell", type=int, default=None, help="limit dev questions per (family, size)")
     parser.add_argument("--methods", nargs="+", default=METHODS)
     args = parser.parse_args()
     out = Path(args.out)
@@ -223,7 +226,7 @@ def main() -> None:
     summary: dict = {"model": model_ref, "splits": {}}
     if args.dev_seed is not None:
         dev_root = split_root(args.dev_seed, work)
-        dev = load_split(args.per_cell, path=dev_root / "eval.jsonl")
+        dev = load_split(args.dev_per_cell, path=dev_root / "eval.jsonl")
         print(f"dev split seed {args.dev_seed}: {len(dev)} questions, laser_static at every layer", flush=True)
         sweep = static_sweep(adapter, dev, dev_root)
         best = max(sweep, key=lambda layer: (sweep[layer], -layer))
@@ -235,6 +238,11 @@ def main() -> None:
                    "| laser_static accuracy | " + " | ".join(f"{100 * a:.1f}" for a in sweep.values()) + " |", "",
                    f"`{BEST_STATIC}` = `laser_static` with `vaq.layer={best}`; `laser_static` uses the adapter's "
                    f"default layer ({adapter.default_layer}).", ""]  # fmt: skip
+    if args.best_static is not None:
+        configs[BEST_STATIC] = LaserConfig.preset("laser_static", **{"vaq.layer": args.best_static})
+        methods.append(BEST_STATIC)
+        report += [f"`{BEST_STATIC}` = `laser_static` with `vaq.layer={args.best_static}` (chosen on the dev split by "
+                   f"a `--dev-seed` run); `laser_static` uses the adapter's default layer ({adapter.default_layer}).", ""]
     references = ("vanilla", BEST_STATIC)
     for seed in args.split_seeds:
         root = split_root(seed, work)
