@@ -3,19 +3,19 @@ per-patch visual tokens, and it reads large digits of the shipped split."""
 
 import pytest
 import torch
+from laser.adapters import create_adapter
 from PIL import Image
 from testbed.model import prompt
 
-from laser.adapters import create_adapter
 from laser.paths import assets_dir
 from laser.testbed.split import load_split
 
 MODEL_DIR = assets_dir() / "testbed_emergent" / "model"
 SPLIT = assets_dir() / "testbed" / "eval.jsonl"
 MAX_BYTES = 20 * 2**20
-# first-token accuracy on every large-target reading question of the shipped split (the README's vanilla
-# figure on that cell is higher; this bound only catches a broken or missing model)
-LARGE_READING_MIN = 0.7
+# the issue's bar: vanilla reads large targets at >= 80% (first answer token, every large-target reading
+# question of the shipped split)
+LARGE_READING_MIN = 0.8
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +51,8 @@ def test_visual_tokens_see_only_their_patch(adapter):
     assert changed == [2 * 8 + 5]
 
 
+@pytest.mark.xfail(strict=True, reason="the shipped checkpoint does not use the image: grounding did not emerge "
+                   "from the answer loss in the recipe's 4,000 steps (README, 'Grounding nobody taught')")
 def test_reads_large_digits_of_the_shipped_split(adapter):
     model, proc = adapter.model, adapter.processor
     recs = [r for r in load_split(SPLIT) if r["meta"]["family"] == "reading" and r["meta"]["size"] == "large"]
