@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from laser.adapters import create_adapter  # noqa: E402
 
 from laser.method.config import LaserConfig  # noqa: E402
+from laser.method.engine import LaserEngine  # noqa: E402
 from laser.paths import assets_dir, config_dir  # noqa: E402
 from laser.testbed.benchmark import (  # noqa: E402
     FAMILIES,
@@ -219,6 +220,7 @@ def main() -> None:
     label = MODEL_LABEL.get(args.model, model_path.name)
     adapter = create_adapter(str(model_path))
     work = Path(args.work)
+    default_layer = LaserEngine(adapter, LaserConfig.preset("laser_static")).static_layer()
     command = "python tools/testbed_table.py " + " ".join(sys.argv[1:])
     report = [f"<!-- {command} -->"]
     methods = list(args.methods)
@@ -237,12 +239,12 @@ def main() -> None:
                    "| layer | " + " | ".join(str(layer) for layer in sweep) + " |", "|" + "---|" * (len(sweep) + 1),
                    "| laser_static accuracy | " + " | ".join(f"{100 * a:.1f}" for a in sweep.values()) + " |", "",
                    f"`{BEST_STATIC}` = `laser_static` with `vaq.layer={best}`; `laser_static` uses the adapter's "
-                   f"default layer ({adapter.default_layer}).", ""]  # fmt: skip
+                   f"default layer ({default_layer}).", ""]  # fmt: skip
     if args.best_static is not None:
         configs[BEST_STATIC] = LaserConfig.preset("laser_static", **{"vaq.layer": args.best_static})
         methods.append(BEST_STATIC)
         report += [f"`{BEST_STATIC}` = `laser_static` with `vaq.layer={args.best_static}` (chosen on the dev split by "
-                   f"a `--dev-seed` run); `laser_static` uses the adapter's default layer ({adapter.default_layer}).", ""]
+                   f"a `--dev-seed` run); `laser_static` uses the adapter's default layer ({default_layer}).", ""]
     references = ("vanilla", BEST_STATIC)
     for seed in args.split_seeds:
         root = split_root(seed, work)

@@ -1,9 +1,11 @@
 """Throwaway ablation: the original testbed architecture (CLIP 3 layers, tokens mix) with the same LM and
 answer-only loss, to see whether *any* tower gets the image used within 600 steps."""
 import sys
+
 sys.path.insert(0, "tools")
 import train_emergent as te
 from testbed.model import build_model
+
 te.build_emergent = lambda tok: build_model(tok, text_hidden=96, text_layers=8, vision_hidden=96, vision_layers=3)
 te.fix_projector_norm = lambda m: None
 te.content_only_tokens = lambda m: None
