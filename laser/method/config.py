@@ -54,10 +54,12 @@ class DecodeConfig:
     alpha: float = 1.0
     beta: float = 0.1  # adaptive plausibility; 0 disables
     max_new_tokens: int = 16
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
+    # null: the model's generation_config decides, as in `model.generate` (decoding.GENERATION_KEYS)
+    do_sample: bool | None = None
+    temperature: float | None = None
+    top_k: int | None = None
+    top_p: float | None = None
+    repetition_penalty: float | None = None
 
 
 @dataclass
