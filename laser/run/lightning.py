@@ -57,6 +57,15 @@ class LaserModule(pl.LightningModule):
         self.lvlm = adapter.model  # a submodule, so Lightning moves it to this process's device
         self.engine = LaserEngine(adapter, self.method)
 
+    def image_preprocessor(self) -> Any:
+        """The engine's per-image preprocessing, for the datamodule's workers (None if unavailable)."""
+        if self.engine is None:
+            return None
+        try:
+            return self.engine.image_preprocessor()
+        except Exception:  # the engine preprocesses in this process instead
+            return None
+
     def predict_step(self, batch: list[dict[str, Any]], batch_idx: int = 0) -> list[dict[str, Any]]:
         batch = [sample for sample in batch if not sample.get("padding")]  # DDP filler: no record
         records: list[dict[str, Any] | None] = [None] * len(batch)
@@ -112,7 +121,11 @@ class LaserModule(pl.LightningModule):
 
     def _engine_batch(self, samples: list[dict[str, Any]]) -> list[Prediction]:
         seeds = [sample_seed(self.seed, s["sample_id"]) for s in samples]
-        return self.engine.answer_batch([s["image"] for s in samples], [s["question"] for s in samples], seeds)
+        features = [s.get("image_features") for s in samples]
+        return self.engine.answer_batch(
+            [s["image"] for s in samples], [s["question"] for s in samples], seeds,
+            features if any(f is not None for f in features) else None,
+        )
 
     @staticmethod
     def _record(sample: dict[str, Any], pred: Prediction | None, error: str | None) -> dict[str, Any]:

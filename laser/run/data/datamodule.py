@@ -93,9 +93,12 @@ class VQADataModule(pl.LightningDataModule):
         sampler asserts every rank gets at least one item, which a resumed run with fewer pending
         samples than ranks would break, so such a dataset is padded with placeholder items
         (`padding=True`) for which `LaserModule` writes no record: each sample is written once.
+
+        With workers, each item also carries its image preprocessed by the model's image processor
+        (`image_features`), so that decoding and preprocessing images overlap the model's work.
         """
         self._require_setup()
-        self.dataset = VQADataset(self.samples, self.image_root, self.skip_ids)
+        self.dataset = VQADataset(self.samples, self.image_root, self.skip_ids, self._image_preprocessor())
         world_size = int(getattr(self.trainer, "world_size", 1) or 1)
         self.dataset.pad_to(world_size)
         return DataLoader(
@@ -105,6 +108,16 @@ class VQADataModule(pl.LightningDataModule):
             num_workers=self.num_workers,
             collate_fn=collate_samples,
         )
+
+    def _image_preprocessor(self) -> Any:
+        """The model side's per-image preprocessing (`LaserModule.image_preprocessor`), run in the
+        DataLoader workers so that it overlaps the model; None without workers or without a model that
+        offers one (the model side then preprocesses each image itself)."""
+        if self.num_workers == 0:
+            return None
+        module = getattr(getattr(self, "trainer", None), "lightning_module", None)
+        make = getattr(module, "image_preprocessor", None)
+        return make() if callable(make) else None
 
     def _require_setup(self) -> None:
         if self.samples is None:
