@@ -62,13 +62,20 @@ def _distinct_images(prediction) -> int:
     return 1 + int(cropped) + int(prediction.path == "contrastive")
 
 
-@pytest.mark.parametrize("preset", list_presets())
-@pytest.mark.parametrize("gate", [0.0, 1.01], ids=["contrastive", "direct"])
+# every preset; `auto` ones through both paths (gate depth 0: contrastive, above 1: direct)
+CASES = [
+    pytest.param(preset, gate, id=f"{preset}-{path}")
+    for preset in list_presets()
+    for gate, path in (
+        ((0.0, "contrastive"), (1.01, "direct")) if LaserConfig.preset(preset).decode.mode == "auto" else ((0.5, "own"),)
+    )
+]
+
+
+@pytest.mark.parametrize("preset,gate", CASES)
 def test_each_distinct_image_preprocessed_once(counted, monkeypatch, preset, gate):
     adapter, counter = counted
     config = LaserConfig.preset(preset, **{"decode.max_new_tokens": 2, "gate.depth": gate})
-    if config.decode.mode != "auto" and gate == 1.01:
-        pytest.skip("the gate only routes `auto` presets")
     engine = LaserEngine(adapter, config)
     calls, images, pred = _count(adapter, counter, monkeypatch, engine, random_image(500, 300), "What is the color ?")
     assert images == _distinct_images(pred), f"{preset} ({pred.path}): {images} images preprocessed"
@@ -107,3 +114,30 @@ def test_memo_gives_the_processors_own_inputs(counted):
         assert ref.keys() == out.keys()
         for key in ref:
             assert torch.equal(ref[key], out[key]), key
+
+
+def test_dataloader_workers_preprocess_the_originals(counted, tmp_path):
+    """`laser predict`'s path: the datamodule asks the LaserModule for the engine's preprocessor, its
+    worker preprocesses each image, and `vanilla` then preprocesses nothing in this process."""
+    import json
+    from types import SimpleNamespace
+
+    from laser.run.data import VQADataModule
+    from laser.run.lightning import LaserModule
+
+    adapter, counter = counted
+    engine = LaserEngine(adapter, LaserConfig.preset("vanilla", **{"decode.max_new_tokens": 2}))
+    for i in range(2):
+        random_image(200 + 50 * i, 150, seed=i).save(tmp_path / f"{i}.png")
+    lines = [{"sample_id": f"s{i}", "image": f"{i}.png", "question": "How many", "answer": "1"} for i in range(2)]
+    (tmp_path / "q.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    datamodule = VQADataModule(annotations=tmp_path / "q.jsonl", batch_size=2, num_workers=1)
+    datamodule.setup("predict")
+    datamodule.trainer = SimpleNamespace(lightning_module=LaserModule("tiny", "vanilla", engine=engine), world_size=1)
+    batch = next(iter(datamodule.predict_dataloader()))
+    assert all(item["image_features"] is not None for item in batch)
+    before = counter.images
+    records = LaserModule("tiny", "vanilla", engine=engine).predict_step(batch)
+    assert counter.images == before and all(r["error"] is None for r in records)
+    reference = engine.answer_batch([item["image"] for item in batch], ["How many"] * 2)
+    assert [r["prediction"] for r in records] == [p.answer for p in reference]

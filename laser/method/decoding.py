@@ -40,9 +40,19 @@ def plausibility_cut(scores: torch.Tensor, z_pos: torch.Tensor, beta: float) -> 
     return scores.masked_fill(~keep, float("-inf"))
 
 
+def generating_model(model: Any) -> Any:
+    """`model` if it is a transformers generation model, else its first submodule that is (the language
+    model of a composite model): whose generation config and logits processors decoding uses."""
+    modules = model.modules() if hasattr(model, "modules") else [model]
+    for module in modules:
+        if hasattr(module, "_get_logits_processor"):
+            return module
+    raise TypeError(f"{type(model).__name__} holds no transformers generation model (GenerationMixin)")
+
+
 def generation_config(model: Any, cfg: DecodeConfig) -> GenerationConfig:
     """The model's generation config (what `model.generate` uses) with the `decode.*` values that are set."""
-    base = getattr(model, "generation_config", None)
+    base = getattr(generating_model(model), "generation_config", None)
     config = copy.deepcopy(base) if base is not None else GenerationConfig()
     for key in GENERATION_KEYS:
         value = getattr(cfg, key, None)
@@ -61,7 +71,7 @@ def logits_processors(
     """
     config = copy.copy(config)
     config._eos_token_tensor = eos  # what generate's special-token preparation sets (min-length processors)
-    return model._get_logits_processor(
+    return generating_model(model)._get_logits_processor(
         generation_config=config,
         input_ids_seq_length=prompt_ids.shape[1],
         device=prompt_ids.device,
