@@ -113,3 +113,17 @@ def test_at_most_two_host_syncs_per_token(llava_adapter, monkeypatch, batch, pre
     per_token = (many - few) / (long - short)
     assert per_token <= 2, f"{per_token} host syncs per token at batch {batch}"
     assert few - short * per_token <= 4, f"{few - short * per_token} one-off syncs per prompt"
+
+
+def test_stage_timer_synchronises_the_device_before_each_clock_read(monkeypatch):
+    """On an accelerator the engine's stage times wait for the queued work (no GPU needed to check)."""
+    from laser.method.engine import StageTimer
+
+    waits = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: waits.append(device))
+    timer = StageTimer("cuda:0")
+    with timer.stage("decode"):
+        assert len(waits) == 1
+    assert waits == [torch.device("cuda:0")] * 2 and timer.seconds["decode"] >= 0
+    StageTimer("cpu").now()
+    assert len(waits) == 2

@@ -78,9 +78,13 @@ def test_each_distinct_image_preprocessed_once(counted, monkeypatch, preset, gat
     config = LaserConfig.preset(preset, **{"decode.max_new_tokens": 2, "gate.depth": gate})
     engine = LaserEngine(adapter, config)
     calls, images, pred = _count(adapter, counter, monkeypatch, engine, random_image(500, 300), "What is the color ?")
-    assert images == _distinct_images(pred), f"{preset} ({pred.path}): {images} images preprocessed"
-    if preset == "vcd":  # the noise view is a PIL image today; 1 image once it is made on the pixel tensor
-        assert images == 2
+    expected = _distinct_images(pred)
+    if config.counterfactual.view == "noise" and pred.path == "contrastive":
+        # VCD's noise view: a PIL image preprocessed like the others today (2); noise on the processed
+        # pixel tensor (issue 15) leaves only the original (1)
+        assert images in (expected - 1, expected), f"{preset}: {images} images preprocessed"
+    else:
+        assert images == expected, f"{preset} ({pred.path}): {images} images preprocessed"
     # the crop's mask view needs the crop's layout first: one more processor call (text only for the crop)
     assert images <= 2 or (pred.path == "contrastive" and pred.box is not None and images == 3)
     assert calls <= 4, f"{preset} ({pred.path}): {calls} processor calls"

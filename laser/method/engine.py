@@ -38,10 +38,13 @@ class Localisation:
 def device_synchroniser(device: torch.device):
     """A function that waits for `device`'s queued work (`torch.cuda.synchronize` and the like; nothing
     on the CPU), so that a clock read after it counts that work."""
-    sync = getattr(getattr(torch, torch.device(device).type, None), "synchronize", None)
-    if sync is None or torch.device(device).type == "cpu":
+    device = torch.device(device)
+    sync = getattr(getattr(torch, device.type, None), "synchronize", None)
+    if sync is None or device.type == "cpu":
         return lambda: None
-    return lambda: sync(device)
+    if device.type == "cuda":
+        return lambda: sync(device)
+    return sync  # mps and the like: their one (current) device
 
 
 class StageTimer:
@@ -131,7 +134,6 @@ class LaserEngine:
         per_sample = {k: v / len(images) for k, v in timer.seconds.items()}
         per_sample["total"] = total / len(images)
         predictions = []
-        images = converted
         for i, (ids, text) in enumerate(answers):
             loc = localisations[i]
             predictions.append(
@@ -153,6 +155,7 @@ class LaserEngine:
 
     # ----------------------------------------------------------------- stages
     def _run(self, images, questions, seeds, timer: StageTimer):
+        """Every stage on the batch: (answers, localisations, fallbacks, paths, masked cells) per sample."""
         cfg = self.config
         localisations: list[Localisation | None] = [None] * len(images)
         fallbacks: list[str | None] = [None] * len(images)
