@@ -25,7 +25,10 @@ class VaqConfig:
     heads: str = "top"  # top: the top-K heads of l* | all: every head (ViCrop)
     baseline: str = "remove"  # remove: the question is removed | generic: `generic_prompt` replaces it
     generic_prompt: str = "Write a general description of the image."
-    ratio_eps: float = 1e-6
+    ratio_eps: float = 1e-6  # per-head a+ / (a0 + eps) for VAQ scores; the ratio map itself has none
+    # ViCrop's rel_att_high: attention passes on tiles about `tile_size` px tall (a large image split as
+    # ViCrop's code does), their maps put back side by side; None = one pass on the whole image
+    tile_size: int | None = None
 
 
 @dataclass
@@ -35,8 +38,12 @@ class CropConfig:
     ratio: float = 0.5  # crop side / image side
     min_side: int = 224  # pixels; the whole image if it is smaller
     input: str = "crop"  # crop: the crop alone | both: original + crop as two images
-    scales: list[float] = field(default_factory=lambda: [1.0, 1.25, 1.5, 1.75, 2.0])  # x native side
+    # multiscale: ViCrop's ratios, multiples of the adapter's base box side (`crop_box_side`)
+    scales: list[float] = field(default_factory=lambda: [1.0, 1.2, 1.4, 1.6, 1.8, 2.0])
     canvas: int = 512  # long side of the canvas the map is painted on
+    # where the map's grids lie on the image: processor (the region the processor kept: centre crop,
+    # padding) | whole (each image's grids stretched over the whole image, as ViCrop's code maps LLaVA's)
+    geometry: str = "processor"
 
 
 @dataclass
@@ -91,6 +98,7 @@ class LaserConfig:
             "vaq.baseline": (self.vaq.baseline, ("remove", "generic")),
             "crop.strategy": (self.crop.strategy, ("window", "multiscale")),
             "crop.input": (self.crop.input, ("crop", "both")),
+            "crop.geometry": (self.crop.geometry, ("processor", "whole")),
             "counterfactual.view": (self.counterfactual.view, ("mask", "noise")),
             "counterfactual.fill": (self.counterfactual.fill, ("mean", "blur", "noise")),
             "decode.mode": (self.decode.mode, ("direct", "contrastive", "auto")),
@@ -102,6 +110,10 @@ class LaserConfig:
             raise ValueError(f"config crop.ratio={self.crop.ratio}; expected 0 < ratio <= 1")
         if not 0 <= self.counterfactual.mask_ratio <= 1:
             raise ValueError(f"config counterfactual.mask_ratio={self.counterfactual.mask_ratio}")
+        if not self.crop.scales or min(self.crop.scales) <= 0:
+            raise ValueError(f"config crop.scales={list(self.crop.scales)}; expected positive multiples")
+        if self.vaq.tile_size is not None and self.vaq.tile_size < 1:
+            raise ValueError(f"config vaq.tile_size={self.vaq.tile_size}; expected a side in px >= 1 or null")
         if self.vaq.top_heads < 1:
             raise ValueError(f"config vaq.top_heads={self.vaq.top_heads}; expected >= 1")
         if self.decode.max_new_tokens < 1:
