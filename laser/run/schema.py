@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..method.config import LaserConfig, option
+from .data.formats import READERS
+from .metrics import METRICS
 
 
 @dataclass
@@ -28,14 +30,14 @@ class ModelOptions:
 class DataOptions:
     """The dataset: a preset under configs/data/; the arguments of `VQADataModule`."""
 
-    format: str = option("jsonl", "annotation format: jsonl | textvqa | pope | aokvqa | vstar | gqa | docvqa")
+    format: str = option("jsonl", f"annotation format: {' | '.join(READERS)}")
     annotations: str | None = option(None, "annotations file (or the V* folder); laser:<path> = in the package")
     image_root: str | None = option(None, "folder image paths are relative to; null: the annotations' folder")
     batch_size: int = option(1, "samples per batch and device")
     num_workers: int = option(0, "DataLoader worker processes per device")
     limit: int | None = option(None, "keep the first N samples; null: all")
     on_error: str = option("raise", "a bad annotation entry: raise | skip (listed in annotation_errors.txt)")
-    metric: str | None = option(None, "vqa | pope | choice | exact | anls; null: the format's own")
+    metric: str | None = option(None, f"{' | '.join(METRICS)}; null: the format's own")
     reader_options: dict[str, Any] | None = option(None, "extra keyword arguments of the format's reader")
 
 
