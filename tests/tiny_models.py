@@ -8,11 +8,18 @@ from __future__ import annotations
 
 import functools
 import importlib
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
-from tiny_lvlm import llava_config, llava_processor, word_tokenizer  # tools/tiny_lvlm.py
+
+_TOOLS = str(Path(__file__).resolve().parents[1] / "tools")
+if _TOOLS not in sys.path:  # conftest adds it; scripts importing this module directly may not
+    sys.path.insert(0, _TOOLS)
+
+from tiny_lvlm import llava_config, llava_processor, word_tokenizer  # noqa: E402  (tools/tiny_lvlm.py)
 
 __all__ = ["TINY_BUILDERS", "TINY_VARIANTS", "tiny_llava", "word_tokenizer"]
 
