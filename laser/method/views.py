@@ -14,6 +14,12 @@ from ..adapters.base import Box, VisualLayout
 from .canvas import integral_image
 from .crop import PixelBox
 
+BLUR_MIN_RADIUS = 2
+"""`counterfactual.fill: blur`: the Gaussian radius is half the masked cell's longer side, at least this (px)."""
+NOISE_BETA_START, NOISE_BETA_END = 1e-5, 0.5e-2
+NOISE_SIGMOID_SPAN = 6.0
+"""VCD's sigmoid beta schedule: beta_t = sigmoid(linspace(-span, span, steps))_t * (end - start) + start."""
+
 
 def crop_view(image: Image.Image, box: PixelBox) -> Image.Image:
     return image.crop(box)
@@ -97,7 +103,7 @@ def _fill(
         sums.replace(image, box, mean)
         patch = Image.new("RGB", (width, height), mean)
     elif fill == "blur":
-        patch = image.filter(ImageFilter.GaussianBlur(radius=max(2, max(width, height) // 2))).crop(box)
+        patch = image.filter(ImageFilter.GaussianBlur(radius=max(BLUR_MIN_RADIUS, max(width, height) // 2))).crop(box)
     elif fill == "noise":
         values = torch.randint(0, 256, (height, width, 3), generator=generator, dtype=torch.uint8)
         patch = Image.fromarray(values.numpy())
@@ -145,7 +151,8 @@ def diffusion_alpha_bar(step: int, steps: int) -> float:
     from 1e-5 to 5e-3, alpha_bar_t = prod_{s <= t} (1 - beta_s)."""
     if not 0 <= step < steps:
         raise ValueError(f"counterfactual.noise_step={step}; expected 0 <= step < {steps}")
-    betas = torch.sigmoid(torch.linspace(-6, 6, steps, dtype=torch.float64)) * (0.5e-2 - 1e-5) + 1e-5
+    ramp = torch.linspace(-NOISE_SIGMOID_SPAN, NOISE_SIGMOID_SPAN, steps, dtype=torch.float64)
+    betas = torch.sigmoid(ramp) * (NOISE_BETA_END - NOISE_BETA_START) + NOISE_BETA_START
     return float(torch.cumprod(1 - betas, dim=0)[step])
 
 

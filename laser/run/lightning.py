@@ -136,6 +136,9 @@ class LaserModule(pl.LightningModule):
         return record
 
 
+ERROR_MESSAGE_CHARS = 500  # a record's `error` keeps this much of the exception message
+
+
 def _describe_error() -> str:
     """`Type: message (file:line)` of the exception being handled, on one line."""
     import sys
@@ -143,5 +146,5 @@ def _describe_error() -> str:
     exc = sys.exc_info()[1]
     frames = traceback.extract_tb(exc.__traceback__) if exc is not None else []
     where = f" ({frames[-1].filename.rsplit('/', 1)[-1]}:{frames[-1].lineno})" if frames else ""
-    message = " ".join(str(exc).split())[:500]
+    message = " ".join(str(exc).split())[:ERROR_MESSAGE_CHARS]
     return f"{type(exc).__name__}: {message}{where}"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -20,6 +21,9 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 RUN_CONFIG = "run_config.json"
+KILL_AFTER_BATCH_ENV = "LASER_TEST_KILL_AFTER_BATCH"
+"""Test-only: a process with this variable set to k SIGKILLs itself right after its k-th batch is
+fsynced (k=0: when prediction starts), so the kill/resume tests stop a run at an exact point."""
 _PREDICTION_FILE = re.compile(r"^predictions\.rank(\d+)\.jsonl$")
 _BLANK = b" \t\r\n\x00"  # a crash can leave NUL padding after the last write
 MODES = ("new", "resume", "overwrite")
@@ -209,6 +213,7 @@ class PredictionWriter(BasePredictionWriter):
         super().__init__(write_interval)
         self.output_dir = Path(output_dir)
         self.written = 0
+        self.batches = 0
         self._handle: Any = None
         self._rank: int | None = None
 
@@ -247,11 +252,16 @@ class PredictionWriter(BasePredictionWriter):
         self._handle.flush()
         os.fsync(self._handle.fileno())
         self.written += len(records)
+        self.batches += 1
+        _test_kill_point(self.batches)
 
     def close(self) -> None:
         if self._handle is not None:
             self._handle.close()
             self._handle = None
+
+    def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        _test_kill_point(0)
 
     def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.close()
@@ -263,6 +273,12 @@ class PredictionWriter(BasePredictionWriter):
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self.close()
+
+
+def _test_kill_point(batches: int) -> None:
+    """`KILL_AFTER_BATCH_ENV`: die as a preempted or OOM-killed process would, after `batches` batches."""
+    if os.environ.get(KILL_AFTER_BATCH_ENV) == str(batches):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 # ------------------------------------------------------------- run config
