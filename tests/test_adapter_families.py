@@ -94,7 +94,7 @@ def test_probe_equals_eager(family):
 def test_qformer_capture_equals_eager_chain(family):
     """The product's capture (`capture_full`: probe rows over the query tokens, then `project_rows`)
     equals eager LM attentions over the query tokens chained with the eager Q-Former cross-attentions
-    (mean over Q-Former layers and heads) onto the patches."""
+    (the adapter's cross-attention layer, or the mean of all if it names none; mean over heads) onto the patches."""
     adapter = adapter_for(family)
     inputs = adapter.build_inputs(sample_images(), QUESTIONS)
     probe = AttentionProbe(adapter.attention_modules()).install()
@@ -121,7 +121,9 @@ def test_qformer_capture_equals_eager_chain(family):
     query_rows = torch.stack(
         [attentions[i][..., adapter.probe_positions(inputs, i)] for i in range(len(QUESTIONS))]
     )  # [B, L, H, Q]
-    cross = torch.stack(features.qformer_outputs.cross_attentions).mean(dim=(0, 2))  # [B, Q, 1 + P]
+    every_layer = torch.stack(features.qformer_outputs.cross_attentions)  # [layers, B, heads, Q, 1 + P]
+    index = adapter.cross_layer_index(blip)
+    cross = (every_layer.mean(dim=0) if index is None else every_layer[index]).mean(dim=1)  # [B, Q, 1 + P]
     chained = query_rows @ cross[:, None, :, 1:]  # [B, L, H, P]
     assert valid.all() and projected.shape == chained.shape
     torch.testing.assert_close(projected, chained, atol=1e-5, rtol=0)
