@@ -283,3 +283,15 @@ def test_generation_settings_and_unsupported_requests(lmm):
         LaserLMM(pretrained="testbed", bogus=1)
     with pytest.raises(ValueError, match="nonexistent"):
         LaserLMM(pretrained="testbed", **{"crop.nonexistent": 1})
+
+
+def test_model_args_and_the_output_folder_guard(lmm, tmp_path):
+    both = LaserLMM.create_from_arg_string("pretrained=testbed,batch_size=3,crop.ratio=0.4", {"batch_size": "1"})
+    assert both.batch_size == 3 and both.method.crop.ratio == 0.4  # model_args win over --batch_size
+    first = LaserLMM(pretrained="testbed", output_dir=str(tmp_path))
+    first.generate_until(requests_for(first, slice_docs(1)))
+    with pytest.raises(ValueError, match="method.name: 'laser' -> 'vanilla'"):
+        LaserLMM(pretrained="testbed", method="vanilla", output_dir=str(tmp_path))
+    again = LaserLMM(pretrained="testbed", method="vanilla", output_dir=str(tmp_path), overwrite=True)
+    assert not list(tmp_path.glob("predictions.rank*.jsonl"))  # overwrite deleted the old answers
+    assert again.generate_until(requests_for(again, slice_docs(1)))[0] == lines_of(tmp_path)[0]["prediction"]

@@ -9,8 +9,9 @@ lmms-eval finds the model through the `lmms_eval.models` entry point (`MANIFEST`
 imported by lmms-eval, never by the core. Model args (`--model_args k=v,...`):
 
 - `pretrained`: a model preset (`testbed`, `llava`: configs/model/), a checkpoint folder or a hub id
-  (with `adapter=`); `adapter`, `dtype` (auto | float32 | bfloat16 | float16), `device_map`,
-  `attn_implementation` go to the adapter's `from_pretrained`.
+  (with `adapter=`); `adapter`, `dtype` (auto | float32 | bfloat16 | float16), `attn_implementation`,
+  `device_map` (one model over several devices: then one process per node), `max_memory.<device>=`,
+  and `processor.<option>=` (e.g. Qwen's `processor.max_pixels`) go to the adapter's `from_pretrained`.
 - `method`: a preset (configs/method/) or a method YAML file; any dotted key overrides it (`crop.ratio=0.4`).
 - `seed`: each document's seed is `sample_seed(seed, "<task>/<split>/<doc_id>")`, as in `laser predict`.
 - `batch_size` (or lmms-eval's `--batch_size`).
@@ -26,6 +27,7 @@ question using a single word or phrase."): the adapter adds its own, so it appea
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -53,6 +55,7 @@ MANIFEST = ModelManifest(model_id="laser", simple_class_path="laser.integrations
 
 LMMS_DEFAULT_INSTRUCTION = "Answer the question using a single word or phrase."
 """The `post_prompt` lmms-eval's default prompts (TextVQA, POPE, GQA, ...) append after a newline."""
+
 
 def strip_instruction(context: str, instructions: Sequence[str]) -> str:
     """`context` without a trailing answer instruction (any of `instructions`), so that the adapter's own
@@ -169,15 +172,16 @@ class LaserLMM(lmms):
         if unknown:
             raise ValueError(
                 f"unknown laser model arg {unknown[0]!r}; expected pretrained, method, adapter, dtype, seed, "
-                "batch_size, device_map, attn_implementation, output_dir, resume, overwrite or a dotted "
-                "method override such as crop.ratio=0.4"
+                "batch_size, device_map, attn_implementation, processor.<option>, max_memory.<device>, "
+                "output_dir, resume, overwrite or a dotted method override such as crop.ratio=0.4"
             )
-        model_keys = {k: v for k, v in overrides.items() if k.startswith(("model.", "processor."))}
-        if model_keys:
-            raise ValueError(
-                f"laser model arg {sorted(model_keys)[0]!r}: processor options are not supported by this "
-                "version of laser; pass device_map= and attn_implementation= directly"
-            )
+        processor_kwargs = {k.split(".", 1)[1]: v for k, v in overrides.items() if k.startswith("processor.")}
+        max_memory = {
+            int(k.split(".", 1)[1]) if k.split(".", 1)[1].isdigit() else k.split(".", 1)[1]: v
+            for k, v in overrides.items()
+            if k.startswith("max_memory.")
+        }
+        overrides = {k: v for k, v in overrides.items() if not k.startswith(("processor.", "max_memory."))}
         if str(batch_size).startswith("auto"):
             raise ValueError("--batch_size auto is not supported by the laser model; give a number")
         self.batch_size_per_process = int(batch_size)
@@ -186,10 +190,18 @@ class LaserLMM(lmms):
         self.seed = int(seed)
         self.method = method_settings(str(method), overrides)
         self.model_config = model_settings(str(pretrained), adapter, dtype)
+        if processor_kwargs:
+            self.model_config["processor"] = processor_kwargs
 
         self.accelerator = Accelerator()
         self._rank = self.accelerator.process_index
         self._world_size = self.accelerator.num_processes
+        per_node = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+        if device_map is not None and per_node > 1:
+            raise ValueError(
+                f"device_map={device_map} spreads one model over this node's devices, so run one process per "
+                f"node (got {per_node})"
+            )
         if device_map is not None:
             self._device = None
         elif self._world_size > 1:
@@ -198,8 +210,19 @@ class LaserLMM(lmms):
             self._device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
         ref, adapter_name = self.model_config["name_or_path"], self.model_config["adapter"]
-        load_kwargs = {k: v for k, v in (("device_map", device_map), ("attn_implementation", attn_implementation)) if v}
-        self.model_config.update(load_kwargs)
+        if attn_implementation:
+            self.model_config["attn_implementation"] = attn_implementation
+        load_kwargs = {k: v for k, v in self.model_config.items() if k == "attn_implementation"}
+        if processor_kwargs:
+            load_kwargs["processor_kwargs"] = processor_kwargs
+        if device_map is not None:  # where the weights live: not part of the run config
+            load_kwargs["device_map"] = device_map
+            if max_memory:
+                load_kwargs["max_memory"] = max_memory
+        elif max_memory:
+            raise ValueError("max_memory.<device>= needs device_map= (it bounds what the map puts on each device)")
+        elif self._device.type == "cuda":
+            load_kwargs["device_map"] = str(self._device)  # load straight onto this process's GPU
         placed = self._device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
         dtype_of = resolve_dtype(self.model_config["dtype"], placed)
         lvlm = create_adapter(ref, adapter=adapter_name, dtype=dtype_of, **load_kwargs)
@@ -212,7 +235,6 @@ class LaserLMM(lmms):
         self.instructions = tuple(dict.fromkeys((lvlm.instruction, LMMS_DEFAULT_INSTRUCTION, DEFAULT_INSTRUCTION)))
 
         self.output_dir = Path(output_dir) if output_dir else None
-        self._records = None
         if self.output_dir is not None:
             self._settle_output_dir(bool(resume), bool(overwrite))
 
