@@ -466,8 +466,8 @@ def reference_pipeline(adapter, image: Image.Image, question: str, new_tokens: i
     two full prefills (question, generic prompt), rel-att a+/a0 at a fixed layer, multi-scale crop,
     then HF `generate` on original + crop."""
     from laser.method.attention import model_tensors
-    from laser.method.canvas import canvas_shape, paint_map
-    from laser.method.crop import place_multiscale_crop
+    from laser.method.canvas import cell_masses, placed_layout
+    from laser.method.crop import place_multiscale_crop, search_grid
 
     model = adapter.model
     layer = min(adapter.default_layer, adapter.num_layers - 1)
@@ -481,10 +481,10 @@ def reference_pipeline(adapter, image: Image.Image, question: str, new_tokens: i
         a_q = out_q.attentions[layer][0, :, -1, pos_q].mean(0)
         a_g = out_g.attentions[layer][0, :, -1, pos_g].mean(0)
         del out_q, out_g
-        ratio = a_q / (a_g + 1e-6)
-        layout = adapter.visual_layout(inputs_q, 0)
-        canvas = paint_map(ratio, layout, 0, canvas_shape(image.size, 512))
-        box = place_multiscale_crop(canvas, image.size, adapter.native_resolution, [1.0, 1.25, 1.5, 1.75, 2.0])
+        ratio = a_q / a_g
+        layout = placed_layout(adapter.visual_layout(inputs_q, 0), stretch=True)  # grid over the whole image
+        cells = cell_masses(ratio, layout, 0, search_grid([layout], image.size))
+        box = place_multiscale_crop(cells, image.size, adapter.native_resolution, [1.0, 1.2, 1.4, 1.6, 1.8, 2.0])
         crop = image.crop(box)
         inputs_f = adapter.build_inputs([[image, crop]], [question])
         ids = model.generate(

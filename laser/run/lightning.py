@@ -14,6 +14,7 @@ import lightning.pytorch as pl
 from ..method.config import LaserConfig
 from ..method.engine import LaserEngine
 from .answering import answer_samples, make_record
+from .batch import check_batch
 from .loading import resolve_dtype, sample_seed
 
 
@@ -55,6 +56,8 @@ class LaserModule(pl.LightningModule):
         self.engine = LaserEngine(adapter, self.method)
 
     def predict_step(self, batch: list[dict[str, Any]], batch_idx: int = 0) -> list[dict[str, Any]]:
+        """One record per sample of `batch` (the contract is in `laser.run.batch`)."""
+        batch = check_batch(batch, batch_idx)
         batch = [sample for sample in batch if not sample.get("padding")]  # DDP filler: no record
         records: list[dict[str, Any] | None] = [None] * len(batch)
         ready = []

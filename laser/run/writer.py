@@ -325,6 +325,43 @@ def _as_json(config: Mapping[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(dict(config), default=str))
 
 
+def run_config_action(
+    output_dir: str | Path,
+    config: Mapping[str, Any],
+    mode: Literal["new", "resume", "overwrite"] = "new",
+    ignore: Iterable[str] = DEFAULT_IGNORE,
+) -> tuple[str, list[str]]:
+    """What `write_run_config` would do, touching nothing: ("new" | "resumed" | "overwritten", differences).
+
+    Raises `RunConfigMismatch` where it would (mode "new", existing predictions, other config).
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode={mode!r}; expected one of {', '.join(MODES)}")
+    folder = Path(output_dir)
+    has_predictions = any(path.stat().st_size > 0 for path in prediction_files(folder))
+    if mode == "overwrite":
+        return ("overwritten" if has_predictions else "new"), []
+    if not has_predictions:
+        return "new", []
+    config_path = folder / RUN_CONFIG
+    if config_path.is_file():
+        try:
+            previous = json.loads(config_path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ValueError(f"{config_path} is not valid JSON ({err}); fix or delete it") from None
+        differences = config_differences(previous, config, ignore)
+    else:
+        differences = [f"no {RUN_CONFIG}: the existing predictions' config is unknown"]
+    if differences and mode == "new":
+        raise RunConfigMismatch(
+            f"{folder} already holds predictions from a different run config "
+            f"({'; '.join(differences)}). Pass resume=true to continue them with this config, "
+            "or overwrite=true to delete them and start over (or choose another output_dir).",
+            differences,
+        )
+    return "resumed", differences
+
+
 def write_run_config(
     output_dir: str | Path,
     config: Mapping[str, Any],
@@ -339,37 +376,15 @@ def write_run_config(
     "overwrite" deletes the old prediction files first. Call it on rank 0 only.
     Returns what happened: "new", "resumed" or "overwritten".
     """
-    if mode not in MODES:
-        raise ValueError(f"mode={mode!r}; expected one of {', '.join(MODES)}")
+    action, differences = run_config_action(output_dir, config, mode, ignore)
     folder = Path(output_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    files = prediction_files(folder)
-    has_predictions = any(path.stat().st_size > 0 for path in files)
-    config_path = folder / RUN_CONFIG
-    action = "new"
     if mode == "overwrite":
-        for path in files:
+        for path in prediction_files(folder):
             path.unlink()
-        action = "overwritten" if has_predictions else "new"
-    elif has_predictions:
-        if config_path.is_file():
-            try:
-                previous = json.loads(config_path.read_text(encoding="utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError) as err:
-                raise ValueError(f"{config_path} is not valid JSON ({err}); fix or delete it") from None
-            differences = config_differences(previous, config, ignore)
-        else:
-            differences = [f"no {RUN_CONFIG}: the existing predictions' config is unknown"]
-        if differences and mode == "new":
-            raise RunConfigMismatch(
-                f"{folder} already holds predictions from a different run config "
-                f"({'; '.join(differences)}). Pass resume=true to continue them with this config, "
-                "or overwrite=true to delete them and start over (or choose another output_dir).",
-                differences,
-            )
-        if differences:
-            warnings.warn(f"resuming {folder} with a changed config: {'; '.join(differences)}", stacklevel=2)
-        action = "resumed"
+    if differences:
+        warnings.warn(f"resuming {folder} with a changed config: {'; '.join(differences)}", stacklevel=2)
+    config_path = folder / RUN_CONFIG
     tmp = config_path.with_name(f".{RUN_CONFIG}.tmp")
     tmp.write_text(json.dumps(_as_json(config), indent=2, sort_keys=True) + "\n", encoding="utf-8")
     os.replace(tmp, config_path)

@@ -20,6 +20,7 @@ from ..method.config import LaserConfig
 from ..method.crop import crop_size
 from ..method.engine import LaserEngine
 from ..paths import assets_dir
+from ..run.loading import sample_seed
 from ..run.metrics import bootstrap_ci, normalize_answer
 
 SPLIT = "testbed/eval.jsonl"
@@ -104,7 +105,8 @@ def run_methods(
             if method in ORACLES:
                 boxes = [ORACLES[method](r["meta"], im.size) for r, im in zip(chunk, batch_images)]
                 batch_images = [im.crop(b) for im, b in zip(batch_images, boxes)]
-            preds = engine.answer_batch(batch_images, [r["question"] for r in chunk])
+            seeds = [sample_seed(0, r["sample_id"]) for r in chunk]  # as `laser predict` with seed 0
+            preds = engine.answer_batch(batch_images, [r["question"] for r in chunk], seeds)
             for r, p, b in zip(chunk, preds, boxes):
                 rows.append(
                     {
