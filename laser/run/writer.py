@@ -196,8 +196,36 @@ def _encode(record: Any) -> bytes:
         raise TypeError(f"prediction record {sample_id!r} cannot be written as JSON: {err}") from None
 
 
+class RecordFile:
+    """Appends records to `<output_dir>/predictions.rank<R>.jsonl`: one write and one fsync per call, so a
+    crash loses at most the records in flight; a torn tail left by an earlier crash is cut off when the
+    file is first opened."""
+
+    def __init__(self, output_dir: str | Path, rank: int) -> None:
+        self.path = prediction_path(output_dir, rank)
+        self._handle: Any = None
+
+    def append(self, records: Sequence[Mapping[str, Any]]) -> None:
+        if not records:
+            return
+        payload = b"".join(_encode(record) for record in records)
+        if self._handle is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if self.path.exists():
+                repair_torn_tail(self.path)
+            self._handle = self.path.open("ab")
+        self._handle.write(payload)
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+
 class PredictionWriter(BasePredictionWriter):
-    """Appends each batch's records to `<output_dir>/predictions.rank<R>.jsonl`, then fsyncs.
+    """Appends each batch's records to `<output_dir>/predictions.rank<R>.jsonl` (a `RecordFile`).
 
     `prediction` (what `predict_step` returns) must be a list of dict records (a single dict
     or None are accepted too). One write per batch and an fsync mean a crash loses at most the
@@ -214,17 +242,8 @@ class PredictionWriter(BasePredictionWriter):
         self.output_dir = Path(output_dir)
         self.written = 0
         self.batches = 0
-        self._handle: Any = None
+        self._file: RecordFile | None = None
         self._rank: int | None = None
-
-    def _open(self, rank: int) -> None:
-        self.close()
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        path = prediction_path(self.output_dir, rank)
-        if path.exists():
-            repair_torn_tail(path)
-        self._handle = path.open("ab")
-        self._rank = rank
 
     def write_on_batch_end(
         self,
@@ -245,20 +264,18 @@ class PredictionWriter(BasePredictionWriter):
             )
         if not records:
             return
-        payload = b"".join(_encode(record) for record in records)
-        if self._handle is None or self._rank != trainer.global_rank:
-            self._open(trainer.global_rank)
-        self._handle.write(payload)
-        self._handle.flush()
-        os.fsync(self._handle.fileno())
+        if self._file is None or self._rank != trainer.global_rank:
+            self.close()
+            self._file, self._rank = RecordFile(self.output_dir, trainer.global_rank), trainer.global_rank
+        self._file.append(records)
         self.written += len(records)
         self.batches += 1
         _test_kill_point(self.batches)
 
     def close(self) -> None:
-        if self._handle is not None:
-            self._handle.close()
-            self._handle = None
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
     def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         _test_kill_point(0)
