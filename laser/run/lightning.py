@@ -7,16 +7,14 @@ No collectives inside `predict_step`.
 
 from __future__ import annotations
 
-import copy
-import traceback
 from typing import Any
 
 import lightning.pytorch as pl
 
 from ..method.config import LaserConfig
-from ..method.decoding import NONFINITE_LOGITS
 from ..method.engine import LaserEngine
-from ..method.prediction import Prediction
+from .answering import answer_samples, make_record
+from .batch import check_batch
 from .loading import resolve_dtype, sample_seed
 
 
@@ -67,6 +65,8 @@ class LaserModule(pl.LightningModule):
             return None
 
     def predict_step(self, batch: list[dict[str, Any]], batch_idx: int = 0) -> list[dict[str, Any]]:
+        """One record per sample of `batch` (the contract is in `laser.run.batch`)."""
+        batch = check_batch(batch, batch_idx)
         batch = [sample for sample in batch if not sample.get("padding")]  # DDP filler: no record
         records: list[dict[str, Any] | None] = [None] * len(batch)
         ready = []
@@ -81,77 +81,12 @@ class LaserModule(pl.LightningModule):
         return records  # type: ignore[return-value]
 
     def _answer(self, samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Answer as one batch; if that fails, answer one by one so only the bad sample fails."""
-        try:
-            predictions = self._engine_batch(samples)
-            return [self._checked(s, p) for s, p in zip(samples, predictions)]
-        except Exception:
-            if len(samples) == 1:
-                return [self._record(samples[0], None, _describe_error())]
-        out = []
-        for sample in samples:
-            try:
-                out.append(self._checked(sample, self._engine_batch([sample])[0]))
-            except Exception:
-                out.append(self._record(sample, None, _describe_error()))
-        return out
-
-    def _checked(self, sample: dict[str, Any], pred: Prediction) -> dict[str, Any]:
-        """The record of `pred`, unless its own logits went NaN/inf (say, float16 overflow): then the
-        sample is answered again with vanilla decoding (the `fallback` field says why), and if that
-        fails too (or the method is vanilla already) it becomes an error record."""
-        if not (pred.fallback or "").startswith(NONFINITE_LOGITS):
-            return self._record(sample, pred, None)
-        reason = f"{pred.fallback} on the {pred.path} path"
-        running = self.engine.config
-        if not running.localize and running.decode.mode == "direct":  # vanilla already: nothing to fall back to
-            return self._record(sample, None, f"NonFiniteLogits: {reason}; no answer")
-        vanilla = copy.deepcopy(running)
-        vanilla.localize, vanilla.crop.enabled, vanilla.decode.mode = False, False, "direct"
-        self.engine.config = vanilla
-        try:
-            retry = self._engine_batch([sample])[0]
-        finally:
-            self.engine.config = running
-        if (retry.fallback or "").startswith(NONFINITE_LOGITS):
-            return self._record(sample, None, f"NonFiniteLogits: {reason}, and {retry.fallback} with vanilla decoding")
-        retry.path, retry.method = "vanilla", pred.method
-        retry.fallback = f"{reason}; answered with vanilla decoding"
-        return self._record(sample, retry, None)
-
-    def _engine_batch(self, samples: list[dict[str, Any]]) -> list[Prediction]:
+        """Records of `samples` answered as one batch, one by one if that fails (`answering.answer_samples`)."""
         seeds = [sample_seed(self.seed, s["sample_id"]) for s in samples]
-        features = [s.get("image_features") for s in samples]
-        return self.engine.answer_batch(
-            [s["image"] for s in samples], [s["question"] for s in samples], seeds,
-            features if any(f is not None for f in features) else None,
+        features = [s.get("image_features") for s in samples]  # from the DataLoader workers, if any
+        answers = answer_samples(
+            self.engine, [s["image"] for s in samples], [s["question"] for s in samples], seeds, features
         )
+        return [make_record(s, a.prediction, a.error) for s, a in zip(samples, answers)]
 
-    @staticmethod
-    def _record(sample: dict[str, Any], pred: Prediction | None, error: str | None) -> dict[str, Any]:
-        record = {
-            "sample_id": sample["sample_id"],
-            "question": sample.get("question"),
-            "answers": sample.get("answers"),
-        }
-        if sample.get("choices"):
-            record["choices"] = sample["choices"]
-        if sample.get("meta"):
-            record["meta"] = sample["meta"]
-        if pred is not None:
-            record.update(pred.to_record())
-        else:
-            record.update(prediction=None, layer=None, vaq=None, box=None, path=None, timings={})
-        record["error"] = error
-        return record
-
-
-def _describe_error() -> str:
-    """`Type: message (file:line)` of the exception being handled, on one line."""
-    import sys
-
-    exc = sys.exc_info()[1]
-    frames = traceback.extract_tb(exc.__traceback__) if exc is not None else []
-    where = f" ({frames[-1].filename.rsplit('/', 1)[-1]}:{frames[-1].lineno})" if frames else ""
-    message = " ".join(str(exc).split())[:500]
-    return f"{type(exc).__name__}: {message}{where}"
+    _record = staticmethod(make_record)

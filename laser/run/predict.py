@@ -24,7 +24,10 @@ def is_launcher_rank() -> bool:
 
 
 def run_config(cfg: DictConfig) -> dict[str, Any]:
-    """What defines a run's predictions (stored in run_config.json, compared on resume)."""
+    """What defines a run's predictions (stored in run_config.json, compared on resume), with the
+    versions of laser, torch, transformers and lightning that made them."""
+    from .versions import run_versions
+
     return {
         "model": OmegaConf.to_container(cfg.model),
         "data": OmegaConf.to_container(cfg.data),
@@ -32,6 +35,7 @@ def run_config(cfg: DictConfig) -> dict[str, Any]:
         "trainer": OmegaConf.to_container(cfg.trainer),
         "seed": cfg.seed,
         "output_dir": str(cfg.output_dir),
+        "versions": run_versions(),
     }
 
 
