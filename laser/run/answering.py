@@ -18,6 +18,8 @@ from PIL import Image
 from ..method.decoding import NONFINITE_LOGITS
 from ..method.engine import LaserEngine
 from ..method.prediction import Prediction
+from ..method.scoring import OptionScores
+from .data.samples import choice_letter
 
 
 class Answer(NamedTuple):
@@ -55,6 +57,34 @@ def answer_samples(
     return out
 
 
+def score_samples(
+    engine: LaserEngine,
+    images: Sequence[Image.Image],
+    questions: Sequence[str],
+    options: Sequence[Sequence[str]],
+    seeds: Sequence[int],
+    features: Sequence[Any] | None = None,
+) -> list[Answer]:
+    """`engine.score_options` on the whole batch; if that fails, sample by sample so only the bad sample
+    fails (its `error` says why). The options' ranking is the answer: no vanilla retry on NaN/inf
+    logits (the sample's `fallback` says so and its scores hold NaN)."""
+    images, questions, options, seeds = list(images), list(questions), list(options), list(seeds)
+    features = list(features) if features is not None and any(f is not None for f in features) else None
+    try:
+        return [Answer(p, None) for p in engine.score_options(images, questions, options, seeds, features)]
+    except Exception:
+        if len(images) == 1:
+            return [Answer(None, describe_error())]
+    out = []
+    for i in range(len(images)):
+        one = [features[i]] if features is not None else None
+        try:
+            out.append(Answer(engine.score_options([images[i]], [questions[i]], [options[i]], [seeds[i]], one)[0], None))
+        except Exception:
+            out.append(Answer(None, describe_error()))
+    return out
+
+
 def checked(engine: LaserEngine, image: Image.Image, question: str, seed: int, pred: Prediction) -> Answer:
     """`pred`, unless its own logits went NaN/inf (say, float16 overflow): then the sample is answered
     again with vanilla decoding (the `fallback` field says why), and if that fails too (or the method is
@@ -82,7 +112,8 @@ def checked(engine: LaserEngine, image: Image.Image, question: str, seed: int, p
 def make_record(sample: dict[str, Any], pred: Prediction | None, error: str | None) -> dict[str, Any]:
     """The JSON line of one sample: its `sample_id`, `question`, `answers` (and `choices`, `meta` when
     present), the prediction's fields (`prediction`, `layer`, `vaq`, `box`, `path`, `timings`, ...;
-    nulls without one) and `error`."""
+    nulls without one) and `error`. Ranked options (`OptionScores`) add `choice` and `option_scores`,
+    and `prediction` is the chosen option's letter."""
     record = {
         "sample_id": sample["sample_id"],
         "question": sample.get("question"),
@@ -94,6 +125,8 @@ def make_record(sample: dict[str, Any], pred: Prediction | None, error: str | No
         record["meta"] = sample["meta"]
     if pred is not None:
         record.update(pred.to_record())
+        if isinstance(pred, OptionScores):  # the ranked option's letter, read by the `choice` metric
+            record["prediction"] = choice_letter(pred.choice)
     else:
         record.update(prediction=None, layer=None, vaq=None, box=None, path=None, timings={})
     record["error"] = error
