@@ -15,11 +15,11 @@ from laser import LaserConfig, LaserEngine
 from laser.method.attention import model_tensors
 from laser.method.views import crop_view
 
-QUESTIONS = ["What is the color of the glove ?", "Is the cup on the left or right side of the dog ?", "How many"]
-OPTIONS = [
-    ["The color is black .", "The color is white .", "red", "The color of the glove is blue ."],
-    ["The cup is on the right side of the dog .", "The cup is on the left side of the dog ."],
-    ["two", "three boxes", "one"],
+QUESTIONS = ["What is the color of the box ?", "Is the sign on the left or right of the box ?", "How many"]
+OPTIONS = [  # words of the tiny tokenizer's vocabulary (tools/tiny_lvlm.py), of different lengths
+    ["The color is red .", "The color is blue .", "green", "The color of the box is yellow ."],
+    ["The sign is on the right of the box .", "The sign is on the left of the box ."],
+    ["two", "no box", "one"],
 ]
 VSTAR = Path(__file__).parent / "fixtures" / "data" / "vstar_bench"
 
@@ -132,3 +132,14 @@ def test_predict_likelihood_mode_writes_scores_and_letters(tmp_path):
     metrics = json.loads((output / "metrics.json").read_text())
     expected = sum(r["prediction"] == r["answers"][0] for r in records.values()) / 2
     assert metrics["overall"]["n"] == 2 and metrics["overall"]["accuracy"] == pytest.approx(expected)
+
+
+def test_likelihood_items_need_choices_and_a_known_mode():
+    from laser.run.batch import BatchContractError, check_batch
+    from laser.run.data import VQADataModule
+
+    sample = {"sample_id": "q1", "question": "What ?", "image": random_image(64, 64), "score_options": True}
+    with pytest.raises(BatchContractError, match="q1.*score_options=true needs 'choices'"):
+        check_batch([sample])
+    with pytest.raises(ValueError, match="data.choice_mode='likelyhood'"):
+        VQADataModule(format="vstar", annotations=VSTAR, choice_mode="likelyhood")
