@@ -77,8 +77,9 @@ def capture_projected(adapter, probe, inputs, project: bool = True):
     n = len(inputs["input_ids"])
     layouts = [adapter.visual_layout(inputs, i) for i in range(n)]
     positions = padded([adapter.probe_positions(inputs, i) for i in range(n)])
-    with probe.capture(positions) as capture:
-        forward_last_position(adapter, adapter.prepare_model_inputs(model_tensors(inputs)), use_cache=False)
+    model_inputs = adapter.prepare_model_inputs(model_tensors(inputs))
+    with probe.capture(positions, model_inputs["attention_mask"]) as capture:
+        forward_last_position(adapter, model_inputs, use_cache=False)
     rows = capture.result()
     if project:
         rows = adapter.project_rows(rows, inputs, layouts)

@@ -50,9 +50,11 @@ def tiny_llava(
     kv_heads: int = 2,
     hidden: int = 64,
     do_pad: bool = False,
+    sliding_window: int | None = None,
     seed: int = 0,
 ) -> tuple[Any, Any]:
-    """A random `LlavaForConditionalGeneration` with a CLIP tower and a Llama LM, in float32."""
+    """A random `LlavaForConditionalGeneration` with a CLIP tower and a Llama LM, in float32 (a Mistral
+    LM attending over the last `sliding_window` tokens when that is set)."""
     from transformers import (
         CLIPImageProcessor,
         CLIPVisionConfig,
@@ -74,7 +76,7 @@ def tiny_llava(
             patch_size=patch_size,
             projection_dim=32,
         ),
-        text_config=LlamaConfig(
+        text_config=(LlamaConfig if sliding_window is None else _mistral(sliding_window))(
             vocab_size=len(tokenizer),
             hidden_size=hidden,
             intermediate_size=2 * hidden,
@@ -110,6 +112,12 @@ def tiny_llava(
         num_additional_image_tokens=1,
     )
     return model, processor
+
+
+def _mistral(sliding_window: int) -> Callable[..., Any]:
+    from transformers import MistralConfig
+
+    return lambda **kwargs: MistralConfig(sliding_window=sliding_window, **kwargs)
 
 
 TINY_BUILDERS: dict[str, Callable[..., tuple[Any, Any]]] = {"llava": tiny_llava}

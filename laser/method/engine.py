@@ -185,7 +185,7 @@ class LaserEngine:
     ) -> tuple[list[Localisation | None], list[str | None]]:
         cfg = self.config
         c = vaq_ops.contrastive_map(rows.a_plus, rows.a_zero, cfg.vaq.map, cfg.vaq.ratio_eps)
-        c = c * rows.valid[:, None, None, :].to(c.dtype)
+        c = c * rows.valid[:, None, None, :].to(device=c.device, dtype=c.dtype)
         finite = torch.isfinite(c).flatten(1).all(dim=1)
         c = torch.nan_to_num(c, nan=0.0, posinf=0.0, neginf=0.0)
         scores = vaq_ops.head_scores(c)
@@ -193,7 +193,7 @@ class LaserEngine:
         if cfg.vaq.select == "vaq":
             layers = vaq_ops.select_layer(vaq, cfg.vaq.layers)
         else:
-            layers = torch.full((len(images),), self.static_layer(), dtype=torch.long)
+            layers = torch.full((len(images),), self.static_layer(), dtype=torch.long, device=c.device)
         heads = vaq_ops.top_heads(scores, cfg.vaq.top_heads) if cfg.vaq.heads == "top" else None
         maps = vaq_ops.localisation_map(c, layers, heads)
         out: list[Localisation | None] = []
