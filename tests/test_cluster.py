@@ -20,8 +20,6 @@ from pathlib import Path
 import pytest
 from run_fixtures import predict_args, records_by_id, save_tiny_llava, write_dataset
 
-from laser.run.predict import detect_launch
-
 LAUNCH_VARIABLES = (
     "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "NODE_RANK", "GROUP_RANK", "MASTER_ADDR",
     "MASTER_PORT", "TORCHELASTIC_RUN_ID", "SLURM_NTASKS", "SLURM_JOB_NAME", "LSB_JOBID", "OMPI_COMM_WORLD_SIZE",
@@ -167,6 +165,8 @@ def test_ddp_overwrite_started_by_torchrun_writes_each_sample_once(data, tmp_pat
     ],
 )
 def test_detect_launch_follows_lightning_cluster_environments(monkeypatch, variables, main, independent, kind):
+    from laser.run.predict import detect_launch
+
 
     for name in list(os.environ):
         if name in LAUNCH_VARIABLES or name.startswith("SLURM_"):
