@@ -177,3 +177,25 @@ def test_detect_launch_follows_lightning_cluster_environments(monkeypatch, varia
     assert (launch.kind, launch.main, launch.independent) == (kind, main, independent)
     if kind == "lightning":  # several nodes, each started by hand: independent processes
         assert detect_launch(num_nodes=2).independent
+
+
+def test_every_rank_skips_what_rank_zero_found_done_and_an_idle_run_loads_no_model():
+    from types import SimpleNamespace
+
+    from laser.run.predict import SettledOutput
+
+    sent = []
+
+    def broadcast(obj, src=0):
+        sent.append(obj)
+        return ["s000", "s001"]  # what rank 0 sent
+
+    for rank, done, expected, idle in ((0, {"s001", "s000"}, ["s000", "s001", "s002"], False),
+                                       (1, None, ["s000", "s001", "s002"], False),
+                                       (1, None, ["s000", "s001"], True)):
+        datamodule = SimpleNamespace(skip_ids=set(), expected_ids=expected)
+        trainer = SimpleNamespace(global_rank=rank, datamodule=datamodule, strategy=SimpleNamespace(broadcast=broadcast))
+        module = SimpleNamespace(idle=False)
+        SettledOutput(done).setup(trainer, module, "predict")
+        assert datamodule.skip_ids == {"s000", "s001"} and module.idle is idle
+    assert sent == [["s000", "s001"], None, None]  # only rank 0 lists the folder

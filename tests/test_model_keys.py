@@ -126,3 +126,18 @@ def test_lightning_never_moves_the_model_nor_copies_it_to_host(llava_adapter, mo
     engine.probe.remove()
     assert sum(len(batch) for batch in outputs) == 2
     assert moved == []
+
+
+def test_runs_recorded_before_the_loading_keys_resume_and_a_changed_device_map_does_not_matter():
+    from laser.run.writer import config_differences
+
+    before = {"model": {"name_or_path": "m", "dtype": "auto"}}  # run_config.json of an earlier version
+    now = {"model": {"name_or_path": "m", "dtype": "auto", "device_map": None, "attn_implementation": None,
+                     "processor": {}, "max_memory": None}}
+    assert config_differences(before, now) == []
+    moved = {"model": {**now["model"], "device_map": "auto", "max_memory": {"0": "70GiB"}}}
+    assert config_differences(now, moved) == []  # where the weights sit does not change a prediction
+    resized = {"model": {**now["model"], "processor": {"max_pixels": 1024}, "attn_implementation": "eager"}}
+    assert config_differences(now, resized) == [
+        "model.attn_implementation: None -> 'eager'", "model.processor.max_pixels: '<absent>' -> 1024",
+    ]
