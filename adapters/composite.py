@@ -37,13 +37,14 @@ CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.261302
 
 
 # ----------------------------------------------------------------- vision towers
-def build_vision_tower(spec: dict[str, Any]) -> nn.Module:
-    """A randomly initialised tower from its spec (weights come from the checkpoint)."""
+def build_vision_tower(spec: dict[str, Any], pretrained: bool | str = False) -> nn.Module:
+    """The tower of a spec: randomly initialised (the weights then come from the checkpoint), or with the
+    library's pretrained weights (`pretrained`: True for timm, a tag such as "openai" for open_clip)."""
     kwargs = dict(spec.get("kwargs", {}))
     if spec["library"] == "timm":
         import timm
 
-        return timm.create_model(spec["name"], pretrained=False, num_classes=0, **kwargs)
+        return timm.create_model(spec["name"], pretrained=bool(pretrained), num_classes=0, **kwargs)
     if spec["library"] == "open_clip":
         import open_clip
         from open_clip.model import _build_vision_tower
@@ -52,6 +53,10 @@ def build_vision_tower(spec: dict[str, Any]) -> nn.Module:
         if config is None:
             raise ValueError(f"open_clip has no model config named {spec['name']!r}")
         config["vision_cfg"].update(kwargs)
+        if pretrained:
+            if kwargs:
+                raise ValueError("open_clip pretrained weights need the tower's own shape; drop vision['kwargs']")
+            return open_clip.create_model(spec["name"], pretrained=pretrained).visual
         return _build_vision_tower(config["embed_dim"], config["vision_cfg"], config.get("quick_gelu", False))
     raise ValueError(f"vision library {spec['library']!r}; expected timm or open_clip")
 
@@ -118,8 +123,12 @@ class CompositeVLM(nn.Module):
         cls, vision: dict[str, Any], language_model: nn.Module, tokenizer: Any,
         projector: str = "mlp2x_gelu", image_token: str = "<image>",
     ) -> tuple[CompositeVLM, CompositeProcessor]:
-        """A new composite from a vision spec, a causal LM and its tokenizer: (model, processor)."""
-        tower = build_vision_tower(vision)
+        """A new composite from a vision spec, a causal LM and its tokenizer: (model, processor).
+
+        `vision["pretrained"]` (True for timm, a tag for open_clip) loads the library's weights into the
+        tower now; the checkpoint then stores them, so loading it back never downloads."""
+        vision = dict(vision)
+        tower = build_vision_tower(vision, vision.pop("pretrained", False))
         info = tower_info(tower, vision["library"])
         if image_token not in tokenizer.get_vocab():
             tokenizer.add_special_tokens({"additional_special_tokens": [image_token]})

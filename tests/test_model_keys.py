@@ -82,7 +82,7 @@ def test_model_keys_compose_into_load_arguments():
         (["model.max_memory={0: 10GiB}"], "model.max_memory needs model.device_map"),
         (["model.device_map=auto", "trainer.devices=2"], "one process per node: set trainer.devices=1"),
         (["model.processor=7"], "model.processor=7"),
-        (["model.quantize=true"], "unknown config key model.quantize"),
+        (["model.quantize=true"], "unknown key 'model.quantize'"),
     ],
 )
 def test_bad_model_keys_are_one_line_config_errors(overrides, message):

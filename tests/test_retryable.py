@@ -8,7 +8,7 @@ import pytest
 import torch
 from run_fixtures import predict_args, run_inprocess, save_tiny_llava, write_dataset
 
-import laser.run.lightning as lightning_module
+import laser.run.answering as answering
 from laser.run.writer import completed_ids, merge_records
 
 OOM_QUESTION = "Is there a red box ?"  # sample s001 of `write_dataset`
@@ -29,7 +29,7 @@ def oom_adapter(monkeypatch):
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (GPU 0; 79.15 GiB total)")
         return real(self, images, questions, with_question=with_question)
 
-    free = getattr(lightning_module, "free_device_memory", None)
+    free = getattr(answering, "free_device_memory", None)
 
     def counted():
         state["freed"] += 1
@@ -37,7 +37,7 @@ def oom_adapter(monkeypatch):
             free()
 
     monkeypatch.setattr(LlavaAdapter, "build_inputs", build_inputs)
-    monkeypatch.setattr(lightning_module, "free_device_memory", counted, raising=False)
+    monkeypatch.setattr(answering, "free_device_memory", counted, raising=False)
     return state
 
 
@@ -88,4 +88,4 @@ def test_out_of_memory_is_retried_on_rerun_and_input_errors_are_not(tmp_path, oo
     ],
 )
 def test_resource_and_device_errors_are_retryable(error, retryable):
-    assert lightning_module.is_retryable(error) is retryable
+    assert answering.is_retryable(error) is retryable

@@ -34,8 +34,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+for _path in (ROOT, ROOT / "tools"):  # the checkout's `laser`; `tiny_lvlm` when loaded from elsewhere
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -92,26 +93,6 @@ PLANS = {
 }
 
 
-def _word_tokenizer(extra_special: tuple[str, ...] = ()):
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    words = (
-        "USER ASSISTANT : ? . , What is the color of box on left right Answer question using single word "
-        "phrase Write a general description image"
-    ).split()
-    vocab_words = ["<unk>", "<pad>", "<s>", "</s>", "<image>", *extra_special, *words]
-    vocab = {w: i for i, w in enumerate(dict.fromkeys(vocab_words))}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>", bos_token="<s>", eos_token="</s>",
-        additional_special_tokens=["<image>", *extra_special],
-    )
-    tokenizer.padding_side = "left"
-    return tokenizer
-
-
 def _never_stop(adapter):
     adapter.eos_token_ids = lambda: [NEVER_EOS]
     return adapter
@@ -120,45 +101,26 @@ def _never_stop(adapter):
 def build_llava(s: dict[str, Any]):
     """LLaVA-1.5-shaped `LlavaForConditionalGeneration` (CLIP tower shape, 336 px -> 576 tokens)."""
     from laser.adapters.llava import LlavaAdapter
-    from transformers import (
-        CLIPImageProcessor,
-        CLIPVisionConfig,
-        LlamaConfig,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-        LlavaProcessor,
-    )
+    from tiny_lvlm import llava_config, llava_processor, word_tokenizer
+    from transformers import LlavaForConditionalGeneration
 
-    tokenizer = _word_tokenizer()
+    tokenizer = word_tokenizer()
     torch.manual_seed(0)
-    config = LlavaConfig(
-        vision_config=CLIPVisionConfig(
-            hidden_size=s["vision_hidden"], intermediate_size=s["vision_intermediate"],
-            num_hidden_layers=s["vision_layers"], num_attention_heads=s["vision_heads"],
-            image_size=s["image_size"], patch_size=s["patch"], projection_dim=s["vision_hidden"],
-        ),
-        text_config=LlamaConfig(
-            vocab_size=max(s["vocab"], len(tokenizer)), hidden_size=s["hidden"], intermediate_size=s["intermediate"],
-            num_hidden_layers=s["layers"], num_attention_heads=s["heads"], num_key_value_heads=s["kv_heads"],
-            max_position_embeddings=4096, pad_token_id=tokenizer.pad_token_id,
-            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        ),
-        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
-        vision_feature_layer=-2, vision_feature_select_strategy="default",
+    config = llava_config(
+        tokenizer, image_size=s["image_size"], patch_size=s["patch"], vision_hidden=s["vision_hidden"],
+        vision_intermediate=s["vision_intermediate"], vision_layers=s["vision_layers"],
+        vision_heads=s["vision_heads"], text_hidden=s["hidden"], text_intermediate=s["intermediate"],
+        text_layers=s["layers"], heads=s["heads"], kv_heads=s["kv_heads"],
+        vocab_size=max(s["vocab"], len(tokenizer)),
     )
     model = LlavaForConditionalGeneration(config).eval()
-    side = s["image_size"]
-    processor = LlavaProcessor(
-        image_processor=CLIPImageProcessor(size={"shortest_edge": side}, crop_size={"height": side, "width": side}),
-        tokenizer=tokenizer, patch_size=s["patch"], vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,
-    )
-    return _never_stop(LlavaAdapter(model, processor))
+    return _never_stop(LlavaAdapter(model, llava_processor(tokenizer, s["image_size"], s["patch"])))
 
 
 def build_qwen(s: dict[str, Any]):
     """Qwen2-VL-shaped `Qwen2VLForConditionalGeneration` (patch 14, merge 2, dynamic resolution)."""
     from laser.adapters.qwen_vl import Qwen2VLAdapter
+    from tiny_lvlm import word_tokenizer
     from transformers import (
         Qwen2VLConfig,
         Qwen2VLForConditionalGeneration,
@@ -170,7 +132,7 @@ def build_qwen(s: dict[str, Any]):
 
     special = ("<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
                "<|video_pad|>", "<|endoftext|>")
-    tokenizer = _word_tokenizer(special)
+    tokenizer = word_tokenizer(extra_special=special)
     tokenizer.eos_token = "<|im_end|>"
     ids = tokenizer.convert_tokens_to_ids
     head_dim = s["hidden"] // s["heads"]
@@ -466,8 +428,8 @@ def reference_pipeline(adapter, image: Image.Image, question: str, new_tokens: i
     two full prefills (question, generic prompt), rel-att a+/a0 at a fixed layer, multi-scale crop,
     then HF `generate` on original + crop."""
     from laser.method.attention import model_tensors
-    from laser.method.canvas import canvas_shape, paint_map
-    from laser.method.crop import place_multiscale_crop
+    from laser.method.canvas import cell_masses, placed_layout
+    from laser.method.crop import place_multiscale_crop, search_grid
 
     model = adapter.model
     layer = min(adapter.default_layer, adapter.num_layers - 1)
@@ -481,10 +443,10 @@ def reference_pipeline(adapter, image: Image.Image, question: str, new_tokens: i
         a_q = out_q.attentions[layer][0, :, -1, pos_q].mean(0)
         a_g = out_g.attentions[layer][0, :, -1, pos_g].mean(0)
         del out_q, out_g
-        ratio = a_q / (a_g + 1e-6)
-        layout = adapter.visual_layout(inputs_q, 0)
-        canvas = paint_map(ratio, layout, 0, canvas_shape(image.size, 512))
-        box = place_multiscale_crop(canvas, image.size, adapter.native_resolution, [1.0, 1.25, 1.5, 1.75, 2.0])
+        ratio = a_q / a_g
+        layout = placed_layout(adapter.visual_layout(inputs_q, 0), stretch=True)  # grid over the whole image
+        cells = cell_masses(ratio, layout, 0, search_grid([layout], image.size))
+        box = place_multiscale_crop(cells, image.size, adapter.native_resolution, [1.0, 1.2, 1.4, 1.6, 1.8, 2.0])
         crop = image.crop(box)
         inputs_f = adapter.build_inputs([[image, crop]], [question])
         ids = model.generate(

@@ -30,7 +30,7 @@ from laser.method.config import LaserConfig  # noqa: E402
 from laser.paths import assets_dir  # noqa: E402
 from laser.testbed.benchmark import FAMILIES, load_split, results_table, run_methods  # noqa: E402
 
-METHODS = ["vanilla", "oracle", "oracle_tight", "vicrop", "vcd", "laser", "laser_full", "laser_static"]
+METHODS = ["vanilla", "oracle", "oracle_tight", "vicrop", "vcd", "vcd_greedy", "laser", "laser_full", "laser_static"]
 
 
 def write_run(folder: Path, method: str, records: list[dict], rows: list[dict]) -> None:

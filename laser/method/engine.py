@@ -14,14 +14,14 @@ from PIL import Image
 from ..adapters.base import VisionLanguageAdapter
 from . import vaq as vaq_ops
 from .attention import AttentionRows, capture_attention, model_tensors
-from .canvas import canvas_shape, paint_map
+from .canvas import canvas_shape, cell_masses, paint_map, placed_layout
 from .config import LaserConfig
-from .crop import place_crop, place_multiscale_crop
+from .crop import PixelBox, high_res_tiles, place_crop, place_multiscale_crop, search_grid
 from .decoding import generate
 from .images import to_rgb
 from .prediction import Prediction
 from .probe import AttentionProbe
-from .views import counterfactual_views, crop_view, diffusion_noise_view
+from .views import counterfactual_views, crop_view, diffusion_noise_inputs, stack_streams
 
 
 @dataclass
@@ -93,9 +93,10 @@ class LaserEngine:
         fallbacks: list[str | None] = [None] * len(images)
         if cfg.localize:
             with timer.stage("attention"):
-                rows = self._attend(images, questions)
+                tiles = [self._tiles(image) for image in images]
+                rows = self._attend(images, questions, tiles)
             with timer.stage("localise"):
-                localisations, fallbacks = self._localise(rows, images)
+                localisations, fallbacks = self._localise(rows, images, tiles)
 
         with timer.stage("views"):
             focused, regions, paths = self._focus(images, localisations, fallbacks)
@@ -154,8 +155,22 @@ class LaserEngine:
                     "decode.max_new_tokens"
                 )
 
-    def _attend(self, images: list[Image.Image], questions: list[str]) -> AttentionRows:
+    def _tiles(self, image: Image.Image) -> list[PixelBox]:
+        """The parts of `image` the attention passes look at: the whole image, or ViCrop's high-resolution
+        tiles (`vaq.tile_size`)."""
+        size = self.config.vaq.tile_size
+        return [(0, 0, image.width, image.height)] if size is None else high_res_tiles(image.size, size)
+
+    def _attend(
+        self, images: list[Image.Image], questions: list[str], tiles: list[list[PixelBox]] | None = None
+    ) -> AttentionRows:
+        """a+ / a0 rows, one per tile of each image (`tiles`; one whole-image tile each by default)."""
         cfg, adapter = self.config, self.adapter
+        if tiles is not None:
+            whole = [[(0, 0, im.width, im.height)] for im in images]
+            if tiles != whole:
+                questions = [q for q, boxes in zip(questions, tiles) for _ in boxes]
+                images = [im.crop(box) for im, boxes in zip(images, tiles) for box in boxes]
         inputs_q = adapter.build_inputs(images, questions, with_question=True)
         self._check_context(inputs_q)
         inputs_0 = None
@@ -174,47 +189,67 @@ class LaserEngine:
         if layer is None:
             layer = self.adapter.default_layer
             reference = self.adapter.reference_num_layers
-            if layer >= num_layers:
+            if num_layers != reference:  # the same relative depth on a model of another depth
                 layer = int(round(layer / reference * num_layers))
         if not -num_layers <= layer < num_layers:
             raise ValueError(f"vaq.layer={layer} outside the model's {num_layers} decoder layers")
         return min(layer % num_layers, num_layers - 1)
 
     def _localise(
-        self, rows: AttentionRows, images: list[Image.Image]
+        self, rows: AttentionRows, images: list[Image.Image], tiles: list[list[PixelBox]] | None = None
     ) -> tuple[list[Localisation | None], list[str | None]]:
+        """l*, VAQ and the map of each image from its rows (one per tile: VAQ[l] is the mean over the
+        image's tiles, and each tile's map is painted on its part of the image)."""
         cfg = self.config
+        tiles = tiles if tiles is not None else [[(0, 0, im.width, im.height)] for im in images]
+        owner = torch.tensor([i for i, boxes in enumerate(tiles) for _ in boxes], device=rows.a_plus.device)
         c = vaq_ops.contrastive_map(rows.a_plus, rows.a_zero, cfg.vaq.map, cfg.vaq.ratio_eps)
         c = c * rows.valid[:, None, None, :].to(device=c.device, dtype=c.dtype)
         finite = torch.isfinite(c).flatten(1).all(dim=1)
         c = torch.nan_to_num(c, nan=0.0, posinf=0.0, neginf=0.0)
         scores = vaq_ops.head_scores(c)
-        vaq = vaq_ops.layer_scores(scores, cfg.vaq.top_heads)
+        vaq_rows = vaq_ops.layer_scores(scores, cfg.vaq.top_heads)
+        vaq = torch.stack([vaq_rows[owner == i].mean(dim=0) for i in range(len(images))])
         if cfg.vaq.select == "vaq":
             layers = vaq_ops.select_layer(vaq, cfg.vaq.layers)
         else:
             layers = torch.full((len(images),), self.static_layer(), dtype=torch.long, device=c.device)
         heads = vaq_ops.top_heads(scores, cfg.vaq.top_heads) if cfg.vaq.heads == "top" else None
-        maps = vaq_ops.localisation_map(c, layers, heads)
+        if cfg.vaq.map == "ratio":
+            maps = vaq_ops.ratio_map(rows.a_plus, rows.a_zero, layers[owner], heads)
+        else:
+            maps = vaq_ops.localisation_map(c, layers[owner], heads)
+        maps = maps * rows.valid.to(maps.dtype)
+        finite &= torch.isfinite(maps).all(dim=1)
         out: list[Localisation | None] = []
         fallbacks: list[str | None] = []
         for i, image in enumerate(images):
-            if not bool(finite[i]):
+            members = (owner == i).nonzero().flatten().tolist()
+            if not all(bool(finite[r]) for r in members):
                 out.append(None)
                 fallbacks.append("non-finite attention; answered with vanilla decoding")
                 continue
-            n = rows.layouts[i].n_visual
+            pieces = []
+            for r, (x0, y0, x1, y1) in zip(members, tiles[i]):
+                region = (x0 / image.width, y0 / image.height, x1 / image.width, y1 / image.height)
+                layout = placed_layout(rows.layouts[r], region, stretch=cfg.crop.geometry == "whole")
+                pieces.append((maps[r, : layout.n_visual], layout))
             shape = canvas_shape(image.size, cfg.crop.canvas)
-            canvas = paint_map(maps[i, :n], rows.layouts[i], 0, shape)
-            box = self._place(canvas, image.size) if cfg.crop.enabled else None
+            canvas = sum(paint_map(values, layout, 0, shape) for values, layout in pieces)
+            box = self._place(canvas, image.size, pieces) if cfg.crop.enabled else None
             out.append(Localisation(int(layers[i]), [float(v) for v in vaq[i]], canvas, box))
             fallbacks.append(None)
         return out, fallbacks
 
-    def _place(self, canvas: torch.Tensor, size: tuple[int, int]) -> tuple[int, int, int, int]:
+    def _place(self, canvas: torch.Tensor, size: tuple[int, int], pieces) -> tuple[int, int, int, int]:
+        """The crop box: Con-ViCrop's window on the painted canvas, or ViCrop's multi-scale windows on
+        the map's cells (`pieces`: (values, layout in the whole image's coordinates) per tile)."""
         crop = self.config.crop
         if crop.strategy == "multiscale":
-            return place_multiscale_crop(canvas, size, self.adapter.native_resolution, list(crop.scales))
+            grid = search_grid([layout for _, layout in pieces], size)
+            cells = sum(cell_masses(values, layout, 0, grid) for values, layout in pieces)
+            base = self.adapter.crop_box_side or self.adapter.native_resolution
+            return place_multiscale_crop(cells, size, base, list(crop.scales))
         return place_crop(canvas, size, crop.ratio, crop.min_side)
 
     def _focus(self, images, localisations, fallbacks):
@@ -249,16 +284,22 @@ class LaserEngine:
         return focused, regions, paths
 
     def _negative_views(self, focused, regions, localisations, seeds, index, layout):
-        """Negative view of sample `index`; `layout` is its focused view's layout (mask view only)."""
+        """Masked negative view of sample `index`; `layout` is its focused view's layout."""
         cf = self.config.counterfactual
         generator = torch.Generator().manual_seed(int(seeds[index]) + 1)
-        if cf.view == "noise":
-            views = [diffusion_noise_view(im, cf.noise_step, cf.noise_steps, generator) for im in focused[index]]
-            return views, None
         return counterfactual_views(
             focused[index], layout, regions[index], localisations[index].canvas,
             cf.mask_ratio, cf.fill, generator,
         )
+
+    def _with_noise_view(self, positive, seeds: list[int]):
+        """Positive inputs followed by VCD's negative stream: the same processed inputs with diffusion
+        noise on the pixel tensors the adapter names (docs/method.md, Views)."""
+        cf = self.config.counterfactual
+        negative = diffusion_noise_inputs(
+            positive, self.adapter.pixel_rows(positive), [int(s) + 1 for s in seeds], cf.noise_step, cf.noise_steps
+        )
+        return stack_streams(positive, negative)
 
     @staticmethod
     def _as_input(images: list[Image.Image]):
@@ -280,12 +321,12 @@ class LaserEngine:
             pos = [self._as_input(focused[i]) for i in members]
             qs = [questions[i] for i in members]
             contrastive = path == "contrastive"
-            if contrastive:
+            if contrastive and cfg.counterfactual.view == "noise":
+                inputs = self._with_noise_view(self.adapter.build_inputs(pos, qs), [seeds[i] for i in members])
+            elif contrastive:  # the masked view, on the focused views' grids (from one processor call)
                 neg = []
-                layouts = [None] * len(members)
-                if cfg.counterfactual.view == "mask":  # the focused views' grids, from one processor call
-                    focus_inputs = self.adapter.build_inputs(pos, qs)
-                    layouts = [self.adapter.visual_layout(focus_inputs, j) for j in range(len(members))]
+                focus_inputs = self.adapter.build_inputs(pos, qs)
+                layouts = [self.adapter.visual_layout(focus_inputs, j) for j in range(len(members))]
                 for i, layout in zip(members, layouts):
                     views, cells = self._negative_views(focused, regions, localisations, seeds, i, layout)
                     neg.append(self._as_input(views))

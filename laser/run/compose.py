@@ -1,40 +1,25 @@
-"""Composing a run config from configs/ and `key=value` overrides (omegaconf)."""
+"""Composing a run config from configs/ and `key=value` overrides (omegaconf).
+
+Which keys exist is read from the dataclasses in `schema.GROUPS` (and `schema.RunOptions` for the
+top-level keys); a key or preset that is not there is an error naming the closest valid one.
+"""
 
 from __future__ import annotations
 
-import inspect
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from ..method.config import LaserConfig
+from ..method.config import LaserConfig, config_keys, did_you_mean, unknown_keys
 from ..paths import PACKAGE_DIR, config_dir
+from .schema import GROUPS, ModelOptions, RunOptions
 
-GROUPS = ("model", "data", "method", "trainer")
-TOP_LEVEL = {"output_dir", "seed", "resume", "overwrite"}
-MODEL_DEFAULTS: dict[str, Any] = {
-    "adapter": None,
-    "dtype": "auto",
-    "device_map": None,  # "auto", "balanced", "sequential", a device ("cuda:1", "cpu") or {module: device}
-    "attn_implementation": None,  # the model's default, or eager, sdpa, flash_attention_2, flex_attention ...
-    "processor": {},  # keyword arguments of the processor (Qwen's max_pixels, min_pixels ...)
-    "max_memory": None,  # per-device budget for device_map, e.g. {0: 70GiB, cpu: 200GiB}
-}
-MODEL_KEYS = {"name_or_path", *MODEL_DEFAULTS}
 DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
 ATTENTION_IMPLEMENTATIONS = (
     "eager", "sdpa", "flash_attention_2", "flash_attention_3", "flash_attention_4", "flex_attention",
 )
-TRAINER_KEYS = {
-    "accelerator",
-    "devices",
-    "num_nodes",
-    "strategy",
-    "precision",
-    "enable_progress_bar",
-    "limit_predict_batches",
-}
 
 
 class ConfigError(ValueError):
@@ -52,14 +37,30 @@ def group_names(group: str) -> list[str]:
     return sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))
 
 
+def valid_keys() -> list[str]:
+    """Every dotted key `laser predict` accepts: `model.dtype`, `method.crop.ratio`, ..., `output_dir`."""
+    keys = [f"{group}.{k.key}" for group, cls in GROUPS.items() for k in config_keys(cls)]
+    return keys + [k.key for k in config_keys(RunOptions)]
+
+
 def _load_group(group: str, value: Any) -> dict[str, Any]:
     path = config_dir() / group / f"{value}.yaml"
     if path.is_file():
         loaded = OmegaConf.to_container(OmegaConf.load(path))
-        return {**MODEL_DEFAULTS, **loaded} if group == "model" else loaded  # type: ignore[dict-item,return-value]
-    if group == "model":  # a registered adapter name or a checkpoint folder
-        return {"name_or_path": str(value), **MODEL_DEFAULTS}
-    raise ConfigError(f"unknown {group} preset {value!r}; available: {', '.join(group_names(group))}")
+        return {**model_defaults(), **loaded} if group == "model" else loaded  # type: ignore[dict-item,return-value]
+    available = group_names(group)
+    hint = did_you_mean(str(value), available)
+    if group == "model" and not _looks_mistyped(str(value), hint):  # an adapter name or a checkpoint
+        return {**model_defaults(), "name_or_path": str(value)}
+    also = ", a checkpoint folder, hub id or adapter name" if group == "model" else ""
+    raise ConfigError(f"unknown {group} preset {value!r}{hint} (available: {', '.join(available)}{also})")
+
+
+def _looks_mistyped(value: str, hint: str) -> bool:
+    """`model=llavva`: close to a preset, and not a folder, hub id (`org/name`) or adapter name."""
+    from ..adapters import list_adapters
+
+    return bool(hint) and "/" not in value and not Path(value).expanduser().exists() and value not in list_adapters()
 
 
 def parse_overrides(args: list[str]) -> tuple[dict[str, Any], list[str]]:
@@ -67,7 +68,8 @@ def parse_overrides(args: list[str]) -> tuple[dict[str, Any], list[str]]:
     choices, dotted = {}, []
     for arg in args:
         if "=" not in arg:
-            raise ConfigError(f"expected key=value, got {arg!r}")
+            hint = "; options and help: laser predict --help" if arg.startswith("-") else ""
+            raise ConfigError(f"expected key=value, got {arg!r}{hint}")
         key, value = arg.split("=", 1)
         if not key:
             raise ConfigError(f"empty key in {arg!r}")
@@ -93,29 +95,38 @@ def compose(args: list[str], base: str = "predict") -> DictConfig:
         overrides = OmegaConf.from_dotlist(dotted)
     except Exception as err:  # omegaconf's grammar errors
         raise ConfigError(f"malformed override: {err}") from None
-    for key in overrides:
-        if key not in GROUPS and key not in TOP_LEVEL:
-            raise ConfigError(f"unknown config key {key!r}; top-level keys: {', '.join(sorted(TOP_LEVEL | set(GROUPS)))}")
+    _check_keys(overrides)  # before merging: a typo must not be hidden by a type error
     cfg = OmegaConf.merge(cfg, overrides)
     validate(cfg)
     return cfg
 
 
-def _data_keys() -> set[str]:
-    from .data.datamodule import VQADataModule
-
-    return set(inspect.signature(VQADataModule.__init__).parameters) - {"self", "skip_ids"}
+def _check_keys(cfg: Any) -> None:
+    """An unknown dotted key anywhere in `cfg` is a ConfigError naming the closest valid key."""
+    for key, value in cfg.items():
+        if key in GROUPS:
+            unknown = next(unknown_keys(value, GROUPS[key], f"{key}."), None) if value is not None else None
+        else:
+            unknown = next(unknown_keys({key: value}, RunOptions), None)
+            while unknown is not None and isinstance(value, Mapping) and value:  # `modle.dtype`: the whole key
+                key, value = next(iter(value.items()))
+                unknown = f"{unknown}.{key}"
+        if unknown is not None:
+            raise ConfigError(f"unknown key {unknown!r}{did_you_mean(unknown, [*GROUPS, *valid_keys()])}")
 
 
 def validate(cfg: DictConfig) -> None:
-    for group, allowed in (("model", MODEL_KEYS), ("trainer", TRAINER_KEYS), ("data", _data_keys())):
-        unknown = set(cfg[group]) - allowed
-        if unknown:
-            raise ConfigError(
-                f"unknown config key {group}.{sorted(unknown)[0]}; {group} keys: {', '.join(sorted(allowed))}"
-            )
+    """Every key known (`schema`), the method config valid, run flags consistent."""
+    _check_keys(cfg)
+    if cfg.get("resume") and cfg.get("overwrite"):
+        raise ConfigError("resume=true and overwrite=true contradict each other; choose one")
     validate_model(cfg)
     method_config(cfg)
+
+
+def model_defaults() -> dict[str, Any]:
+    """Every `model.*` key at its default, so run_config.json records each loading key, set or not."""
+    return {k.key: k.default for k in config_keys(ModelOptions)}
 
 
 def validate_model(cfg: DictConfig) -> None:

@@ -71,7 +71,10 @@ def is_launcher_rank() -> bool:
 
 
 def run_config(cfg: DictConfig) -> dict[str, Any]:
-    """What defines a run's predictions (stored in run_config.json, compared on resume)."""
+    """What defines a run's predictions (stored in run_config.json, compared on resume), with the
+    versions of laser, torch, transformers and lightning that made them."""
+    from .versions import run_versions
+
     return {
         "model": OmegaConf.to_container(cfg.model),
         "data": OmegaConf.to_container(cfg.data),
@@ -79,6 +82,7 @@ def run_config(cfg: DictConfig) -> dict[str, Any]:
         "trainer": OmegaConf.to_container(cfg.trainer),
         "seed": cfg.seed,
         "output_dir": str(cfg.output_dir),
+        "versions": run_versions(),
     }
 
 
@@ -88,11 +92,11 @@ def settle_output(output_dir: Path, config: dict[str, Any], mode: str, launch: L
     Rank 0 checks `config` against the folder's run config, deletes old predictions under
     `overwrite=true` and writes run_config.json; the other processes check read-only and get the
     same error for a bad config. (A claim on the folder belongs here.) Returns the action."""
-    from .writer import check_run_config, write_run_config
+    from .writer import run_config_action, write_run_config
 
     if launch.main:
         return write_run_config(output_dir, config, mode)
-    check_run_config(output_dir, config, mode)
+    run_config_action(output_dir, config, mode)
     return "child"
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -22,6 +23,9 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 RUN_CONFIG = "run_config.json"
+KILL_AFTER_BATCH_ENV = "LASER_TEST_KILL_AFTER_BATCH"
+"""Test-only: a process with this variable set to k SIGKILLs itself right after its k-th batch is
+fsynced (k=0: when prediction starts), so the kill/resume tests stop a run at an exact point."""
 _PREDICTION_FILE = re.compile(r"^predictions\.rank(\d+)\.jsonl$")
 _BLANK = b" \t\r\n\x00"  # a crash can leave NUL padding after the last write
 MODES = ("new", "resume", "overwrite")
@@ -98,7 +102,7 @@ def _sample_id(record: Mapping[str, Any], where: str) -> str:
     return str(record["sample_id"])
 
 
-def is_retryable(record: Mapping[str, Any]) -> bool:
+def is_retryable_record(record: Mapping[str, Any]) -> bool:
     """True for an error record whose sample should be answered again (`"retryable": true`)."""
     return record.get("retryable") is True
 
@@ -107,7 +111,7 @@ def completed_ids(output_dir: str | Path) -> set[str]:
     """Ids already written (for resume). A record with an `error` counts as done (its input is at
     fault), unless it is retryable (out of memory, a device fault)."""
     return {
-        _sample_id(r, f"{path}, line {n}") for path, n, r in _iter_records(output_dir) if not is_retryable(r)
+        _sample_id(r, f"{path}, line {n}") for path, n, r in _iter_records(output_dir) if not is_retryable_record(r)
     }
 
 
@@ -117,7 +121,7 @@ def merge_records(
     """All ranks' records de-duplicated by `sample_id` (the first copy wins), with a report.
 
     Duplicates are normal under DDP (the distributed sampler pads ranks by repeating samples)
-    and after a resume that overlapped. A retryable record (see `is_retryable`) is superseded by
+    and after a resume that overlapped. A retryable record (see `is_retryable_record`) is superseded by
     any later record of its sample, and a sample that has only retryable records is left out of
     the records (it is not finished: listed in `retryable`, and in `missing` when expected).
     With `expected_ids` the records come back in that order (unexpected ones last) and the
@@ -137,7 +141,7 @@ def merge_records(
             duplicates[sample_id] = duplicates.get(sample_id, 0) + 1
         if sample_id in first:
             continue
-        if is_retryable(record):
+        if is_retryable_record(record):
             waiting.setdefault(sample_id, record)
         else:
             first[sample_id] = record
@@ -215,8 +219,36 @@ def _encode(record: Any) -> bytes:
         raise TypeError(f"prediction record {sample_id!r} cannot be written as JSON: {err}") from None
 
 
+class RecordFile:
+    """Appends records to `<output_dir>/predictions.rank<R>.jsonl`: one write and one fsync per call, so a
+    crash loses at most the records in flight; a torn tail left by an earlier crash is cut off when the
+    file is first opened."""
+
+    def __init__(self, output_dir: str | Path, rank: int) -> None:
+        self.path = prediction_path(output_dir, rank)
+        self._handle: Any = None
+
+    def append(self, records: Sequence[Mapping[str, Any]]) -> None:
+        if not records:
+            return
+        payload = b"".join(_encode(record) for record in records)
+        if self._handle is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if self.path.exists():
+                repair_torn_tail(self.path)
+            self._handle = self.path.open("ab")
+        self._handle.write(payload)
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+
 class PredictionWriter(BasePredictionWriter):
-    """Appends each batch's records to `<output_dir>/predictions.rank<R>.jsonl`, then fsyncs.
+    """Appends each batch's records to `<output_dir>/predictions.rank<R>.jsonl` (a `RecordFile`).
 
     `prediction` (what `predict_step` returns) must be a list of dict records (a single dict
     or None are accepted too). One write per batch and an fsync mean a crash loses at most the
@@ -232,17 +264,9 @@ class PredictionWriter(BasePredictionWriter):
         super().__init__(write_interval)
         self.output_dir = Path(output_dir)
         self.written = 0
-        self._handle: Any = None
+        self.batches = 0
+        self._file: RecordFile | None = None
         self._rank: int | None = None
-
-    def _open(self, rank: int) -> None:
-        self.close()
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        path = prediction_path(self.output_dir, rank)
-        if path.exists():
-            repair_torn_tail(path)
-        self._handle = path.open("ab")
-        self._rank = rank
 
     def write_on_batch_end(
         self,
@@ -263,18 +287,21 @@ class PredictionWriter(BasePredictionWriter):
             )
         if not records:
             return
-        payload = b"".join(_encode(record) for record in records)
-        if self._handle is None or self._rank != trainer.global_rank:
-            self._open(trainer.global_rank)
-        self._handle.write(payload)
-        self._handle.flush()
-        os.fsync(self._handle.fileno())
+        if self._file is None or self._rank != trainer.global_rank:
+            self.close()
+            self._file, self._rank = RecordFile(self.output_dir, trainer.global_rank), trainer.global_rank
+        self._file.append(records)
         self.written += len(records)
+        self.batches += 1
+        _test_kill_point(self.batches)
 
     def close(self) -> None:
-        if self._handle is not None:
-            self._handle.close()
-            self._handle = None
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        _test_kill_point(0)
 
     def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.close()
@@ -286,6 +313,12 @@ class PredictionWriter(BasePredictionWriter):
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self.close()
+
+
+def _test_kill_point(batches: int) -> None:
+    """`KILL_AFTER_BATCH_ENV`: die as a preempted or OOM-killed process would, after `batches` batches."""
+    if os.environ.get(KILL_AFTER_BATCH_ENV) == str(batches):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 # ------------------------------------------------------------- run config
@@ -339,20 +372,25 @@ def _as_json(config: Mapping[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(dict(config), default=str))
 
 
-def _check(
-    folder: Path, config: Mapping[str, Any], mode: str, ignore: Iterable[str]
-) -> tuple[str, list[Path], list[str]]:
-    """(action, prediction files to delete, differences) for writing `config` into `folder`;
-    raises `RunConfigMismatch` where mode "new" meets predictions of another config."""
+def run_config_action(
+    output_dir: str | Path,
+    config: Mapping[str, Any],
+    mode: Literal["new", "resume", "overwrite"] = "new",
+    ignore: Iterable[str] = DEFAULT_IGNORE,
+) -> tuple[str, list[str]]:
+    """What `write_run_config` would do, touching nothing: ("new" | "resumed" | "overwritten", differences).
+
+    Raises `RunConfigMismatch` where it would (mode "new", existing predictions, other config).
+    """
     if mode not in MODES:
         raise ValueError(f"mode={mode!r}; expected one of {', '.join(MODES)}")
-    files = prediction_files(folder)
-    has_predictions = any(path.stat().st_size > 0 for path in files)
-    config_path = folder / RUN_CONFIG
+    folder = Path(output_dir)
+    has_predictions = any(path.stat().st_size > 0 for path in prediction_files(folder))
     if mode == "overwrite":
-        return ("overwritten" if has_predictions else "new"), files, []
+        return ("overwritten" if has_predictions else "new"), []
     if not has_predictions:
-        return "new", [], []
+        return "new", []
+    config_path = folder / RUN_CONFIG
     if config_path.is_file():
         try:
             previous = json.loads(config_path.read_text(encoding="utf-8"))
@@ -368,18 +406,7 @@ def _check(
             "or overwrite=true to delete them and start over (or choose another output_dir).",
             differences,
         )
-    return "resumed", [], differences
-
-
-def check_run_config(
-    output_dir: str | Path,
-    config: Mapping[str, Any],
-    mode: Literal["new", "resume", "overwrite"] = "new",
-    ignore: Iterable[str] = DEFAULT_IGNORE,
-) -> str:
-    """What `write_run_config` would do (and the same `RunConfigMismatch`), changing nothing: the
-    processes other than rank 0 call it, so every process of a run stops on the same bad config."""
-    return _check(Path(output_dir), config, mode, ignore)[0]
+    return "resumed", differences
 
 
 def write_run_config(
@@ -397,15 +424,16 @@ def write_run_config(
     the file is written through a temporary file of this process, then renamed.
     Returns what happened: "new", "resumed" or "overwritten".
     """
+    action, differences = run_config_action(output_dir, config, mode, ignore)
     folder = Path(output_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    action, stale, differences = _check(folder, config, mode, ignore)
-    for path in stale:
-        path.unlink()
+    if mode == "overwrite":
+        for path in prediction_files(folder):
+            path.unlink()
     if differences:
         warnings.warn(f"resuming {folder} with a changed config: {'; '.join(differences)}", stacklevel=2)
     config_path = folder / RUN_CONFIG
-    tmp = config_path.with_name(f".{RUN_CONFIG}.{os.getpid()}.tmp")
+    tmp = config_path.with_name(f".{RUN_CONFIG}.{os.getpid()}.tmp")  # one per process
     tmp.write_text(json.dumps(_as_json(config), indent=2, sort_keys=True) + "\n", encoding="utf-8")
     os.replace(tmp, config_path)
     return action
