@@ -74,6 +74,10 @@ class RunOptions:
     resume: bool = option(False, "continue a folder whose run_config.json differs (with a warning)")
     overwrite: bool = option(False, "delete the folder's predictions and start over")
     dry_run: bool = option(False, "compose, validate and report what would run; load and write nothing")
+    wait: bool = option(False, "if another run holds output_dir, wait for it instead of stopping (exit 2)")
+    claim_stale_after: float = option(
+        120.0, "seconds without a heartbeat after which another host's claim on output_dir is taken over"
+    )
 
 
 GROUPS: dict[str, type] = {
