@@ -25,11 +25,12 @@ LAUNCH_VARIABLES = (
     "MASTER_PORT", "TORCHELASTIC_RUN_ID", "SLURM_NTASKS", "SLURM_JOB_NAME", "LSB_JOBID", "OMPI_COMM_WORLD_SIZE",
 )
 
-STOP_AT_TRAINER = """
-import os, sys
+SRUN_TASKS = """
+import json, os, sys
 import lightning.pytorch as pl
+import laser.adapters, laser.run.cli, laser.run.predict  # imported once; the tasks are forked from here
 
-log = sys.argv[1]
+log, tasks, args = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
 real_replace = os.replace
 
 def replace(src, dst):  # who writes run_config.json
@@ -38,13 +39,27 @@ def replace(src, dst):  # who writes run_config.json
             f.write(os.environ["SLURM_PROCID"] + "\\n")
     return real_replace(src, dst)
 
-def stop(*args, **kwargs):  # where the Trainer would start: this test loads no model
+def stop(*a, **k):  # where the Trainer would start: no model is loaded
     raise SystemExit(0)
 
-os.replace = replace
-pl.Trainer = stop
-from laser.run.cli import main
-sys.exit(main(["predict", *sys.argv[2:]]))
+os.replace, pl.Trainer = replace, stop
+pids = []
+for rank in range(tasks):  # what srun starts: one process per task, told its rank by SLURM_* only
+    pid = os.fork()
+    if pid == 0:
+        os.environ.update(
+            SLURM_NTASKS=str(tasks), SLURM_NTASKS_PER_NODE=str(tasks), SLURM_NNODES="1", SLURM_PROCID=str(rank),
+            SLURM_LOCALID=str(rank), SLURM_NODEID="0", SLURM_JOB_ID="4242", SLURM_JOB_NAME="laser",
+            SLURM_NODELIST="localhost",
+        )
+        try:
+            code = laser.run.cli.main(["predict", *args])
+        except SystemExit as exit:
+            code = exit.code or 0
+        sys.stdout.flush(); sys.stderr.flush()
+        os._exit(code)
+    pids.append(pid)
+print(json.dumps([os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in pids]))
 """
 
 MARK_TRAINER = """
@@ -85,23 +100,13 @@ def test_eight_srun_tasks_one_writes_the_run_config_and_none_crashes(data, tmp_p
     root, model, annotations = data
     out, log = tmp_path / "run", tmp_path / "writers.txt"
     args = predict_args(model, annotations, out, "trainer.devices=8", "trainer.strategy=ddp", "method=vanilla")
-    procs = []
-    for rank in range(8):
-        env = _clean_env(
-            SLURM_NTASKS="8", SLURM_NTASKS_PER_NODE="8", SLURM_NNODES="1", SLURM_PROCID=str(rank),
-            SLURM_LOCALID=str(rank), SLURM_NODEID="0", SLURM_JOB_ID="4242", SLURM_JOB_NAME="laser",
-            SLURM_NODELIST="localhost",
-        )
-        procs.append(subprocess.Popen(
-            [sys.executable, "-c", STOP_AT_TRAINER, str(log), *args],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        ))
-    results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
-    for p in procs:
-        p.stdout.close()
-        p.stderr.close()
-    crashed = [(rank, code, err[-500:]) for rank, (code, err) in enumerate(results) if code != 0]
-    assert not crashed, crashed
+    result = subprocess.run(
+        [sys.executable, "-c", SRUN_TASKS, str(log), "8", *args], env=_clean_env(), capture_output=True,
+        text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    codes = json.loads(result.stdout.strip().splitlines()[-1])
+    assert codes == [0] * 8, result.stderr[-3000:]  # none crashed
     assert log.read_text().split() == ["0"]  # SLURM_PROCID 0 wrote it, once
     assert json.loads((out / "run_config.json").read_text())["method"]["name"] == "vanilla"
     assert not list(out.glob(".run_config.json*"))  # no temporary file left behind
