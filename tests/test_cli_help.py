@@ -88,7 +88,7 @@ def test_dry_run_counts_a_half_written_folder_and_creates_nothing(tmp_path, monk
     assert code == 0, err
     assert "samples:          8\n" in text and "already written:  4 " in text and "to predict:       4\n" in text
     assert "resume (same run config)" in text and "DDPStrategy" in text and "world size 2" in text
-    assert "crop:\n    enabled: true" in text and "top_p: 1.0" in text  # every method field, resolved
+    assert "crop:\n    enabled: true" in text and "top_p: null" in text  # every method field, resolved
     # a changed method: predict would stop; the dry run says so, exits 2, and still writes nothing
     code, text, err = run_inprocess("predict", *args, "method=vanilla")
     assert code == 2 and "method.name: 'laser' -> 'vanilla'" in text and "resume=true" in err

@@ -125,7 +125,8 @@ def test_data_config_is_complete_and_builds_a_datamodule(name: str) -> None:
     assert (
         config["format"] == name and config["metric"] in METRICS and config["metric"] == DEFAULT_METRICS[name]
     )
-    assert (config["batch_size"], config["num_workers"], config["limit"]) == (1, 0, None)
+    # workers decode and preprocess images while the model runs (issue 14)
+    assert (config["batch_size"], config["num_workers"], config["limit"]) == (1, 2, None)
     config["annotations"] = config["annotations"] or "questions.jsonl"
     dm = VQADataModule(**config)
     assert dm.format == name and dm.metric == config["metric"]

@@ -157,10 +157,12 @@ class DecodeConfig:
     alpha: float = option(1.0, "contrastive weight: score = z+ + alpha * (z+ - z-)")
     beta: float = option(0.1, "adaptive plausibility: drop tokens with p+ < beta * max p+; 0 disables")
     max_new_tokens: int = option(16, "longest answer in tokens")
-    do_sample: bool = option(False, "sample (seeded per sample) instead of greedy decoding")
-    temperature: float = option(1.0, "do_sample: logits / temperature")
-    top_k: int = option(0, "do_sample: keep the k most likely tokens; 0 keeps all")
-    top_p: float = option(1.0, "do_sample: nucleus, keep tokens up to this cumulative probability")
+    # null (the default): the model's generation config decides, as in `model.generate`
+    do_sample: bool | None = option(None, "sample (seeded per sample) instead of greedy; null: the model's")
+    temperature: float | None = option(None, "do_sample: logits / temperature; null: the model's")
+    top_k: int | None = option(None, "do_sample: keep the k most likely tokens, 0 all; null: the model's")
+    top_p: float | None = option(None, "do_sample: nucleus up to this cumulative probability; null: the model's")
+    repetition_penalty: float | None = option(None, "penalise tokens already in prompt or answer; null: the model's")
 
 
 @dataclass

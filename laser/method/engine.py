@@ -20,6 +20,7 @@ from .crop import PixelBox, high_res_tiles, place_crop, place_multiscale_crop, s
 from .decoding import generate
 from .images import to_rgb
 from .prediction import Prediction
+from .preprocessing import ImageFeatures, ImagePreprocessor, processing_once
 from .probe import AttentionProbe
 from .views import counterfactual_views, crop_view, diffusion_noise_inputs, stack_streams
 
@@ -34,17 +35,37 @@ class Localisation:
     box: tuple[int, int, int, int] | None
 
 
+def device_synchroniser(device: torch.device):
+    """A function that waits for `device`'s queued work (`torch.cuda.synchronize` and the like; nothing
+    on the CPU), so that a clock read after it counts that work."""
+    device = torch.device(device)
+    sync = getattr(getattr(torch, device.type, None), "synchronize", None)
+    if sync is None or device.type == "cpu":
+        return lambda: None
+    if device.type == "cuda":
+        return lambda: sync(device)
+    return sync  # mps and the like: their one (current) device
+
+
 class StageTimer:
-    def __init__(self) -> None:
+    """Wall seconds per stage; the device is synchronised before each clock read, so an asynchronous
+    accelerator's work is counted in the stage that queued it."""
+
+    def __init__(self, device: torch.device | str = "cpu") -> None:
         self.seconds: dict[str, float] = defaultdict(float)
+        self.sync = device_synchroniser(torch.device(device))
+
+    def now(self) -> float:
+        self.sync()
+        return time.perf_counter()
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
-        start = time.perf_counter()
+        start = self.now()
         try:
             yield
         finally:
-            self.seconds[name] += time.perf_counter() - start
+            self.seconds[name] += self.now() - start
 
 
 class LaserEngine:
@@ -69,43 +90,47 @@ class LaserEngine:
     def answer(self, image: Image.Image, question: str, seed: int | None = None) -> Prediction:
         return self.answer_batch([image], [question], None if seed is None else [seed])[0]
 
+    def image_preprocessor(self) -> ImagePreprocessor | None:
+        """The image processor's work for one image, as `answer_batch` would do it, packaged to run in
+        DataLoader workers (pass the results as `answer_batch(..., features=...)`); None if the
+        adapter's processor has no separate image processor. Learned from one call on a small image."""
+        with processing_once(self.adapter.processor) as memo:
+            if memo is None:
+                return None
+            self.adapter.build_inputs([Image.new("RGB", (64, 64), (127, 127, 127))], ["?"])
+            call = memo.last_call
+        return ImagePreprocessor(memo.inner, call) if call is not None else None
+
     @torch.inference_mode()
     def answer_batch(
         self,
         images: Sequence[Image.Image],
         questions: Sequence[str],
         seeds: Sequence[int] | None = None,
+        features: Sequence[ImageFeatures | None] | None = None,
     ) -> list[Prediction]:
         """Answers for a batch; `seeds` (one per sample, default `config.seed`) drive sampling and
-        random views, so a sample's answer does not depend on its batch."""
+        random views, so a sample's answer does not depend on its batch. `features` are the images'
+        preprocessed features from `image_preprocessor()` (computed in DataLoader workers), if any.
+
+        Every distinct image (original, crop, negative view) goes through the image processor once."""
         cfg = self.config
         if len(images) != len(questions):
             raise ValueError(f"answer_batch: {len(images)} images for {len(questions)} questions")
         if not len(images):
             return []
-        images = [to_rgb(im, f"images[{i}]") for i, im in enumerate(images)]
+        converted = [to_rgb(im, f"images[{i}]") for i, im in enumerate(images)]
         questions = [self._check_question(q, i) for i, q in enumerate(questions)]
-        seeds = list(seeds) if seeds is not None else [cfg.seed] * len(images)
-        timer = StageTimer()
-        start = time.perf_counter()
-
-        localisations: list[Localisation | None] = [None] * len(images)
-        fallbacks: list[str | None] = [None] * len(images)
-        if cfg.localize:
-            with timer.stage("attention"):
-                tiles = [self._tiles(image) for image in images]
-                rows = self._attend(images, questions, tiles)
-            with timer.stage("localise"):
-                localisations, fallbacks = self._localise(rows, images, tiles)
-
-        with timer.stage("views"):
-            focused, regions, paths = self._focus(images, localisations, fallbacks)
-        with timer.stage("decode"):
-            answers, masked, decode_fallbacks = self._decode(
-                images, focused, regions, paths, localisations, questions, seeds
-            )
-
-        total = time.perf_counter() - start
+        seeds = list(seeds) if seeds is not None else [cfg.seed] * len(converted)
+        timer = StageTimer(self.adapter.device)
+        start = timer.now()
+        with processing_once(self.adapter.processor) as memo:
+            if memo is not None and features is not None:
+                for original, image, feats in zip(images, converted, features):
+                    if feats is not None and image is original:  # features of this very image
+                        memo.add(image, feats.call, feats.features)
+            answers, localisations, fallbacks, paths, masked = self._run(converted, questions, seeds, timer)
+        total = timer.now() - start
         per_sample = {k: v / len(images) for k, v in timer.seconds.items()}
         per_sample["total"] = total / len(images)
         predictions = []
@@ -120,7 +145,7 @@ class LaserEngine:
                     path=paths[i],
                     timings=dict(per_sample),
                     method=cfg.name,
-                    fallback=fallbacks[i] or decode_fallbacks[i],
+                    fallback=fallbacks[i],
                     token_ids=ids,
                     heatmap=loc.canvas if loc is not None and cfg.save_heatmap else None,
                     masked_cells=masked[i],
@@ -129,6 +154,27 @@ class LaserEngine:
         return predictions
 
     # ----------------------------------------------------------------- stages
+    def _run(self, images, questions, seeds, timer: StageTimer):
+        """Every stage on the batch: (answers, localisations, fallbacks, paths, masked cells) per sample."""
+        cfg = self.config
+        localisations: list[Localisation | None] = [None] * len(images)
+        fallbacks: list[str | None] = [None] * len(images)
+        if cfg.localize:
+            with timer.stage("attention"):
+                tiles = [self._tiles(image) for image in images]
+                rows = self._attend(images, questions, tiles)
+            with timer.stage("localise"):
+                localisations, fallbacks = self._localise(rows, images, tiles)
+                del rows
+        with timer.stage("views"):
+            focused, regions, paths = self._focus(images, localisations, fallbacks)
+        with timer.stage("decode"):
+            answers, masked, decode_fallbacks = self._decode(
+                images, focused, regions, paths, localisations, questions, seeds
+            )
+        fallbacks = [a or b for a, b in zip(fallbacks, decode_fallbacks)]
+        return answers, localisations, fallbacks, paths, masked
+
     def _check_question(self, question: str, index: int) -> str:
         if not isinstance(question, str):
             raise TypeError(f"questions[{index}] must be a string, got {type(question).__name__}")
@@ -195,32 +241,55 @@ class LaserEngine:
             raise ValueError(f"vaq.layer={layer} outside the model's {num_layers} decoder layers")
         return min(layer % num_layers, num_layers - 1)
 
+    def _layer_map(self, rows: AttentionRows, layer: torch.Tensor | int) -> tuple[torch.Tensor, torch.Tensor]:
+        """c of one layer per row (`layer`: an int, or [rows] indices): ([rows, heads, n_visual] with
+        non-finite values zeroed and padding masked, [rows] True where it was all finite)."""
+        cfg = self.config
+        batch = torch.arange(rows.a_plus.shape[0], device=rows.a_plus.device)
+        index = (batch, layer) if isinstance(layer, torch.Tensor) else (slice(None), layer)
+        a_zero = rows.a_zero[index] if rows.a_zero is not None else None
+        c = vaq_ops.contrastive_map(rows.a_plus[index], a_zero, cfg.vaq.map, cfg.vaq.ratio_eps)
+        c = c * rows.valid[:, None, :].to(device=c.device, dtype=c.dtype)
+        finite = torch.isfinite(c).flatten(1).all(dim=1)
+        return torch.nan_to_num(c, nan=0.0, posinf=0.0, neginf=0.0), finite
+
     def _localise(
         self, rows: AttentionRows, images: list[Image.Image], tiles: list[list[PixelBox]] | None = None
     ) -> tuple[list[Localisation | None], list[str | None]]:
         """l*, VAQ and the map of each image from its rows (one per tile: VAQ[l] is the mean over the
-        image's tiles, and each tile's map is painted on its part of the image)."""
+        image's tiles, and each tile's map is painted on its part of the image).
+
+        One layer at a time: besides the rows it keeps only head norms [rows, layers, heads] and the
+        chosen layer's map (docs/method.md, VAQ)."""
         cfg = self.config
         tiles = tiles if tiles is not None else [[(0, 0, im.width, im.height)] for im in images]
-        owner = torch.tensor([i for i, boxes in enumerate(tiles) for _ in boxes], device=rows.a_plus.device)
-        c = vaq_ops.contrastive_map(rows.a_plus, rows.a_zero, cfg.vaq.map, cfg.vaq.ratio_eps)
-        c = c * rows.valid[:, None, None, :].to(device=c.device, dtype=c.dtype)
-        finite = torch.isfinite(c).flatten(1).all(dim=1)
-        c = torch.nan_to_num(c, nan=0.0, posinf=0.0, neginf=0.0)
-        scores = vaq_ops.head_scores(c)
+        device = rows.a_plus.device
+        owner = torch.tensor([i for i, boxes in enumerate(tiles) for _ in boxes], device=device)
+        norms, finite = [], None
+        for layer in range(rows.a_plus.shape[1]):
+            c, ok = self._layer_map(rows, layer)
+            norms.append(vaq_ops.head_scores(c[:, None])[:, 0])
+            finite = ok if finite is None else finite & ok
+            del c
+        scores = torch.stack(norms, dim=1)  # [rows, layers, heads]
         vaq_rows = vaq_ops.layer_scores(scores, cfg.vaq.top_heads)
         vaq = torch.stack([vaq_rows[owner == i].mean(dim=0) for i in range(len(images))])
         if cfg.vaq.select == "vaq":
             layers = vaq_ops.select_layer(vaq, cfg.vaq.layers)
         else:
-            layers = torch.full((len(images),), self.static_layer(), dtype=torch.long, device=c.device)
+            layers = torch.full((len(images),), self.static_layer(), dtype=torch.long, device=vaq.device)
         heads = vaq_ops.top_heads(scores, cfg.vaq.top_heads) if cfg.vaq.heads == "top" else None
+        row_layers = layers[owner]
         if cfg.vaq.map == "ratio":
-            maps = vaq_ops.ratio_map(rows.a_plus, rows.a_zero, layers[owner], heads)
+            maps = vaq_ops.ratio_map(rows.a_plus, rows.a_zero, row_layers, heads)
         else:
-            maps = vaq_ops.localisation_map(c, layers[owner], heads)
-        maps = maps * rows.valid.to(maps.dtype)
+            chosen, _ = self._layer_map(rows, row_layers)  # [rows, heads, n_visual] at each row's l*
+            samples = torch.arange(len(row_layers), device=device)
+            maps = vaq_ops.head_mean(chosen, None if heads is None else heads[samples, row_layers])
+            del chosen
+        maps = maps * rows.valid.to(device=maps.device, dtype=maps.dtype)
         finite &= torch.isfinite(maps).all(dim=1)
+        finite, layers, vaq, maps, owner = finite.cpu(), layers.cpu(), vaq.cpu(), maps.cpu(), owner.cpu()
         out: list[Localisation | None] = []
         fallbacks: list[str | None] = []
         for i, image in enumerate(images):
@@ -237,7 +306,7 @@ class LaserEngine:
             shape = canvas_shape(image.size, cfg.crop.canvas)
             canvas = sum(paint_map(values, layout, 0, shape) for values, layout in pieces)
             box = self._place(canvas, image.size, pieces) if cfg.crop.enabled else None
-            out.append(Localisation(int(layers[i]), [float(v) for v in vaq[i]], canvas, box))
+            out.append(Localisation(int(layers[i]), vaq[i].tolist(), canvas, box))
             fallbacks.append(None)
         return out, fallbacks
 
@@ -335,10 +404,9 @@ class LaserEngine:
             else:
                 inputs = self.adapter.build_inputs(pos, qs)
             self._check_context(inputs, members * (2 if contrastive else 1))
-            generators = [torch.Generator().manual_seed(int(seeds[i])) for i in members]
             model_inputs = self.adapter.prepare_model_inputs(model_tensors(inputs))
             ids, reasons = generate(
-                self.adapter, model_inputs, cfg.decode, contrastive=contrastive, generators=generators
+                self.adapter, model_inputs, cfg.decode, contrastive=contrastive, seeds=[seeds[i] for i in members]
             )
             for j, i in enumerate(members):
                 answers[i] = (ids[j], self.adapter.decode_text(ids[j]))

@@ -56,6 +56,15 @@ def select_layer(vaq: torch.Tensor, candidates: list[int] | None = None) -> torc
     return idx[vaq[:, idx].argmax(dim=-1)]
 
 
+def head_mean(per_layer: torch.Tensor, heads: torch.Tensor | None) -> torch.Tensor:
+    """Mean of one layer's c [batch, heads, n_visual] over the chosen heads ([batch, k] indices; every
+    head when None): [batch, n_visual]."""
+    if heads is None:
+        return per_layer.mean(dim=1)
+    index = heads.unsqueeze(-1).expand(-1, -1, per_layer.shape[-1])
+    return per_layer.gather(1, index).mean(dim=1)
+
+
 def localisation_map(
     c: torch.Tensor, layer: torch.Tensor, heads: torch.Tensor | None
 ) -> torch.Tensor:
@@ -64,12 +73,7 @@ def localisation_map(
     layer: [batch]; heads: [batch, layers, k] head indices (from `top_heads`).
     """
     batch = torch.arange(c.shape[0], device=c.device)
-    per_layer = c[batch, layer]  # [B, H, N]
-    if heads is None:
-        return per_layer.mean(dim=1)
-    chosen = heads[batch, layer]  # [B, k]
-    index = chosen.unsqueeze(-1).expand(-1, -1, per_layer.shape[-1])
-    return per_layer.gather(1, index).mean(dim=1)
+    return head_mean(c[batch, layer], None if heads is None else heads[batch, layer])
 
 
 def ratio_map(

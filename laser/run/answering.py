@@ -34,15 +34,22 @@ class Answer(NamedTuple):
 
 
 def answer_samples(
-    engine: LaserEngine, images: Sequence[Image.Image], questions: Sequence[str], seeds: Sequence[int]
+    engine: LaserEngine,
+    images: Sequence[Image.Image],
+    questions: Sequence[str],
+    seeds: Sequence[int],
+    features: Sequence[Any] | None = None,
 ) -> list[Answer]:
     """`engine.answer_batch` on the whole batch; if that fails (a bad input, or out of memory), sample by
     sample so only the bad sample fails (its `error` says why); each prediction then goes through
-    `checked`. After an out-of-memory or device error the device cache is emptied before going on."""
+    `checked`. After an out-of-memory or device error the device cache is emptied before going on.
+    `features`: the images already preprocessed (DataLoader workers; `LaserEngine.image_preprocessor`),
+    None where not."""
     images, questions, seeds = list(images), list(questions), list(seeds)
+    features = list(features) if features is not None and any(f is not None for f in features) else None
     failure = None
     try:
-        predictions = engine.answer_batch(images, questions, seeds)
+        predictions = engine.answer_batch(images, questions, seeds, features)
         return [checked(engine, im, q, s, p) for im, q, s, p in zip(images, questions, seeds, predictions)]
     except Exception as err:
         failure = Answer(None, describe_error(), is_retryable(err))
@@ -50,13 +57,16 @@ def answer_samples(
         free_device_memory()  # out of the except block: the traceback no longer holds the batch's tensors
     if len(images) == 1:
         return [failure]
-    return [_answer_alone(engine, image, question, seed) for image, question, seed in zip(images, questions, seeds)]
+    return [
+        _answer_alone(engine, image, question, seed, [features[i]] if features is not None else None)
+        for i, (image, question, seed) in enumerate(zip(images, questions, seeds))
+    ]
 
 
-def _answer_alone(engine: LaserEngine, image: Image.Image, question: str, seed: int) -> Answer:
+def _answer_alone(engine: LaserEngine, image: Image.Image, question: str, seed: int, features: Any) -> Answer:
     failure = None
     try:
-        return checked(engine, image, question, seed, engine.answer_batch([image], [question], [seed])[0])
+        return checked(engine, image, question, seed, engine.answer_batch([image], [question], [seed], features)[0])
     except Exception as err:
         failure = Answer(None, describe_error(), is_retryable(err))
     if failure.retryable:

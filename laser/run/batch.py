@@ -14,6 +14,7 @@ function returning the list). Each sample dict has:
 | `meta` | no | `dict` of JSON values | written as is (e.g. `{"family": "reading"}`; `laser evaluate --by meta.family`) |
 | `error` | no | `str` or `None` | a sample that could not be loaded: written as an error record, not answered |
 | `padding` | no | `bool` | filler item a distributed sampler adds: answered by nobody, written by nobody |
+| `image_features` | no | `ImageFeatures` or `None` | the image already preprocessed (`LaserEngine.image_preprocessor()`, run in DataLoader workers by `VQADataset`); not preprocessed again |
 
 Any other key is ignored (not answered on, not written): put what you want kept in `meta`.
 """
@@ -23,7 +24,7 @@ from __future__ import annotations
 from typing import Any
 
 REQUIRED_KEYS = ("sample_id", "question", "image")
-OPTIONAL_KEYS = ("answers", "choices", "meta", "error", "padding")
+OPTIONAL_KEYS = ("answers", "choices", "meta", "error", "padding", "image_features")
 
 
 class BatchContractError(ValueError):

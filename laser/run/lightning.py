@@ -71,6 +71,15 @@ class LaserModule(pl.LightningModule):
         trainer = self._trainer
         return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
 
+    def image_preprocessor(self) -> Any:
+        """The engine's per-image preprocessing, for the datamodule's workers (None if unavailable)."""
+        if self.engine is None:
+            return None
+        try:
+            return self.engine.image_preprocessor()
+        except Exception:  # the engine preprocesses in this process instead
+            return None
+
     def predict_step(self, batch: list[dict[str, Any]], batch_idx: int = 0) -> list[dict[str, Any]]:
         """One record per sample of `batch` (the contract is in `laser.run.batch`)."""
         batch = check_batch(batch, batch_idx)
@@ -90,7 +99,10 @@ class LaserModule(pl.LightningModule):
     def _answer(self, samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Records of `samples` answered as one batch, one by one if that fails (`answering.answer_samples`)."""
         seeds = [sample_seed(self.seed, s["sample_id"]) for s in samples]
-        answers = answer_samples(self.engine, [s["image"] for s in samples], [s["question"] for s in samples], seeds)
+        features = [s.get("image_features") for s in samples]  # from the DataLoader workers, if any
+        answers = answer_samples(
+            self.engine, [s["image"] for s in samples], [s["question"] for s in samples], seeds, features
+        )
         return [make_record(s, a.prediction, a.error, a.retryable) for s, a in zip(samples, answers)]
 
     _record = staticmethod(make_record)

@@ -7,7 +7,7 @@ record and move on (and the record still counts as done on resume).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,9 +44,10 @@ class VQADataset(Dataset):
     """Map-style dataset over `samples`, minus `skip_ids` (samples already predicted, for resume).
 
     Item `i` is a dict: `sample_id`, `question` (formatted with the options for multiple
-    choice), `answers`, `choices`, `meta`, `image` (PIL RGB or None) and `error` (None or why the
-    image is missing). Image paths are `image_root / sample.image`; an absolute `sample.image`
-    ignores the root.
+    choice), `answers`, `choices`, `meta`, `image` (PIL RGB or None), `error` (None or why the
+    image is missing); with `preprocess`, also `image_features` (`preprocess(image)`: the model's image
+    preprocessing, run here so that DataLoader workers do it; None if it could not run). Image paths are `image_root / sample.image`; an
+    absolute `sample.image` ignores the root.
     """
 
     def __init__(
@@ -54,7 +55,9 @@ class VQADataset(Dataset):
         samples: Sequence[VQASample],
         image_root: str | Path | None = None,
         skip_ids: Iterable[str] | None = None,
+        preprocess: Callable[[Image.Image], Any] | None = None,
     ) -> None:
+        self.preprocess = preprocess
         skip = set(skip_ids or ())
         self.samples: list[VQASample] = [s for s in samples if s.sample_id not in skip]
         self.image_root = Path(image_root) if image_root is not None else None
@@ -82,7 +85,7 @@ class VQADataset(Dataset):
             image, error = None, "question is empty"
         else:
             image, error = load_image(self.image_path(sample))
-        return {
+        item = {
             "sample_id": sample.sample_id,
             "question": format_question(sample),
             "answers": list(sample.answers),
@@ -91,6 +94,19 @@ class VQADataset(Dataset):
             "image": image,
             "error": error,
         }
+        if self.preprocess is not None:
+            item["image_features"] = self._features(image)
+        return item
+
+    def _features(self, image: Image.Image | None) -> Any:
+        """`preprocess(image)`, or None (no image, or it failed: the model side then preprocesses the
+        image itself and reports any error there)."""
+        if image is None:
+            return None
+        try:
+            return self.preprocess(image)
+        except Exception:
+            return None
 
 
 def collate_samples(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
