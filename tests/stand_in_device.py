@@ -10,7 +10,8 @@ makes an `OnDevice` instead of touching CUDA; `.cpu()` gives a plain tensor back
 `place_model(adapter, layer_devices)` makes an adapter look like a model on those devices: its
 `device` is `layer_devices[0]`, its forward takes and returns tensors there (computing on the CPU),
 and its attention probe computes layer `i`'s rows on `layer_devices[i % len(layer_devices)]`, as a
-model split over GPUs with a device map does.
+model split over GPUs with a device map does. What a stand-in cannot be (a CUDA random generator,
+a device synchronisation) is replaced by its CPU counterpart.
 """
 
 from __future__ import annotations
@@ -201,6 +202,15 @@ def place_model(adapter, layer_devices: Sequence[str], monkeypatch) -> None:
     import laser.method.probe as probe_module
 
     devices = [_device(d) for d in layer_devices]
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)  # nothing is ever queued
+    import laser.method.decoding as decoding
+
+    real_generators = getattr(decoding, "device_generators", None)
+    if real_generators is not None:  # a CUDA generator cannot stand in: sample with CPU ones
+        monkeypatch.setattr(
+            decoding, "device_generators",
+            lambda seeds, device: real_generators(seeds, "cpu" if _stand_in(device) else device),
+        )
     cls = type(adapter)
     adapter.__class__ = type(cls.__name__, (cls,), {"device": property(lambda self: devices[0])})
 

@@ -64,7 +64,8 @@ def test_out_of_memory_is_retried_on_rerun_and_input_errors_are_not(tmp_path, oo
     oom_adapter["oom"], oom_adapter["questions"] = False, []
     code, stdout, err = run_inprocess("predict", *args)  # the same command: resumes
     assert code == 0, err
-    assert oom_adapter["questions"] == [OOM_QUESTION]  # only s001 ran again; the broken image did not
+    asked = set(oom_adapter["questions"])  # only s001 ran again (s000, s002 are done; s003's image is broken)
+    assert OOM_QUESTION in asked and not asked & {"What is the color ?", "What digit is in the blue box ?", "How many"}
     records, report = merge_records(out, [f"s{i:03d}" for i in range(4)])
     answered = {r["sample_id"]: r for r in records}
     assert answered["s001"]["error"] is None and answered["s001"]["prediction"] is not None
