@@ -167,17 +167,17 @@ class CompositeVLM(nn.Module):
         cache: Any = None,
         **kwargs: Any,
     ) -> Any:
-        is_image = input_ids == self.config["image_token_id"]
-        embeds = self.get_input_embeddings()(input_ids.masked_fill(is_image, 0))
-        if pixel_values is not None:
+        if pixel_values is None:  # a decoding step: a generated image token is just a token
+            embeds = self.get_input_embeddings()(input_ids)
+        else:
+            is_image = input_ids == self.config["image_token_id"]
+            embeds = self.get_input_embeddings()(input_ids.masked_fill(is_image, 0))
             features = self.encode_images(pixel_values).to(embeds.dtype)
             if features.shape[0] * features.shape[1] != int(is_image.sum()):
                 raise ValueError(
                     f"{int(is_image.sum())} image tokens for {features.shape[0]} images of {features.shape[1]}"
                 )
             embeds = embeds.masked_scatter(is_image[..., None], features.reshape(-1, embeds.shape[-1]))
-        elif is_image.any():
-            raise ValueError("image tokens without pixel_values")
         if cache is not None:
             kwargs[_cache_kwarg(self.language_model)] = cache
         return self.language_model(

@@ -22,6 +22,7 @@ from .images import to_rgb
 from .prediction import Prediction
 from .preprocessing import ImageFeatures, ImagePreprocessor, processing_once
 from .probe import AttentionProbe
+from .scoring import OptionScores, continuation_log_probs, option_token_ids
 from .views import counterfactual_views, crop_view, diffusion_noise_inputs, stack_streams
 
 
@@ -101,6 +102,17 @@ class LaserEngine:
             call = memo.last_call
         return ImagePreprocessor(memo.inner, call) if call is not None else None
 
+    @contextmanager
+    def _preprocessed(self, images, converted, features) -> Iterator[None]:
+        """Within the block every distinct image goes through the image processor once; `features`
+        (from `image_preprocessor()`, per image) stand for the processing of the images they were made of."""
+        with processing_once(self.adapter.processor) as memo:
+            if memo is not None and features is not None:
+                for original, image, feats in zip(images, converted, features):
+                    if feats is not None and image is original:  # features of this very image
+                        memo.add(image, feats.call, feats.features)
+            yield
+
     @torch.inference_mode()
     def answer_batch(
         self,
@@ -124,11 +136,7 @@ class LaserEngine:
         seeds = list(seeds) if seeds is not None else [cfg.seed] * len(converted)
         timer = StageTimer(self.adapter.device)
         start = timer.now()
-        with processing_once(self.adapter.processor) as memo:
-            if memo is not None and features is not None:
-                for original, image, feats in zip(images, converted, features):
-                    if feats is not None and image is original:  # features of this very image
-                        memo.add(image, feats.call, feats.features)
+        with self._preprocessed(images, converted, features):
             answers, localisations, fallbacks, paths, masked = self._run(converted, questions, seeds, timer)
         total = timer.now() - start
         per_sample = {k: v / len(images) for k, v in timer.seconds.items()}
@@ -153,9 +161,84 @@ class LaserEngine:
             )
         return predictions
 
+    @torch.inference_mode()
+    def score_options(
+        self,
+        images: Sequence[Image.Image],
+        questions: Sequence[str],
+        options: Sequence[Sequence[str]],
+        seeds: Sequence[int] | None = None,
+        features: Sequence[ImageFeatures | None] | None = None,
+    ) -> list[OptionScores]:
+        """Rank each sample's `options` as the reply to its question, instead of generating one
+        (docs/method.md, "Option scoring"): the method's stages up to its focused view as for
+        `answer_batch`, then each option's mean token log-likelihood on that view (on the contrastive
+        path under the VAT scores). `choice` is the index of the highest score (the first on a tie).
+        A batch equals scoring one by one; `seeds` and `features` as for `answer_batch`."""
+        cfg = self.config
+        if not len(images) == len(questions) == len(options):
+            raise ValueError(
+                f"score_options: {len(images)} images, {len(questions)} questions, {len(options)} option lists"
+            )
+        if not len(images):
+            return []
+        converted = [to_rgb(im, f"images[{i}]") for i, im in enumerate(images)]
+        questions = [self._check_question(q, i) for i, q in enumerate(questions)]
+        options = [list(opts) if not isinstance(opts, str) else [opts] for opts in options]
+        for i, opts in enumerate(options):
+            if len(opts) < 2:
+                raise ValueError(f"options[{i}] has {len(opts)} option(s); expected at least 2")
+        continuations = [option_token_ids(self.adapter.tokenizer, opts, i) for i, opts in enumerate(options)]
+        seeds = list(seeds) if seeds is not None else [cfg.seed] * len(converted)
+        timer = StageTimer(self.adapter.device)
+        start = timer.now()
+        with self._preprocessed(images, converted, features):
+            localisations, fallbacks, focused, regions, paths = self._prepare(converted, questions, timer)
+            with timer.stage("score"):
+                scored, masked, score_fallbacks = self._score(
+                    focused, regions, paths, localisations, questions, seeds, continuations
+                )
+        total = timer.now() - start
+        per_sample = {k: v / len(images) for k, v in timer.seconds.items()}
+        per_sample["total"] = total / len(images)
+        out = []
+        for i, (log_probs, opts) in enumerate(zip(scored, options)):
+            means = [sum(lp) / len(lp) for lp in log_probs]
+            ranked = [m if m == m else float("-inf") for m in means]  # NaN ranks last
+            choice = max(range(len(means)), key=lambda k: (ranked[k], -k))
+            loc = localisations[i]
+            out.append(
+                OptionScores(
+                    answer=opts[choice],
+                    layer=loc.layer if loc else None,
+                    vaq=loc.vaq if loc else None,
+                    box=list(loc.box) if loc and loc.box and paths[i] != "vanilla" else None,
+                    path=paths[i],
+                    timings=dict(per_sample),
+                    method=cfg.name,
+                    fallback=fallbacks[i] or score_fallbacks[i],
+                    heatmap=loc.canvas if loc is not None and cfg.save_heatmap else None,
+                    masked_cells=masked[i],
+                    choice=choice,
+                    scores=means,
+                    num_tokens=[len(lp) for lp in log_probs],
+                )
+            )
+        return out
+
     # ----------------------------------------------------------------- stages
     def _run(self, images, questions, seeds, timer: StageTimer):
         """Every stage on the batch: (answers, localisations, fallbacks, paths, masked cells) per sample."""
+        localisations, fallbacks, focused, regions, paths = self._prepare(images, questions, timer)
+        with timer.stage("decode"):
+            answers, masked, decode_fallbacks = self._decode(
+                images, focused, regions, paths, localisations, questions, seeds
+            )
+        fallbacks = [a or b for a, b in zip(fallbacks, decode_fallbacks)]
+        return answers, localisations, fallbacks, paths, masked
+
+    def _prepare(self, images, questions, timer: StageTimer):
+        """The stages before decoding: (localisations, fallbacks, focused views, their regions, paths)."""
         cfg = self.config
         localisations: list[Localisation | None] = [None] * len(images)
         fallbacks: list[str | None] = [None] * len(images)
@@ -168,12 +251,7 @@ class LaserEngine:
                 del rows
         with timer.stage("views"):
             focused, regions, paths = self._focus(images, localisations, fallbacks)
-        with timer.stage("decode"):
-            answers, masked, decode_fallbacks = self._decode(
-                images, focused, regions, paths, localisations, questions, seeds
-            )
-        fallbacks = [a or b for a, b in zip(fallbacks, decode_fallbacks)]
-        return answers, localisations, fallbacks, paths, masked
+        return localisations, fallbacks, focused, regions, paths
 
     def _check_question(self, question: str, index: int) -> str:
         if not isinstance(question, str):
@@ -183,22 +261,24 @@ class LaserEngine:
             raise ValueError(f"questions[{index}] is empty")
         return question
 
-    def _check_context(self, inputs, indices: list[int] | None = None) -> None:
-        """Raise if a row's prompt plus `decode.max_new_tokens` exceeds the LM's `max_position_embeddings`
-        (a model silently degrades past its context instead of failing)."""
+    def _check_context(self, inputs, indices: list[int] | None = None, new_tokens: list[int] | None = None) -> None:
+        """Raise if a row's prompt plus `decode.max_new_tokens` (or the row's `new_tokens`, e.g. an option's
+        length) exceeds the LM's `max_position_embeddings` (a model silently degrades past its context
+        instead of failing)."""
         limit = getattr(self.adapter.language_config(), "max_position_embeddings", None)
         mask = inputs.get("attention_mask")
         if not isinstance(limit, int) or limit <= 0 or mask is None:
             return
         lengths = mask.reshape(mask.shape[0], -1).sum(dim=-1).tolist()
-        new = self.config.decode.max_new_tokens
         for row, length in enumerate(lengths):
+            new = self.config.decode.max_new_tokens if new_tokens is None else new_tokens[row]
             if length + new > limit:
                 i = indices[row] if indices is not None else row
+                what = "decode.max_new_tokens" if new_tokens is None else "the option's tokens"
                 raise ValueError(
-                    f"questions[{i}]: prompt of {int(length)} tokens + decode.max_new_tokens={new} exceeds the "
-                    f"language model's max_position_embeddings={limit}; shorten the question or lower "
-                    "decode.max_new_tokens"
+                    f"questions[{i}]: prompt of {int(length)} tokens + {what}={new} exceeds the "
+                    f"language model's max_position_embeddings={limit}; shorten the question"
+                    + (" or lower decode.max_new_tokens" if new_tokens is None else " or the option")
                 )
 
     def _tiles(self, image: Image.Image) -> list[PixelBox]:
@@ -374,35 +454,50 @@ class LaserEngine:
     def _as_input(images: list[Image.Image]):
         return images[0] if len(images) == 1 else images
 
+    @staticmethod
+    def _path_groups(paths: list[str]) -> dict[str, list[int]]:
+        """Sample indices per decoding stream: direct (direct and vanilla) and contrastive."""
+        return {
+            "direct": [i for i, p in enumerate(paths) if p in ("direct", "vanilla")],
+            "contrastive": [i for i, p in enumerate(paths) if p == "contrastive"],
+        }
+
+    def _stream_inputs(self, members, contrastive, focused, regions, localisations, questions, seeds, masked, repeats=None):
+        """Model inputs of the samples `members` on one path: their focused views (and for `contrastive`,
+        rows [R, 2R), the negative views), each sample's row repeated `repeats[j]` times (default once),
+        in member order. A sample's negative view is made once, whatever its repeats; `masked[i]` gets
+        its masked cells."""
+        repeats = repeats if repeats is not None else [1] * len(members)
+
+        def rows(values):
+            return [v for v, r in zip(values, repeats) for _ in range(r)]
+
+        pos = [self._as_input(focused[i]) for i in members]
+        qs = [questions[i] for i in members]
+        if contrastive and self.config.counterfactual.view == "noise":
+            return self._with_noise_view(self.adapter.build_inputs(rows(pos), rows(qs)), rows([seeds[i] for i in members]))
+        if contrastive:  # the masked view, on the focused views' grids (from one processor call)
+            neg = []
+            focus_inputs = self.adapter.build_inputs(pos, qs)
+            layouts = [self.adapter.visual_layout(focus_inputs, j) for j in range(len(members))]
+            for i, layout in zip(members, layouts):
+                views, cells = self._negative_views(focused, regions, localisations, seeds, i, layout)
+                neg.append(self._as_input(views))
+                masked[i] = cells
+            return self.adapter.build_inputs(rows(pos) + rows(neg), rows(qs) * 2)
+        return self.adapter.build_inputs(rows(pos), rows(qs))
+
     def _decode(self, images, focused, regions, paths, localisations, questions, seeds):
         cfg = self.config
         n = len(images)
         answers: list[tuple[list[int], str] | None] = [None] * n
         masked: list[list | None] = [None] * n
         fallbacks: list[str | None] = [None] * n
-        groups = {
-            "direct": [i for i in range(n) if paths[i] in ("direct", "vanilla")],
-            "contrastive": [i for i in range(n) if paths[i] == "contrastive"],
-        }
-        for path, members in groups.items():
+        for path, members in self._path_groups(paths).items():
             if not members:
                 continue
-            pos = [self._as_input(focused[i]) for i in members]
-            qs = [questions[i] for i in members]
             contrastive = path == "contrastive"
-            if contrastive and cfg.counterfactual.view == "noise":
-                inputs = self._with_noise_view(self.adapter.build_inputs(pos, qs), [seeds[i] for i in members])
-            elif contrastive:  # the masked view, on the focused views' grids (from one processor call)
-                neg = []
-                focus_inputs = self.adapter.build_inputs(pos, qs)
-                layouts = [self.adapter.visual_layout(focus_inputs, j) for j in range(len(members))]
-                for i, layout in zip(members, layouts):
-                    views, cells = self._negative_views(focused, regions, localisations, seeds, i, layout)
-                    neg.append(self._as_input(views))
-                    masked[i] = cells
-                inputs = self.adapter.build_inputs(pos + neg, qs + qs)
-            else:
-                inputs = self.adapter.build_inputs(pos, qs)
+            inputs = self._stream_inputs(members, contrastive, focused, regions, localisations, questions, seeds, masked)
             self._check_context(inputs, members * (2 if contrastive else 1))
             model_inputs = self.adapter.prepare_model_inputs(model_tensors(inputs))
             ids, reasons = generate(
@@ -412,3 +507,32 @@ class LaserEngine:
                 answers[i] = (ids[j], self.adapter.decode_text(ids[j]))
                 fallbacks[i] = reasons[j]
         return answers, masked, fallbacks
+
+    def _score(self, focused, regions, paths, localisations, questions, seeds, continuations):
+        """Per sample the log-probability of each option's tokens on its focused view: one batch of
+        (sample, option) rows per path (`scoring.continuation_log_probs`), the rows of a sample sharing
+        its views. Returns (log-probs per sample and option, masked cells, fallback reasons)."""
+        n = len(focused)
+        scored: list[list[list[float]] | None] = [None] * n
+        masked: list[list | None] = [None] * n
+        fallbacks: list[str | None] = [None] * n
+        for path, members in self._path_groups(paths).items():
+            if not members:
+                continue
+            contrastive = path == "contrastive"
+            repeats = [len(continuations[i]) for i in members]
+            inputs = self._stream_inputs(
+                members, contrastive, focused, regions, localisations, questions, seeds, masked, repeats
+            )
+            rows = [(i, ids) for i in members for ids in continuations[i]]
+            owners = [i for i, _ in rows] * (2 if contrastive else 1)
+            self._check_context(inputs, owners, [len(ids) for _, ids in rows] * (2 if contrastive else 1))
+            model_inputs = self.adapter.prepare_model_inputs(model_tensors(inputs))
+            log_probs, reasons = continuation_log_probs(
+                self.adapter, model_inputs, [ids for _, ids in rows], contrastive=contrastive,
+                alpha=self.config.decode.alpha,
+            )
+            for (i, _), lp, reason in zip(rows, log_probs, reasons):
+                scored[i] = (scored[i] or []) + [lp]
+                fallbacks[i] = fallbacks[i] or reason
+        return scored, masked, fallbacks

@@ -13,7 +13,7 @@ import copy
 import gc
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -22,6 +22,8 @@ from PIL import Image
 from ..method.decoding import NONFINITE_LOGITS
 from ..method.engine import LaserEngine
 from ..method.prediction import Prediction
+from ..method.scoring import OptionScores
+from .data.samples import choice_letter
 
 
 class Answer(NamedTuple):
@@ -41,32 +43,68 @@ def answer_samples(
     features: Sequence[Any] | None = None,
 ) -> list[Answer]:
     """`engine.answer_batch` on the whole batch; if that fails (a bad input, or out of memory), sample by
-    sample so only the bad sample fails (its `error` says why); each prediction then goes through
-    `checked`. After an out-of-memory or device error the device cache is emptied before going on.
-    `features`: the images already preprocessed (DataLoader workers; `LaserEngine.image_preprocessor`),
-    None where not."""
+    sample so only the bad sample fails (its `error` says why, `retryable` whether a rerun may succeed);
+    each prediction then goes through `checked`. `features`: the images already preprocessed (DataLoader
+    workers; `LaserEngine.image_preprocessor`), None where not."""
     images, questions, seeds = list(images), list(questions), list(seeds)
-    features = list(features) if features is not None and any(f is not None for f in features) else None
-    failure = None
-    try:
+    features = _features(features)
+
+    def batch() -> list[Answer]:
         predictions = engine.answer_batch(images, questions, seeds, features)
         return [checked(engine, im, q, s, p) for im, q, s, p in zip(images, questions, seeds, predictions)]
+
+    def alone(i: int) -> Answer:
+        one = [features[i]] if features is not None else None
+        return checked(engine, images[i], questions[i], seeds[i], engine.answer_batch([images[i]], [questions[i]], [seeds[i]], one)[0])
+
+    return batch_then_alone(batch, alone, len(images))
+
+
+def score_samples(
+    engine: LaserEngine,
+    images: Sequence[Image.Image],
+    questions: Sequence[str],
+    options: Sequence[Sequence[str]],
+    seeds: Sequence[int],
+    features: Sequence[Any] | None = None,
+) -> list[Answer]:
+    """`engine.score_options` on the whole batch; if that fails, sample by sample so only the bad sample
+    fails (its `error` says why). The options' ranking is the answer: no vanilla retry on NaN/inf
+    logits (the sample's `fallback` says so and its scores hold NaN)."""
+    images, questions, options, seeds = list(images), list(questions), list(options), list(seeds)
+    features = _features(features)
+
+    def batch() -> list[Answer]:
+        return [Answer(p, None) for p in engine.score_options(images, questions, options, seeds, features)]
+
+    def alone(i: int) -> Answer:
+        one = [features[i]] if features is not None else None
+        return Answer(engine.score_options([images[i]], [questions[i]], [options[i]], [seeds[i]], one)[0], None)
+
+    return batch_then_alone(batch, alone, len(images))
+
+
+def _features(features: Sequence[Any] | None) -> list[Any] | None:
+    return list(features) if features is not None and any(f is not None for f in features) else None
+
+
+def batch_then_alone(batch: Callable[[], list[Answer]], alone: Callable[[int], Answer], n: int) -> list[Answer]:
+    """`batch()`; if it raises, `alone(i)` for each of the `n` samples, each failure its own error
+    `Answer`. After an out-of-memory or device error the device cache is emptied before going on."""
+    try:
+        return batch()
     except Exception as err:
         failure = Answer(None, describe_error(), is_retryable(err))
     if failure.retryable:
         free_device_memory()  # out of the except block: the traceback no longer holds the batch's tensors
-    if len(images) == 1:
+    if n == 1:
         return [failure]
-    return [
-        _answer_alone(engine, image, question, seed, [features[i]] if features is not None else None)
-        for i, (image, question, seed) in enumerate(zip(images, questions, seeds))
-    ]
+    return [_guarded(alone, i) for i in range(n)]
 
 
-def _answer_alone(engine: LaserEngine, image: Image.Image, question: str, seed: int, features: Any) -> Answer:
-    failure = None
+def _guarded(alone: Callable[[int], Answer], i: int) -> Answer:
     try:
-        return checked(engine, image, question, seed, engine.answer_batch([image], [question], [seed], features)[0])
+        return alone(i)
     except Exception as err:
         failure = Answer(None, describe_error(), is_retryable(err))
     if failure.retryable:
@@ -138,7 +176,9 @@ def make_record(
 ) -> dict[str, Any]:
     """The JSON line of one sample: its `sample_id`, `question`, `answers` (and `choices`, `meta` when
     present), the prediction's fields (`prediction`, `layer`, `vaq`, `box`, `path`, `timings`, ...;
-    nulls without one), `error` and, with an error, `retryable` (true: a rerun answers it again)."""
+    nulls without one), `error` and, with an error, `retryable` (true: a rerun answers it again). Ranked
+    options (`OptionScores`) add `choice` and `option_scores`, and `prediction` is the chosen option's
+    letter."""
     record = {
         "sample_id": sample["sample_id"],
         "question": sample.get("question"),
@@ -150,6 +190,8 @@ def make_record(
         record["meta"] = sample["meta"]
     if pred is not None:
         record.update(pred.to_record())
+        if isinstance(pred, OptionScores):  # the ranked option's letter, read by the `choice` metric
+            record["prediction"] = choice_letter(pred.choice)
     else:
         record.update(prediction=None, layer=None, vaq=None, box=None, path=None, timings={})
     record["error"] = error

@@ -11,6 +11,7 @@ function returning the list). Each sample dict has:
 | `image` | yes | `PIL.Image.Image` or `None` | `None` (with `error` saying why) becomes an error record and the run goes on |
 | `answers` | no | list of `str` | written to the record for `laser evaluate`; `[]` if you have none |
 | `choices` | no | list of `str` | written (multiple-choice scoring) |
+| `score_options` | no | `bool` | true: no answer is generated; the `choices` are ranked by likelihood as the reply to `question` (`LaserEngine.score_options`), the record gets `option_scores`, `choice` and the letter as `prediction` |
 | `meta` | no | `dict` of JSON values | written as is (e.g. `{"family": "reading"}`; `laser evaluate --by meta.family`) |
 | `error` | no | `str` or `None` | a sample that could not be loaded: written as an error record, not answered |
 | `padding` | no | `bool` | filler item a distributed sampler adds: answered by nobody, written by nobody |
@@ -24,7 +25,7 @@ from __future__ import annotations
 from typing import Any
 
 REQUIRED_KEYS = ("sample_id", "question", "image")
-OPTIONAL_KEYS = ("answers", "choices", "meta", "error", "padding", "image_features")
+OPTIONAL_KEYS = ("answers", "choices", "meta", "error", "padding", "image_features", "score_options")
 
 
 class BatchContractError(ValueError):
@@ -55,4 +56,8 @@ def check_batch(batch: Any, batch_idx: int = 0) -> list[dict[str, Any]]:
                     f"batch {batch_idx}, {name}: missing required key {key!r} "
                     f"(a sample needs {', '.join(REQUIRED_KEYS)}; see laser.run.batch)"
                 )
+        if sample.get("score_options") and len(sample.get("choices") or []) < 2:
+            raise BatchContractError(
+                f"batch {batch_idx}, {name}: score_options=true needs 'choices', a list of at least 2 options"
+            )
     return list(batch)

@@ -17,7 +17,7 @@ import torch
 
 from ..method.config import LaserConfig
 from ..method.engine import LaserEngine
-from .answering import answer_samples, make_record
+from .answering import answer_samples, make_record, score_samples
 from .batch import check_batch
 from .loading import resolve_dtype, sample_seed
 
@@ -97,12 +97,22 @@ class LaserModule(pl.LightningModule):
         return records  # type: ignore[return-value]
 
     def _answer(self, samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Records of `samples` answered as one batch, one by one if that fails (`answering.answer_samples`)."""
-        seeds = [sample_seed(self.seed, s["sample_id"]) for s in samples]
-        features = [s.get("image_features") for s in samples]  # from the DataLoader workers, if any
-        answers = answer_samples(
-            self.engine, [s["image"] for s in samples], [s["question"] for s in samples], seeds, features
-        )
+        """Records of `samples` answered as one batch, one by one if that fails (`answering.answer_samples`);
+        samples with `score_options` have their choices ranked instead (`answering.score_samples`)."""
+        answers: list[Any] = [None] * len(samples)
+        ranked = [i for i, s in enumerate(samples) if s.get("score_options")]
+        generated = [i for i, s in enumerate(samples) if not s.get("score_options")]
+        for members, run in ((generated, answer_samples), (ranked, score_samples)):
+            if not members:
+                continue
+            group = [samples[i] for i in members]
+            args = [[s["image"] for s in group], [s["question"] for s in group]]
+            if run is score_samples:
+                args.append([s["choices"] for s in group])
+            seeds = [sample_seed(self.seed, s["sample_id"]) for s in group]
+            features = [s.get("image_features") for s in group]  # from the DataLoader workers, if any
+            for i, answer in zip(members, run(self.engine, *args, seeds, features)):
+                answers[i] = answer
         return [make_record(s, a.prediction, a.error, a.retryable) for s, a in zip(samples, answers)]
 
     _record = staticmethod(make_record)

@@ -49,6 +49,11 @@ class DataOptions:
     limit: int | None = option(None, "keep the first N samples; null: all")
     on_error: str = option("raise", "a bad annotation entry: raise | skip (listed in annotation_errors.txt)")
     metric: str | None = option(None, f"{' | '.join(METRICS)}; null: the format's own")
+    choice_mode: str = option(
+        "generate",
+        "multiple choice: generate: options in the prompt, the letter generated | likelihood: the bare "
+        "question, options ranked by mean token log-likelihood (V*'s official evaluation)",
+    )
     reader_options: dict[str, Any] | None = option(None, "extra keyword arguments of the format's reader")
 
 

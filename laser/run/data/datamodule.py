@@ -12,7 +12,7 @@ import lightning.pytorch as pl
 from torch.utils.data import DataLoader
 
 from ..metrics import DEFAULT_METRICS, METRICS  # noqa: F401  (METRICS re-exported)
-from .dataset import VQADataset, collate_samples
+from .dataset import CHOICE_MODES, VQADataset, collate_samples
 from .formats import READERS, default_image_root, read_annotations
 from .parsing import check_on_error
 from .samples import VQASample
@@ -40,7 +40,8 @@ class VQADataModule(pl.LightningDataModule):
     the run (limited, not skipped: the ids a finished run must contain) and `errors` the
     annotation entries skipped with `on_error="skip"`. `image_root` defaults to the folder of
     the annotation file (the V* folder itself for vstar). `metric` is carried for the scorer;
-    `reader_options` go to the format's reader.
+    `reader_options` go to the format's reader. `choice_mode` says how multiple-choice samples are
+    answered (`VQADataset`).
     """
 
     def __init__(
@@ -55,6 +56,7 @@ class VQADataModule(pl.LightningDataModule):
         on_error: str = "raise",
         metric: str | None = None,
         reader_options: dict[str, Any] | None = None,
+        choice_mode: str = "generate",
     ) -> None:
         super().__init__()
         if format not in READERS:
@@ -68,6 +70,8 @@ class VQADataModule(pl.LightningDataModule):
         if limit is not None and limit < 1:
             raise ValueError(f"data.limit={limit}; expected a positive number of samples or null for all")
         check_on_error(on_error)
+        if choice_mode not in CHOICE_MODES:
+            raise ValueError(f"data.choice_mode={choice_mode!r}; expected one of {', '.join(CHOICE_MODES)}")
         metric = metric if metric is not None else DEFAULT_METRICS[format]
         if metric not in METRICS:
             raise ValueError(f"data.metric={metric!r}; expected one of {', '.join(METRICS)}")
@@ -81,6 +85,7 @@ class VQADataModule(pl.LightningDataModule):
         self.on_error = on_error
         self.metric = metric
         self.reader_options = dict(reader_options or {})
+        self.choice_mode = choice_mode
         self.samples: list[VQASample] | None = None
         self.errors: list[str] = []
         self.dataset: VQADataset | None = None
@@ -115,7 +120,9 @@ class VQADataModule(pl.LightningDataModule):
         (`image_features`), so that decoding and preprocessing images overlap the model's work.
         """
         self._require_setup()
-        self.dataset = VQADataset(self.samples, self.image_root, self.skip_ids, self._image_preprocessor())
+        self.dataset = VQADataset(
+            self.samples, self.image_root, self.skip_ids, self._image_preprocessor(), self.choice_mode
+        )
         world_size = int(getattr(self.trainer, "world_size", 1) or 1)
         self.dataset.pad_to(world_size)
         return DataLoader(
