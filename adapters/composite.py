@@ -198,6 +198,8 @@ class CompositeVLM(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | Path, dtype: torch.dtype = torch.float32, **lm_kwargs: Any) -> CompositeVLM:
+        """`lm_kwargs` (device_map, attn_implementation ...) go to the language model's `from_pretrained`;
+        the vision tower and projector follow the language model's input embeddings onto their device."""
         from safetensors.torch import load_file
         from transformers import AutoModelForCausalLM
 
@@ -212,7 +214,8 @@ class CompositeVLM(nn.Module):
         state = load_file(str(path / "model.safetensors"))
         for prefix, module in (("vision.", model.vision), ("projector.", model.projector)):
             module.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
-        return model.to(dtype).eval()
+            module.to(device=language_model.get_input_embeddings().weight.device, dtype=dtype)
+        return model.eval()
 
 
 # ----------------------------------------------------------------- processor
@@ -256,12 +259,16 @@ class CompositeProcessor:
         self.tokenizer.save_pretrained(path / "tokenizer")
 
     @classmethod
-    def from_pretrained(cls, path: str | Path) -> CompositeProcessor:
+    def from_pretrained(cls, path: str | Path, **overrides: Any) -> CompositeProcessor:
+        """The saved processor; `overrides` replace saved options (image_size, grid, mean, std, image_token)."""
         from transformers import AutoTokenizer
 
         path = Path(path)
         config = json.loads((path / "processor_config.json").read_text())
-        return cls(AutoTokenizer.from_pretrained(path / "tokenizer"), **config)
+        unknown = sorted(set(overrides) - set(config))
+        if unknown:
+            raise ValueError(f"composite processor has no option {unknown[0]!r}; options: {', '.join(sorted(config))}")
+        return cls(AutoTokenizer.from_pretrained(path / "tokenizer"), **{**config, **overrides})
 
 
 # ----------------------------------------------------------------- adapter
@@ -280,8 +287,9 @@ class CompositeAdapter(VisionLanguageAdapter):
     @classmethod
     def from_pretrained(cls, path: str, **load_kwargs: Any) -> CompositeAdapter:
         instruction = load_kwargs.pop("instruction", None)
+        processor_kwargs = load_kwargs.pop("processor_kwargs", None) or {}
         model = CompositeVLM.from_pretrained(path, **load_kwargs)
-        processor = CompositeProcessor.from_pretrained(path)
+        processor = CompositeProcessor.from_pretrained(path, **processor_kwargs)
         kwargs = {"instruction": instruction} if instruction is not None else {}
         return cls(model, processor, **kwargs)
 

@@ -127,9 +127,10 @@ class InstructBlipAdapter(VisionLanguageAdapter):
         from transformers import AutoProcessor, InstructBlipForConditionalGeneration
 
         instruction = load_kwargs.pop("instruction", None)
+        processor_kwargs = load_kwargs.pop("processor_kwargs", None) or {}
         load_kwargs.setdefault("dtype", torch.float32)
         model = InstructBlipForConditionalGeneration.from_pretrained(path, **load_kwargs).eval()
-        processor = AutoProcessor.from_pretrained(path)
+        processor = AutoProcessor.from_pretrained(path, **processor_kwargs)
         kwargs = {"instruction": instruction} if instruction is not None else {}
         return cls(model, processor, **kwargs)
 

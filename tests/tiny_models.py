@@ -34,9 +34,11 @@ def tiny_llava(
     kv_heads: int = 2,
     hidden: int = 64,
     do_pad: bool = False,
+    sliding_window: int | None = None,
     seed: int = 0,
 ) -> tuple[Any, Any]:
-    """A random `LlavaForConditionalGeneration` with a CLIP tower and a Llama LM, in float32.
+    """A random `LlavaForConditionalGeneration` with a CLIP tower and a Llama LM, in float32 (a Mistral
+    LM attending over the last `sliding_window` tokens when that is set).
 
     The LM reads the second-to-last vision layer (`vision_feature_layer=-2`, as LLaVA-1.5), so
     `vision_layers=0` (built as one layer) hands it the patch embeddings: each visual token sees only
@@ -49,6 +51,8 @@ def tiny_llava(
         tokenizer, image_size=image_size, patch_size=patch_size, vision_layers=max(vision_layers, 1),
         text_hidden=hidden, text_layers=text_layers, heads=heads, kv_heads=kv_heads,
     )
+    if sliding_window is not None:
+        config.text_config = _mistral(config.text_config, sliding_window)
     model = LlavaForConditionalGeneration(config).eval()
     image_processor = None
     if do_pad:
@@ -59,6 +63,15 @@ def tiny_llava(
             do_pad=True,
         )
     return model, llava_processor(tokenizer, image_size, patch_size, image_processor)
+
+
+def _mistral(llama: Any, sliding_window: int) -> Any:
+    """The Llama text config as a Mistral one (the same sizes) with a sliding window."""
+    from transformers import MistralConfig
+
+    sizes = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+             "num_key_value_heads", "max_position_embeddings", "pad_token_id", "bos_token_id", "eos_token_id")
+    return MistralConfig(sliding_window=sliding_window, **{k: getattr(llama, k) for k in sizes})
 
 
 def _lazy(module: str, builder: str) -> Callable[..., tuple[Any, Any]]:

@@ -371,7 +371,7 @@ class LaserLMM(lmms):
             positions, images, questions, seeds = zip(*inputs)
             for position, answer in zip(positions, answer_samples(self.engine, images, questions, seeds)):
                 answers[position] = answer
-        return [make_record(s, a.prediction, a.error) for s, a in zip(samples, answers)]
+        return [make_record(s, a.prediction, a.error, a.retryable) for s, a in zip(samples, answers)]
 
     def _image(self, doc_to_visual, task: str, split: str, doc_id: int) -> Image.Image:
         """The document's one image; a clear error for none, several, or a video."""

@@ -14,7 +14,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..method.config import LaserConfig, config_keys, did_you_mean, unknown_keys
 from ..paths import PACKAGE_DIR, config_dir
-from .schema import GROUPS, RunOptions
+from .schema import GROUPS, ModelOptions, RunOptions
+
+DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
+ATTENTION_IMPLEMENTATIONS = (
+    "eager", "sdpa", "flash_attention_2", "flash_attention_3", "flash_attention_4", "flex_attention",
+)
 
 
 class ConfigError(ValueError):
@@ -41,11 +46,12 @@ def valid_keys() -> list[str]:
 def _load_group(group: str, value: Any) -> dict[str, Any]:
     path = config_dir() / group / f"{value}.yaml"
     if path.is_file():
-        return OmegaConf.to_container(OmegaConf.load(path))  # type: ignore[return-value]
+        loaded = OmegaConf.to_container(OmegaConf.load(path))
+        return {**model_defaults(), **loaded} if group == "model" else loaded  # type: ignore[dict-item,return-value]
     available = group_names(group)
     hint = did_you_mean(str(value), available)
     if group == "model" and not _looks_mistyped(str(value), hint):  # an adapter name or a checkpoint
-        return {"name_or_path": str(value), "adapter": None, "dtype": "auto"}
+        return {**model_defaults(), "name_or_path": str(value)}
     also = ", a checkpoint folder, hub id or adapter name" if group == "model" else ""
     raise ConfigError(f"unknown {group} preset {value!r}{hint} (available: {', '.join(available)}{also})")
 
@@ -114,7 +120,58 @@ def validate(cfg: DictConfig) -> None:
     _check_keys(cfg)
     if cfg.get("resume") and cfg.get("overwrite"):
         raise ConfigError("resume=true and overwrite=true contradict each other; choose one")
+    validate_model(cfg)
     method_config(cfg)
+
+
+def model_defaults() -> dict[str, Any]:
+    """Every `model.*` key at its default, so run_config.json records each loading key, set or not."""
+    return {k.key: k.default for k in config_keys(ModelOptions)}
+
+
+def validate_model(cfg: DictConfig) -> None:
+    """The loading keys: `model.device_map`, `model.attn_implementation`, `model.processor.<kwarg>`,
+    `model.max_memory`; a device map means one process per node (it spreads one model over the node)."""
+    model = cfg.model
+    device_map = model.get("device_map")
+    if device_map is not None and not OmegaConf.is_dict(device_map):
+        text = str(device_map)
+        if text not in DEVICE_MAP_STRATEGIES and not _is_device(text):
+            raise ConfigError(
+                f"model.device_map={text!r}; expected {', '.join(DEVICE_MAP_STRATEGIES)}, a device (cpu, cuda:1) "
+                "or a mapping {module: device}"
+            )
+    attn = model.get("attn_implementation")
+    if attn is not None and str(attn) not in ATTENTION_IMPLEMENTATIONS and "/" not in str(attn):
+        raise ConfigError(
+            f"model.attn_implementation={attn!r}; expected one of {', '.join(ATTENTION_IMPLEMENTATIONS)} "
+            "or a kernel repository (owner/name)"
+        )
+    processor = model.get("processor")
+    if processor is not None and not OmegaConf.is_dict(processor):
+        raise ConfigError(f"model.processor={processor!r}; expected processor options, e.g. model.processor.max_pixels=1003520")
+    max_memory = model.get("max_memory")
+    if max_memory is not None:
+        if not OmegaConf.is_dict(max_memory):
+            raise ConfigError(f"model.max_memory={max_memory!r}; expected a mapping, e.g. {{0: 70GiB, cpu: 200GiB}}")
+        if device_map is None:
+            raise ConfigError("model.max_memory needs model.device_map (it bounds what the map puts on each device)")
+    devices = cfg.trainer.get("devices")
+    if device_map is not None and str(devices) != "1":
+        raise ConfigError(
+            f"model.device_map spreads one model over this node's devices, so the run is one process per node: "
+            f"set trainer.devices=1 (got {devices}); use trainer.num_nodes for several nodes"
+        )
+
+
+def _is_device(text: str) -> bool:
+    import torch
+
+    try:
+        torch.device(int(text) if text.isdigit() else text)
+    except (RuntimeError, ValueError):
+        return False
+    return True
 
 
 def method_config(cfg: DictConfig) -> LaserConfig:
@@ -129,6 +186,14 @@ def data_kwargs(cfg: DictConfig) -> dict[str, Any]:
     for key in ("annotations", "image_root"):
         data[key] = resolve_path(data.get(key))
     return data
+
+
+def model_load_kwargs(cfg: DictConfig) -> dict[str, Any]:
+    """`from_pretrained` arguments from the set loading keys (`processor` as `processor_kwargs`)."""
+    model = OmegaConf.to_container(cfg.model)
+    out = {key: model.get(key) for key in ("device_map", "attn_implementation", "max_memory")}
+    out["processor_kwargs"] = dict(model.get("processor") or {})
+    return {k: v for k, v in out.items() if v is not None and v != {}}
 
 
 def model_ref(cfg: DictConfig) -> str:

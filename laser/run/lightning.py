@@ -1,7 +1,10 @@
 """`LaserModule`: the engine inside Lightning's predict loop (docs/method.md, "Lightning").
 
-The model is loaded in `configure_model` on each process's own device; `predict_step` returns one
-JSON record per sample, a failed sample becoming a record with `error` while the run goes on.
+The model is loaded in `configure_model`, once per process, straight onto that process's device (or
+over several devices with a `device_map`). It is deliberately not a submodule of the LightningModule:
+Lightning never moves it (a sharded model stays sharded), converts it, or copies it to host memory
+at teardown. `predict_step` returns one JSON record per sample; a failed sample becomes a record with
+`error` while the run goes on (`answering`: out of memory and device faults are `"retryable": true`).
 No collectives inside `predict_step`.
 """
 
@@ -10,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 
 from ..method.config import LaserConfig
 from ..method.engine import LaserEngine
@@ -29,31 +33,43 @@ class LaserModule(pl.LightningModule):
         dtype: str = "auto",
         seed: int = 0,
         engine: LaserEngine | None = None,
+        load: dict[str, Any] | None = None,
     ):
+        """`load`: more `from_pretrained` arguments (`device_map`, `attn_implementation`, `max_memory`,
+        `processor_kwargs`), from the `model.*` keys of `laser predict`."""
         super().__init__()
         self.model_ref = str(model)
         self.adapter_name = adapter
         self.dtype_name = dtype
         self.seed = seed
+        self.load = dict(load or {})
         if isinstance(method, str):
             method = LaserConfig.preset(method)
         elif isinstance(method, dict):
             method = LaserConfig.from_dict(method)
         self.method = method
+        # A plain attribute, not a submodule: Lightning must not move, convert or offload the model.
         self.engine = engine
-        if engine is not None:
-            self.lvlm = engine.adapter.model
+        self.idle = False  # set when no rank has a sample left: the model is then not loaded
 
     def configure_model(self) -> None:
-        if self.engine is not None:
+        if self.engine is not None or self.idle:
             return
         from ..adapters import create_adapter
 
-        dtype = resolve_dtype(self.dtype_name, self.device)
-        adapter = create_adapter(self.model_ref, adapter=self.adapter_name, dtype=dtype)
+        device = self._root_device()
+        kwargs = load_kwargs(self.load, device)
+        adapter = create_adapter(
+            self.model_ref, adapter=self.adapter_name, dtype=resolve_dtype(self.dtype_name, device), **kwargs
+        )
         adapter.model.eval().requires_grad_(False)
-        self.lvlm = adapter.model  # a submodule, so Lightning moves it to this process's device
+        if "device_map" not in kwargs and adapter.device != device:
+            adapter.model.to(device)
         self.engine = LaserEngine(adapter, self.method)
+
+    def _root_device(self) -> torch.device:
+        trainer = self._trainer
+        return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
 
     def image_preprocessor(self) -> Any:
         """The engine's per-image preprocessing, for the datamodule's workers (None if unavailable)."""
@@ -97,6 +113,16 @@ class LaserModule(pl.LightningModule):
             features = [s.get("image_features") for s in group]  # from the DataLoader workers, if any
             for i, answer in zip(members, run(self.engine, *args, seeds, features)):
                 answers[i] = answer
-        return [make_record(s, a.prediction, a.error) for s, a in zip(samples, answers)]
+        return [make_record(s, a.prediction, a.error, a.retryable) for s, a in zip(samples, answers)]
 
     _record = staticmethod(make_record)
+
+
+def load_kwargs(load: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """`from_pretrained` arguments for this process: the user's `load` keys, and without a
+    `device_map` one that puts every weight straight onto `device` when that is an accelerator
+    (no copy through host memory)."""
+    kwargs = {k: v for k, v in load.items() if v is not None and v != {}}
+    if "device_map" not in kwargs and device.type != "cpu":
+        kwargs["device_map"] = {"": str(device)}
+    return kwargs

@@ -24,6 +24,17 @@ class ModelOptions:
     name_or_path: str | None = option(None, "checkpoint folder or Hugging Face hub id (laser:<path> = in the package)")
     adapter: str | None = option(None, "adapter name; null: from config.json `architectures` (laser list)")
     dtype: str = option("auto", "auto (float32 on CPU, bfloat16 on GPU) | float32 | bfloat16 | float16")
+    attn_implementation: str | None = option(
+        None, "attention kernel: sdpa | eager | flash_attention_2 | flash_attention_3 | flex_attention; null: the model's"
+    )
+    processor: dict[str, Any] = option(
+        doc="processor options, passed to its from_pretrained (model.processor.max_pixels=1003520 for Qwen)", factory=dict
+    )
+    device_map: Any = option(
+        None, "spread one model over a node's devices: auto | balanced | sequential | a device | {module: device}; "
+        "then trainer.devices=1 (one process per node)"
+    )
+    max_memory: dict[str, Any] | None = option(None, "per-device budget for device_map, e.g. {0: 70GiB, cpu: 200GiB}")
 
 
 @dataclass

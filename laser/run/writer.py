@@ -2,8 +2,10 @@
 
 A run that dies (preemption, OOM, Ctrl-C) leaves complete lines plus at most one torn last
 line per file; `read_records` ignores that line, the writer cuts it off before appending, and
-`completed_ids` tells a resumed run which samples to skip. `write_run_config` keeps a resumed
-run from silently mixing predictions made with different settings.
+`completed_ids` tells a resumed run which samples to skip. A record with `"retryable": true` (the
+sample failed for want of memory or on a device fault, not because of its input) is not done: a
+rerun answers it again and the answer supersedes it. `write_run_config` keeps a resumed run from
+silently mixing predictions made with different settings.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ DEFAULT_IGNORE = (
     "limit",
     "resume",
     "overwrite",
+    "model.device_map",
+    "model.max_memory",
 )
 """Config keys that do not change any single prediction, so a run may resume across them.
 An entry matches the key itself, anything under it, and any key ending in ".<entry>"."""
@@ -98,9 +102,17 @@ def _sample_id(record: Mapping[str, Any], where: str) -> str:
     return str(record["sample_id"])
 
 
+def is_retryable_record(record: Mapping[str, Any]) -> bool:
+    """True for an error record whose sample should be answered again (`"retryable": true`)."""
+    return record.get("retryable") is True
+
+
 def completed_ids(output_dir: str | Path) -> set[str]:
-    """Ids already written (for resume); a record with an `error` counts as done too."""
-    return {_sample_id(r, f"{path}, line {n}") for path, n, r in _iter_records(output_dir)}
+    """Ids already written (for resume). A record with an `error` counts as done (its input is at
+    fault), unless it is retryable (out of memory, a device fault)."""
+    return {
+        _sample_id(r, f"{path}, line {n}") for path, n, r in _iter_records(output_dir) if not is_retryable_record(r)
+    }
 
 
 def merge_records(
@@ -109,27 +121,38 @@ def merge_records(
     """All ranks' records de-duplicated by `sample_id` (the first copy wins), with a report.
 
     Duplicates are normal under DDP (the distributed sampler pads ranks by repeating samples)
-    and after a resume that overlapped. With `expected_ids` the records come back in that
-    order (unexpected ones last) and the report lists `missing` and `unexpected` ids.
+    and after a resume that overlapped. A retryable record (see `is_retryable_record`) is superseded by
+    any later record of its sample, and a sample that has only retryable records is left out of
+    the records (it is not finished: listed in `retryable`, and in `missing` when expected).
+    With `expected_ids` the records come back in that order (unexpected ones last) and the
+    report lists `missing` and `unexpected` ids.
     Report keys: files, lines, unique, duplicates ({id: extra copies}), errors (records with an
-    error), missing, unexpected (both None without `expected_ids`).
+    error), retryable (ids waiting for a retry), missing, unexpected (both None without
+    `expected_ids`).
     """
     first: dict[str, dict[str, Any]] = {}
+    waiting: dict[str, dict[str, Any]] = {}
     duplicates: dict[str, int] = {}
     lines = 0
     for path, number, record in _iter_records(output_dir):
         lines += 1
         sample_id = _sample_id(record, f"{path}, line {number}")
-        if sample_id in first:
+        if sample_id in first or sample_id in waiting:
             duplicates[sample_id] = duplicates.get(sample_id, 0) + 1
+        if sample_id in first:
+            continue
+        if is_retryable_record(record):
+            waiting.setdefault(sample_id, record)
         else:
             first[sample_id] = record
+            waiting.pop(sample_id, None)
     report: dict[str, Any] = {
         "files": len(prediction_files(output_dir)),
         "lines": lines,
         "unique": len(first),
         "duplicates": duplicates,
         "errors": sum(r.get("error") is not None for r in first.values()),
+        "retryable": list(waiting),
         "missing": None,
         "unexpected": None,
     }
@@ -325,15 +348,23 @@ def _ignored(key: str, ignore: Iterable[str]) -> bool:
 def config_differences(
     old: Mapping[str, Any], new: Mapping[str, Any], ignore: Iterable[str] = DEFAULT_IGNORE
 ) -> list[str]:
-    """`"key: old -> new"` for every dotted key that differs, skipping `ignore`d keys."""
+    """`"key: old -> new"` for every dotted key that differs, skipping `ignore`d keys. A key absent
+    on one side and unset (null, empty) on the other is no difference (a key added in a later
+    version, at its default)."""
     ignore = tuple(ignore)
     before, after = _flatten(_as_json(old)), _flatten(_as_json(new))
     absent = "<absent>"
-    return [
-        f"{key}: {before.get(key, absent)!r} -> {after.get(key, absent)!r}"
-        for key in sorted(before.keys() | after.keys())
-        if not _ignored(key, ignore) and before.get(key, absent) != after.get(key, absent)
-    ]
+    out = []
+    for key in sorted(before.keys() | after.keys()):
+        a, b = before.get(key, absent), after.get(key, absent)
+        if _ignored(key, ignore) or a == b or (a is absent and _unset(b)) or (b is absent and _unset(a)):
+            continue
+        out.append(f"{key}: {a!r} -> {b!r}")
+    return out
+
+
+def _unset(value: Any) -> bool:
+    return value is None or value == {} or value == []
 
 
 def _as_json(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -389,7 +420,8 @@ def write_run_config(
     If the folder already holds predictions: with the same config (up to `ignore`d keys) the
     run resumes; with a different or unknown (no run_config.json) config, mode "new" raises
     `RunConfigMismatch` naming the differing keys, "resume" continues with a warning, and
-    "overwrite" deletes the old prediction files first. Call it on rank 0 only.
+    "overwrite" deletes the old prediction files first. Call it in one process only (rank 0);
+    the file is written through a temporary file of this process, then renamed.
     Returns what happened: "new", "resumed" or "overwritten".
     """
     action, differences = run_config_action(output_dir, config, mode, ignore)
@@ -401,7 +433,7 @@ def write_run_config(
     if differences:
         warnings.warn(f"resuming {folder} with a changed config: {'; '.join(differences)}", stacklevel=2)
     config_path = folder / RUN_CONFIG
-    tmp = config_path.with_name(f".{RUN_CONFIG}.tmp")
+    tmp = config_path.with_name(f".{RUN_CONFIG}.{os.getpid()}.tmp")  # one per process
     tmp.write_text(json.dumps(_as_json(config), indent=2, sort_keys=True) + "\n", encoding="utf-8")
     os.replace(tmp, config_path)
     return action
