@@ -140,9 +140,10 @@ class FolderClaim:
             holder = read_claim(self.folder)
             if holder is None:
                 continue  # released between our attempt and the read: try again
-            if holder.run_id == self.run_id:
+            stale = is_stale(holder, self.stale_after)
+            if holder.run_id == self.run_id and not stale:
                 return self  # another rank of this run created it
-            if is_stale(holder, self.stale_after):
+            if stale:  # (a requeued job with the same id takes over its own dead claim too)
                 self._take_over(holder)
                 continue
             if not self.wait:

@@ -11,6 +11,8 @@ rank reads the folder before it is settled and all ranks skip the same samples.
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -21,6 +23,7 @@ from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from .compose import data_kwargs, method_config, model_load_kwargs, model_ref
+from .writer import completed_ids
 
 ANNOTATION_ERRORS = "annotation_errors.txt"
 """Bad annotation entries skipped with `data.on_error=skip`, one message a line."""
@@ -91,7 +94,7 @@ def settle_output(output_dir: Path, config: dict[str, Any], mode: str, launch: L
 
     Rank 0 checks `config` against the folder's run config, deletes old predictions under
     `overwrite=true` and writes run_config.json; the other processes check read-only and get the
-    same error for a bad config. (A claim on the folder belongs here.) Returns the action."""
+    same error for a bad config (the folder is already claimed by this run, see `predict`). Returns the action."""
     from .writer import run_config_action, write_run_config
 
     if launch.main:
@@ -118,21 +121,58 @@ class SettledOutput(Callback):
 
 
 def predict(cfg: DictConfig) -> dict[str, Any]:
-    """Run (or resume) a prediction run; returns a summary dict."""
-    import lightning.pytorch as pl
+    """Run (or resume) a prediction run; returns a summary dict.
 
-    from .data.datamodule import VQADataModule
-    from .lightning import LaserModule
-    from .writer import PredictionWriter, completed_ids, merge_records
+    The run claims its output folder first (`laser.run.claim`: a second launch stops naming the holder,
+    or waits with `wait=true`; a stale claim is taken over), shared by every process of the run, and
+    stops cleanly on SIGTERM / SIGUSR1 after the batch in flight (`laser.run.preemption`), raising
+    `Preempted` (exit status 128 + the signal) once the claim is released."""
+    from ..adapters import resolve_adapter_class
+    from .claim import RUN_ID_ENV, STALE_AFTER_SECONDS, FolderClaim
+    from .preemption import Preempted, PreemptionWatch, requeue_slurm_job
 
     output_dir = Path(cfg.output_dir)
     if cfg.resume and cfg.overwrite:
         raise ValueError("resume=true and overwrite=true contradict each other; choose one")
     mode = "overwrite" if cfg.overwrite else "resume" if cfg.resume else "new"
-    from ..adapters import resolve_adapter_class
-
     resolve_adapter_class(model_ref(cfg), cfg.model.adapter)  # fail before anything is written
     launch = detect_launch(int(cfg.trainer.get("num_nodes") or 1))
+    stale_after = float(cfg.get("claim_stale_after") or STALE_AFTER_SECONDS)
+    claim = FolderClaim(output_dir, wait=bool(cfg.get("wait", False)), stale_after=stale_after).acquire()
+    inherited = os.environ.get(RUN_ID_ENV)
+    os.environ[RUN_ID_ENV] = claim.run_id  # the processes Lightning starts for this run join the claim
+    watch = PreemptionWatch().install()
+    try:
+        return _run(cfg, output_dir, mode, launch, watch)
+    except Preempted as stop:
+        if launch.main:
+            name = signal.Signals(stop.signum).name
+            written = len(completed_ids(output_dir))
+            print(f"laser predict: stopped by {name} after the batch in flight ({written} samples written in "
+                  f"{output_dir}); run the same command to resume", file=sys.stderr)
+            if stop.signum == signal.SIGUSR1:
+                outcome = requeue_slurm_job()
+                if outcome:
+                    print(f"laser predict: {outcome}", file=sys.stderr)
+        raise
+    finally:
+        watch.restore()
+        claim.release()
+        if inherited is None:
+            os.environ.pop(RUN_ID_ENV, None)
+        else:
+            os.environ[RUN_ID_ENV] = inherited
+
+
+def _run(cfg: DictConfig, output_dir: Path, mode: str, launch: Launch, watch: Any) -> dict[str, Any]:
+    """The run itself, on a claimed folder."""
+    import lightning.pytorch as pl
+
+    from .data.datamodule import VQADataModule
+    from .lightning import LaserModule
+    from .preemption import StopWhenPreempted
+    from .writer import PredictionWriter, merge_records
+
     action = settle_output(output_dir, run_config(cfg), mode, launch)
     datamodule = VQADataModule(**data_kwargs(cfg))
     datamodule.setup("predict")
@@ -165,7 +205,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         trainer_cfg = OmegaConf.to_container(cfg.trainer)
         trainer = pl.Trainer(
             **{k: v for k, v in trainer_cfg.items() if v is not None},
-            callbacks=[SettledOutput(done), PredictionWriter(output_dir)],
+            callbacks=[SettledOutput(done), PredictionWriter(output_dir), StopWhenPreempted(watch)],
             logger=False,
             enable_checkpointing=False,
             enable_model_summary=False,

@@ -316,9 +316,11 @@ class PredictionWriter(BasePredictionWriter):
 
 
 def _test_kill_point(batches: int) -> None:
-    """`KILL_AFTER_BATCH_ENV`: die as a preempted or OOM-killed process would, after `batches` batches."""
-    if os.environ.get(KILL_AFTER_BATCH_ENV) == str(batches):
-        os.kill(os.getpid(), signal.SIGKILL)
+    """`KILL_AFTER_BATCH_ENV` = `k` or `k:SIGNAL`: after `batches` batches, die as an OOM-killed process
+    would (SIGKILL), or receive what a scheduler sends before preemption (`k:TERM`, `k:USR1`)."""
+    point, _, name = os.environ.get(KILL_AFTER_BATCH_ENV, "").partition(":")
+    if point == str(batches):
+        os.kill(os.getpid(), getattr(signal, f"SIG{name}") if name else signal.SIGKILL)
 
 
 # ------------------------------------------------------------- run config
