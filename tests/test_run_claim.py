@@ -15,11 +15,17 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
-from run_fixtures import comparable, laser_command, predict_args, records_by_id, save_tiny_llava, write_dataset
+from run_fixtures import (
+    comparable,
+    laser_command,
+    predict_args,
+    records_by_id,
+    save_tiny_llava,
+    write_dataset,
+)
 
 from laser.run.claim import CLAIM_FILE, read_claim
 from laser.run.cli import main
