@@ -633,7 +633,7 @@ def _capture_rows(shape: dict[str, Any], batch: int, positions: torch.Tensor, se
 
     generator = torch.Generator(device=DEVICE).manual_seed(seed)
     length = shape["n_visual"] + shape["text_tokens"]
-    capture = AttentionCapture(positions, shape["layers"])
+    capture = AttentionCapture(positions, shape["layers"], None)
     for layer in range(shape["layers"]):
         query = torch.randn(batch, shape["heads"], 1, shape["head_dim"], device=DEVICE, dtype=DTYPE, generator=generator)
         key = torch.randn(batch, shape["kv_heads"], length, shape["head_dim"], device=DEVICE, dtype=DTYPE, generator=generator)

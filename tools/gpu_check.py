@@ -99,32 +99,9 @@ def set_kernel(adapter, kernel: str) -> None:
     adapter.language_config()._attn_implementation = kernel
 
 
-@torch.no_grad()
-def eager_rows(adapter, inputs) -> torch.Tensor:
-    """Last-row attention over the visual tokens from eager `output_attentions`: [batch, L, H, n]."""
-    from laser.method.attention import model_tensors, pad_positions
-
-    layouts = [adapter.visual_layout(inputs, i) for i in range(len(inputs["input_ids"]))]
-    positions, _ = pad_positions(layouts)
-    model_inputs = adapter.prepare_model_inputs(model_tensors(inputs))
-    position_ids = adapter.position_ids(model_inputs["attention_mask"])
-    if position_ids is not None:
-        model_inputs["position_ids"] = position_ids
-    config = adapter.language_config()
-    saved = config._attn_implementation
-    config._attn_implementation = "eager"
-    try:
-        out = adapter.model(**model_inputs, output_attentions=True, use_cache=False, logits_to_keep=1)
-    finally:
-        config._attn_implementation = saved
-    attentions = out.attentions[-adapter.num_layers :]
-    rows = torch.stack([a[:, :, -1, :].float().cpu() for a in attentions], dim=1)
-    del out, attentions
-    index = positions[:, None, None, :].expand(-1, rows.shape[1], rows.shape[2], -1)
-    return rows.gather(-1, index)
-
-
 def check_rows(adapter, images, dtype) -> tuple[bool, str]:
+    from eager_reference import eager_rows
+
     from laser.method.attention import capture_full
     from laser.method.probe import AttentionProbe
 

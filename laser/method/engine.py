@@ -143,20 +143,11 @@ class LaserEngine:
         per_sample["total"] = total / len(images)
         predictions = []
         for i, (ids, text) in enumerate(answers):
-            loc = localisations[i]
             predictions.append(
                 Prediction(
                     answer=text,
-                    layer=loc.layer if loc else None,
-                    vaq=loc.vaq if loc else None,
-                    box=list(loc.box) if loc and loc.box and paths[i] != "vanilla" else None,
-                    path=paths[i],
-                    timings=dict(per_sample),
-                    method=cfg.name,
-                    fallback=fallbacks[i],
                     token_ids=ids,
-                    heatmap=loc.canvas if loc is not None and cfg.save_heatmap else None,
-                    masked_cells=masked[i],
+                    **self._outcome(localisations[i], paths[i], fallbacks[i], masked[i], per_sample),
                 )
             )
         return predictions
@@ -206,25 +197,31 @@ class LaserEngine:
             means = [sum(lp) / len(lp) for lp in log_probs]
             ranked = [m if m == m else float("-inf") for m in means]  # NaN ranks last
             choice = max(range(len(means)), key=lambda k: (ranked[k], -k))
-            loc = localisations[i]
+            fallback = fallbacks[i] or score_fallbacks[i]
             out.append(
                 OptionScores(
                     answer=opts[choice],
-                    layer=loc.layer if loc else None,
-                    vaq=loc.vaq if loc else None,
-                    box=list(loc.box) if loc and loc.box and paths[i] != "vanilla" else None,
-                    path=paths[i],
-                    timings=dict(per_sample),
-                    method=cfg.name,
-                    fallback=fallbacks[i] or score_fallbacks[i],
-                    heatmap=loc.canvas if loc is not None and cfg.save_heatmap else None,
-                    masked_cells=masked[i],
+                    **self._outcome(localisations[i], paths[i], fallback, masked[i], per_sample),
                     choice=choice,
                     scores=means,
                     num_tokens=[len(lp) for lp in log_probs],
                 )
             )
         return out
+
+    def _outcome(self, loc, path, fallback, masked_cells, per_sample) -> dict:
+        """The `Prediction` fields every answer shares: layer, VAQ, box, path, timings, fallback, map."""
+        return {
+            "layer": loc.layer if loc else None,
+            "vaq": loc.vaq if loc else None,
+            "box": list(loc.box) if loc and loc.box and path != "vanilla" else None,
+            "path": path,
+            "timings": dict(per_sample),
+            "method": self.config.name,
+            "fallback": fallback,
+            "heatmap": loc.canvas if loc is not None and self.config.save_heatmap else None,
+            "masked_cells": masked_cells,
+        }
 
     # ----------------------------------------------------------------- stages
     def _run(self, images, questions, seeds, timer: StageTimer):
