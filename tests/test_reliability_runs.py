@@ -20,17 +20,16 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 from run_fixtures import (
     comparable,
     laser_command,
     predict_args,
+    predict_in_process,
     records_by_id,
     save_tiny_llava,
     write_dataset,
 )
 
-from laser.run.cli import main
 from laser.run.writer import KILL_AFTER_BATCH_ENV
 
 N = 5
@@ -45,13 +44,6 @@ def same_predictions(a: dict, b: dict) -> bool:
     return sorted(a) == sorted(b) and all(strip(a[i]) == strip(b[i]) for i in a)
 
 
-def run_in_process(*args: str) -> int:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as in the subprocess runs (OMP_NUM_THREADS=1): same float sums
-    try:
-        return main(["predict", *args])
-    finally:
-        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +52,7 @@ def setup(tmp_path_factory):
     model = save_tiny_llava(root / "model", image_size=112)
     annotations = write_dataset(root / "data", n=N, sizes=((160, 120), (120, 160), (112, 112)))
     greedy = root / "greedy"
-    assert run_in_process(*predict_args(model, annotations, greedy, *GREEDY)) == 0
+    assert predict_in_process(*predict_args(model, annotations, greedy, *GREEDY)) == 0
     return root, model, annotations, records_by_id(greedy)
 
 
@@ -111,7 +103,7 @@ def test_sigkill_before_the_first_batch_and_after_k_batches_then_rerun_is_identi
     assert (out / "run_config.json").exists() and lines(out) == 0
     run_killed(args, after_batch=2)
     assert lines(out) == 2
-    assert run_in_process(*args) == 0  # the same command again
+    assert predict_in_process(*args) == 0  # the same command again
     assert same_predictions(records_by_id(out), greedy)  # records_by_id: every id exactly once
 
 
@@ -119,9 +111,9 @@ def test_sampling_repeats_exactly_and_a_killed_ddp_run_resumes_on_one_process_to
     root, model, annotations, greedy = setup
     out = root / "sampled"
     args = predict_args(model, annotations, out, *SAMPLING)
-    assert run_in_process(*args) == 0
+    assert predict_in_process(*args) == 0
     first = records_by_id(out)
-    assert run_in_process(*args, "overwrite=true") == 0  # the same command again, from scratch
+    assert predict_in_process(*args, "overwrite=true") == 0  # the same command again, from scratch
     assert same_predictions(records_by_id(out), first)
     assert any(first[i]["prediction"] != greedy[i]["prediction"] for i in greedy)  # it did sample
 
@@ -129,7 +121,7 @@ def test_sampling_repeats_exactly_and_a_killed_ddp_run_resumes_on_one_process_to
     ddp_args = predict_args(model, annotations, two, *SAMPLING, *DDP)
     run_killed(ddp_args, after_batch=1)
     assert [lines(two, f"predictions.rank{r}.jsonl") for r in (0, 1)] == [2, 2]
-    assert run_in_process(*predict_args(model, annotations, two, *SAMPLING)) == 0  # resumed on 1 process
+    assert predict_in_process(*predict_args(model, annotations, two, *SAMPLING)) == 0  # resumed on 1 process
     records = records_by_id(two)
     assert sorted(records) == sorted(first)
     assert all(comparable(records[i]) == comparable(first[i]) for i in first)  # 2 processes wrote what 1 did
@@ -139,11 +131,11 @@ def test_output_of_another_config_is_never_overwritten_by_accident(setup, tmp_pa
     root, model, annotations, greedy = setup
     out = tmp_path / "out"
     shutil.copytree(root / "greedy", out)
-    assert run_in_process(*predict_args(model, annotations, out, *GREEDY)) == 0  # same config: nothing to do
+    assert predict_in_process(*predict_args(model, annotations, out, *GREEDY)) == 0  # same config: nothing to do
     assert "0 predicted now, 5 already there" in capsys.readouterr().out
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     changed = predict_args(model, annotations, out, "data.batch_size=1", "method=vanilla", "method.decode.max_new_tokens=2")
-    assert run_in_process(*changed) == 2
+    assert predict_in_process(*changed) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("laser: error:") and "\n" not in err
     assert "already holds predictions from a different run config" in err and "method.localize" in err
@@ -154,7 +146,7 @@ def test_output_of_another_config_is_never_overwritten_by_accident(setup, tmp_pa
     rank0 = out / "predictions.rank0.jsonl"
     rank0.write_text("".join(rank0.read_text().splitlines(keepends=True)[:2]))
     with pytest.warns(UserWarning, match="resuming .* with a changed config"):
-        assert run_in_process(*changed, "resume=true") == 0
+        assert predict_in_process(*changed, "resume=true") == 0
     records = records_by_id(out)
     kept = sorted(greedy)[:2]
     assert sorted(records) == sorted(greedy)
@@ -163,7 +155,7 @@ def test_output_of_another_config_is_never_overwritten_by_accident(setup, tmp_pa
     assert json.loads((out / "run_config.json").read_text())["method"]["name"] == "vanilla"
 
     # overwrite=true: every old prediction is deleted and the run starts over
-    assert run_in_process(*predict_args(model, annotations, out, *GREEDY), "overwrite=true") == 0
+    assert predict_in_process(*predict_args(model, annotations, out, *GREEDY), "overwrite=true") == 0
     assert same_predictions(records_by_id(out), greedy)
 
 

@@ -17,18 +17,17 @@ import sys
 import time
 
 import pytest
-import torch
 from run_fixtures import (
     comparable,
     laser_command,
     predict_args,
+    predict_in_process,
     records_by_id,
     save_tiny_llava,
     write_dataset,
 )
 
 from laser.run.claim import CLAIM_FILE, read_claim
-from laser.run.cli import main
 from laser.run.writer import KILL_AFTER_BATCH_ENV
 
 N = 4
@@ -39,13 +38,6 @@ def strip(records: dict) -> dict:
     return {i: {k: v for k, v in r.items() if k != "timings"} for i, r in records.items()}
 
 
-def run_in_process(*args: str) -> int:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as the subprocess runs (OMP_NUM_THREADS=1): the same float sums
-    try:
-        return main(["predict", *args])
-    finally:
-        torch.set_num_threads(threads)
 
 
 def run_subprocess(args: list[str], **env_extra: str) -> subprocess.CompletedProcess:
@@ -60,7 +52,7 @@ def setup(tmp_path_factory):
     model = save_tiny_llava(root / "model", image_size=112)
     annotations = write_dataset(root / "data", n=N, sizes=((160, 120), (120, 160), (112, 112)))
     reference = root / "reference"
-    assert run_in_process(*predict_args(model, annotations, reference, *ARGS)) == 0
+    assert predict_in_process(*predict_args(model, annotations, reference, *ARGS)) == 0
     assert not (reference / CLAIM_FILE).exists()  # released at the end
     return root, model, annotations, strip(records_by_id(reference))
 
@@ -75,7 +67,7 @@ def test_a_second_launch_is_refused_naming_the_holder_and_writes_nothing(setup, 
         claim = {"run_id": "run-holder", "host": socket.gethostname(), "pid": holder.pid, "started": now,
                  "heartbeat": now, "command": "laser predict ..."}
         (out / CLAIM_FILE).write_text(json.dumps(claim))
-        assert run_in_process(*predict_args(model, annotations, out, *ARGS)) == 2
+        assert predict_in_process(*predict_args(model, annotations, out, *ARGS)) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "run-holder" in err and f"pid {holder.pid}" in err
         assert sorted(p.name for p in out.iterdir()) == [CLAIM_FILE]  # nothing written by the refused launch
@@ -93,7 +85,7 @@ def test_a_sigkilled_holder_is_taken_over_and_each_sample_is_written_once(setup,
     assert killed.returncode == -signal.SIGKILL
     stale = read_claim(out)
     assert stale is not None and stale.pid != os.getpid()  # the dead run's claim is still there
-    assert run_in_process(*args) == 0
+    assert predict_in_process(*args) == 0
     assert "taking over the stale claim" in capsys.readouterr().err
     assert strip(records_by_id(out)) == reference  # records_by_id: every id exactly once
     assert not (out / CLAIM_FILE).exists()
@@ -108,7 +100,7 @@ def test_sigterm_stops_after_the_batch_in_flight_and_the_rerun_completes(setup, 
     assert "SIGTERM" in stopped.stderr
     assert len(records_by_id(out)) == 1  # it finished the batch in flight and started no other
     assert not (out / CLAIM_FILE).exists()  # released on the way out
-    assert run_in_process(*args) == 0
+    assert predict_in_process(*args) == 0
     assert strip(records_by_id(out)) == reference
 
 
