@@ -57,14 +57,18 @@ class PromptAdapter(VisionLanguageAdapter):
 
     @classmethod
     def from_pretrained(cls, path: str, **load_kwargs: Any) -> PromptAdapter:
+        """`load_kwargs` go to the model's `from_pretrained` (dtype, device_map, attn_implementation,
+        max_memory ...), except `instruction` and `processor_kwargs` (the processor's options, e.g.
+        Qwen's `max_pixels`)."""
         import transformers
         from transformers import AutoProcessor
 
         instruction = load_kwargs.pop("instruction", None)
+        processor_kwargs = load_kwargs.pop("processor_kwargs", None) or {}
         load_kwargs.setdefault("dtype", torch.float32)
         model_cls = getattr(transformers, cls.model_class_name)
         model = model_cls.from_pretrained(path, **load_kwargs).eval()
-        processor = AutoProcessor.from_pretrained(path)
+        processor = AutoProcessor.from_pretrained(path, **processor_kwargs)
         kwargs = {"instruction": instruction} if instruction is not None else {}
         return cls(model, processor, **kwargs)
 

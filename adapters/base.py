@@ -89,6 +89,9 @@ class VisionLanguageAdapter(ABC):
     # depth of the reference model `default_layer` was chosen on; rescaled for other depths
     reference_num_layers: ClassVar[int] = 32
     native_resolution: ClassVar[int] = 336
+    # side (px) of ViCrop's base crop box (`crop.strategy: multiscale`); None = `native_resolution`.
+    # ViCrop's code: 336 for LLaVA-1.5, 224 for InstructBLIP and Qwen2.5-VL.
+    crop_box_side: ClassVar[int | None] = None
     supports_multi_image: ClassVar[bool] = True
     # Q-Former families: the visual tokens depend on the question, so no prefix reuse.
     question_dependent_visual_tokens: ClassVar[bool] = False
@@ -180,6 +183,28 @@ class VisionLanguageAdapter(ABC):
         state of that forward (e.g. Q-Former cross-attention) is still at hand. Identity by default.
         """
         return rows
+
+    def pixel_rows(self, inputs: BatchFeature) -> dict[str, list[int]]:
+        """The processed, normalised image tensors of `inputs` (what the vision tower reads) and, for
+        each, how many of its leading rows belong to each sample, in sample order.
+
+        Default: `pixel_values`, with one row per sample ([batch, ...], e.g. a sample's stacked tiles)
+        or one row per image ([images, ...], the images of all samples in order). A family whose tensor
+        has another row unit (flattened patches, tiles) overrides this.
+        """
+        pixels = inputs.get("pixel_values")
+        if not isinstance(pixels, torch.Tensor):
+            return {}
+        batch = len(inputs["input_ids"])
+        counts = [len(sizes) for sizes in inputs.get("laser_image_sizes", [])]
+        if pixels.shape[0] == batch:
+            return {"pixel_values": [1] * batch}
+        if counts and pixels.shape[0] == sum(counts):
+            return {"pixel_values": counts}
+        raise ValueError(
+            f"{self.name}: pixel_values has {pixels.shape[0]} rows for {batch} samples; "
+            "the adapter must say which rows belong to which sample (override pixel_rows)"
+        )
 
     def position_ids(self, attention_mask: torch.Tensor, past_length: int = 0) -> torch.Tensor | None:
         """Position ids for a (possibly padded) chunk whose 2D mask covers cache + chunk.

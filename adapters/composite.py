@@ -37,13 +37,14 @@ CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.261302
 
 
 # ----------------------------------------------------------------- vision towers
-def build_vision_tower(spec: dict[str, Any]) -> nn.Module:
-    """A randomly initialised tower from its spec (weights come from the checkpoint)."""
+def build_vision_tower(spec: dict[str, Any], pretrained: bool | str = False) -> nn.Module:
+    """The tower of a spec: randomly initialised (the weights then come from the checkpoint), or with the
+    library's pretrained weights (`pretrained`: True for timm, a tag such as "openai" for open_clip)."""
     kwargs = dict(spec.get("kwargs", {}))
     if spec["library"] == "timm":
         import timm
 
-        return timm.create_model(spec["name"], pretrained=False, num_classes=0, **kwargs)
+        return timm.create_model(spec["name"], pretrained=bool(pretrained), num_classes=0, **kwargs)
     if spec["library"] == "open_clip":
         import open_clip
         from open_clip.model import _build_vision_tower
@@ -52,6 +53,10 @@ def build_vision_tower(spec: dict[str, Any]) -> nn.Module:
         if config is None:
             raise ValueError(f"open_clip has no model config named {spec['name']!r}")
         config["vision_cfg"].update(kwargs)
+        if pretrained:
+            if kwargs:
+                raise ValueError("open_clip pretrained weights need the tower's own shape; drop vision['kwargs']")
+            return open_clip.create_model(spec["name"], pretrained=pretrained).visual
         return _build_vision_tower(config["embed_dim"], config["vision_cfg"], config.get("quick_gelu", False))
     raise ValueError(f"vision library {spec['library']!r}; expected timm or open_clip")
 
@@ -118,8 +123,12 @@ class CompositeVLM(nn.Module):
         cls, vision: dict[str, Any], language_model: nn.Module, tokenizer: Any,
         projector: str = "mlp2x_gelu", image_token: str = "<image>",
     ) -> tuple[CompositeVLM, CompositeProcessor]:
-        """A new composite from a vision spec, a causal LM and its tokenizer: (model, processor)."""
-        tower = build_vision_tower(vision)
+        """A new composite from a vision spec, a causal LM and its tokenizer: (model, processor).
+
+        `vision["pretrained"]` (True for timm, a tag for open_clip) loads the library's weights into the
+        tower now; the checkpoint then stores them, so loading it back never downloads."""
+        vision = dict(vision)
+        tower = build_vision_tower(vision, vision.pop("pretrained", False))
         info = tower_info(tower, vision["library"])
         if image_token not in tokenizer.get_vocab():
             tokenizer.add_special_tokens({"additional_special_tokens": [image_token]})
@@ -158,17 +167,17 @@ class CompositeVLM(nn.Module):
         cache: Any = None,
         **kwargs: Any,
     ) -> Any:
-        is_image = input_ids == self.config["image_token_id"]
-        embeds = self.get_input_embeddings()(input_ids.masked_fill(is_image, 0))
-        if pixel_values is not None:
+        if pixel_values is None:  # a decoding step: a generated image token is just a token
+            embeds = self.get_input_embeddings()(input_ids)
+        else:
+            is_image = input_ids == self.config["image_token_id"]
+            embeds = self.get_input_embeddings()(input_ids.masked_fill(is_image, 0))
             features = self.encode_images(pixel_values).to(embeds.dtype)
             if features.shape[0] * features.shape[1] != int(is_image.sum()):
                 raise ValueError(
                     f"{int(is_image.sum())} image tokens for {features.shape[0]} images of {features.shape[1]}"
                 )
             embeds = embeds.masked_scatter(is_image[..., None], features.reshape(-1, embeds.shape[-1]))
-        elif is_image.any():
-            raise ValueError("image tokens without pixel_values")
         if cache is not None:
             kwargs[_cache_kwarg(self.language_model)] = cache
         return self.language_model(
@@ -189,6 +198,8 @@ class CompositeVLM(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | Path, dtype: torch.dtype = torch.float32, **lm_kwargs: Any) -> CompositeVLM:
+        """`lm_kwargs` (device_map, attn_implementation ...) go to the language model's `from_pretrained`;
+        the vision tower and projector follow the language model's input embeddings onto their device."""
         from safetensors.torch import load_file
         from transformers import AutoModelForCausalLM
 
@@ -203,7 +214,8 @@ class CompositeVLM(nn.Module):
         state = load_file(str(path / "model.safetensors"))
         for prefix, module in (("vision.", model.vision), ("projector.", model.projector)):
             module.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
-        return model.to(dtype).eval()
+            module.to(device=language_model.get_input_embeddings().weight.device, dtype=dtype)
+        return model.eval()
 
 
 # ----------------------------------------------------------------- processor
@@ -247,12 +259,16 @@ class CompositeProcessor:
         self.tokenizer.save_pretrained(path / "tokenizer")
 
     @classmethod
-    def from_pretrained(cls, path: str | Path) -> CompositeProcessor:
+    def from_pretrained(cls, path: str | Path, **overrides: Any) -> CompositeProcessor:
+        """The saved processor; `overrides` replace saved options (image_size, grid, mean, std, image_token)."""
         from transformers import AutoTokenizer
 
         path = Path(path)
         config = json.loads((path / "processor_config.json").read_text())
-        return cls(AutoTokenizer.from_pretrained(path / "tokenizer"), **config)
+        unknown = sorted(set(overrides) - set(config))
+        if unknown:
+            raise ValueError(f"composite processor has no option {unknown[0]!r}; options: {', '.join(sorted(config))}")
+        return cls(AutoTokenizer.from_pretrained(path / "tokenizer"), **{**config, **overrides})
 
 
 # ----------------------------------------------------------------- adapter
@@ -271,8 +287,9 @@ class CompositeAdapter(VisionLanguageAdapter):
     @classmethod
     def from_pretrained(cls, path: str, **load_kwargs: Any) -> CompositeAdapter:
         instruction = load_kwargs.pop("instruction", None)
+        processor_kwargs = load_kwargs.pop("processor_kwargs", None) or {}
         model = CompositeVLM.from_pretrained(path, **load_kwargs)
-        processor = CompositeProcessor.from_pretrained(path)
+        processor = CompositeProcessor.from_pretrained(path, **processor_kwargs)
         kwargs = {"instruction": instruction} if instruction is not None else {}
         return cls(model, processor, **kwargs)
 

@@ -3,14 +3,16 @@
 The query tokens see the image only through the Q-Former's cross-attention, and the Q-Former also reads
 the prompt, so the visual tokens depend on the question (no prefix reuse). As in ViCrop, the map over
 patches chains the LM's attention over the query tokens with the Q-Former's cross-attention over
-patches (mean over cross-attention layers and heads): `rows_patch[p] = sum_q rows[q] * X[q, p]`.
+patches: `rows_patch[p] = sum_q rows[q] * X[q, p]`, X the mean over heads of cross-attention layer
+`cross_attention_layer` (ViCrop's code: index 2 of the Q-Former's cross-attention layers, i.e. Q-Former
+layer 4 of InstructBLIP's 12; `None` averages every cross-attention layer). ViCrop's LM layer is 15.
 `probe_positions` are the query tokens; `visual_layout` is the image's patch grid.
 """
 
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -25,15 +27,17 @@ class QFormerVLM(nn.Module):
 
     A forward with `pixel_values` is a prefill: image features through the Q-Former replace the
     `<image>` placeholders, and the cross-attention of the query tokens over [CLS] + patches is kept
-    in `cross_attention` ([batch, queries, 1 + patches], mean over layers and heads). A forward
-    without (a step on the KV cache) runs the language model alone.
+    in `cross_attention` ([batch, queries, 1 + patches], mean over heads of the cross-attention layer
+    `layer` — an index into the Q-Former's cross-attention layers — or over all of them when `layer`
+    is None). A forward without (a step on the KV cache) runs the language model alone.
     """
 
-    def __init__(self, blip: nn.Module):
+    def __init__(self, blip: nn.Module, layer: int | None = None):
         super().__init__()
         if not getattr(blip.config, "use_decoder_only_language_model", True):
             raise ValueError("instructblip: only decoder-only language models (Vicuna, OPT) are supported")
         self.blip = blip
+        self.layer = layer
         self.cross_attention: torch.Tensor | None = None
         self._recorded: list[torch.Tensor] | None = None
         lm_params = inspect.signature(blip.language_model.forward).parameters
@@ -86,7 +90,8 @@ class QFormerVLM(nn.Module):
                     pixel_values, qformer_input_ids=qformer_input_ids,
                     qformer_attention_mask=qformer_attention_mask, return_dict=True,
                 ).pooler_output
-                self.cross_attention = torch.stack(self._recorded).mean(dim=0)
+                recorded = torch.stack(self._recorded)  # [cross-attention layers, B, Q, K]
+                self.cross_attention = recorded.mean(dim=0) if self.layer is None else recorded[self.layer]
             finally:
                 self._recorded = None
             embeds = embeds.masked_scatter(is_image[..., None], features.to(embeds.dtype))
@@ -106,9 +111,13 @@ class InstructBlipAdapter(VisionLanguageAdapter):
 
     name = "instructblip"
     architectures = ("InstructBlipForConditionalGeneration",)
-    default_layer = 14
+    default_layer = 15  # ViCrop's LM layer
     reference_num_layers = 32
     native_resolution = 224
+    # ViCrop's Q-Former cross-attention layer: an index into the cross-attention layers of a Q-Former
+    # that has `reference_cross_attention_layers` of them; rescaled to the same relative depth otherwise
+    cross_attention_layer: ClassVar[int | None] = 2
+    reference_cross_attention_layers: ClassVar[int] = 6
     supports_multi_image = False
     question_dependent_visual_tokens = True
     default_checkpoint = "Salesforce/instructblip-vicuna-7b"
@@ -118,14 +127,16 @@ class InstructBlipAdapter(VisionLanguageAdapter):
         from transformers import AutoProcessor, InstructBlipForConditionalGeneration
 
         instruction = load_kwargs.pop("instruction", None)
+        processor_kwargs = load_kwargs.pop("processor_kwargs", None) or {}
         load_kwargs.setdefault("dtype", torch.float32)
         model = InstructBlipForConditionalGeneration.from_pretrained(path, **load_kwargs).eval()
-        processor = AutoProcessor.from_pretrained(path)
+        processor = AutoProcessor.from_pretrained(path, **processor_kwargs)
         kwargs = {"instruction": instruction} if instruction is not None else {}
         return cls(model, processor, **kwargs)
 
     def __init__(self, model: nn.Module, processor: Any, **kwargs: Any):
         runner = model if isinstance(model, QFormerVLM) else QFormerVLM(model)
+        runner.layer = self.cross_layer_index(runner.blip)
         super().__init__(runner, processor, **kwargs)
         self.tokenizer.padding_side = "left"
         processor.qformer_tokenizer.padding_side = "right"  # absolute positions in the Q-Former
@@ -135,6 +146,20 @@ class InstructBlipAdapter(VisionLanguageAdapter):
         vision = config.vision_config
         side = int(vision.image_size) // int(vision.patch_size)
         self.grid = (side, side)
+
+    def cross_layer_index(self, blip: nn.Module) -> int | None:
+        """Index (into the Q-Former's cross-attention layers) of the layer the patch map is read from:
+        `cross_attention_layer`, rescaled to the same relative depth when the Q-Former has another number
+        of cross-attention layers than the reference's; None = the mean over all of them."""
+        if self.cross_attention_layer is None:
+            return None
+        count = sum(bool(getattr(layer, "has_cross_attention", False)) for layer in blip.qformer.encoder.layer)
+        if count == 0:
+            raise ValueError("instructblip: the Q-Former has no cross-attention layer")
+        index = self.cross_attention_layer
+        if count != self.reference_cross_attention_layers:
+            index = int(round(index / self.reference_cross_attention_layers * count))
+        return min(max(index, 0), count - 1)
 
     def prompt(self, question: str | None) -> str:
         return f"{question}\n{self.instruction}" if question is not None else self.instruction

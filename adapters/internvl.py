@@ -67,6 +67,12 @@ class InternVLAdapter(PromptAdapter):
             raise ValueError(f"internvl: {n_tiles} tiles for an image of {size}; expected {rows}x{cols}")
         return rows, cols
 
+    def pixel_rows(self, inputs: BatchFeature) -> dict[str, list[int]]:
+        """`pixel_values` holds the tiles (thumbnails included) of all images: one row per tile, i.e. per
+        `image_seq_length` image tokens of the sample."""
+        counts = (inputs["input_ids"] == self.image_token_id).sum(dim=-1) // self.tokens_per_tile
+        return {"pixel_values": [int(n) for n in counts]}
+
     def visual_layout(self, inputs: BatchFeature, index: int) -> VisualLayout:
         ids = inputs["input_ids"][index]
         is_image = ids == self.image_token_id

@@ -77,6 +77,15 @@ class Qwen2VLAdapter(PromptAdapter):
             raise ValueError(f"sample {index}: {positions.numel()} image tokens for grids of {start} tokens")
         return VisualLayout(segments, image_sizes=list(sizes))
 
+    def pixel_rows(self, inputs: BatchFeature) -> dict[str, list[int]]:
+        """`pixel_values` holds flattened patches, `t * h * w` rows per image (`image_grid_thw`)."""
+        per_image = inputs["image_grid_thw"].prod(dim=-1).tolist()
+        rows, start = [], 0
+        for sizes in inputs["laser_image_sizes"]:
+            rows.append(int(sum(per_image[start : start + len(sizes)])))
+            start += len(sizes)
+        return {"pixel_values": rows}
+
     # ----------------------------------------------------------------- forward inputs
     def prepare_model_inputs(self, inputs: BatchFeature) -> dict[str, Any]:
         """Also (re)derives `mm_token_type_ids` from `input_ids`, so that a truncated prompt (the

@@ -18,6 +18,7 @@ from typing import Any
 from .method.config import LaserConfig, list_presets
 from .method.engine import LaserEngine
 from .method.prediction import Prediction
+from .method.scoring import OptionScores
 
 __version__ = "0.2.0"
 
@@ -31,6 +32,7 @@ __all__ = [
     "LaserConfig",
     "LaserEngine",
     "LaserModule",
+    "OptionScores",
     "Prediction",
     "PredictionWriter",
     "VQADataModule",

@@ -1,46 +1,23 @@
-"""Reference computations shared by adapter tests: eager attention rows and LM input embeddings."""
+"""Reference computations shared by tests: eager attention rows, VAQ written out from its definition,
+LM input embeddings and the cells of a layout segment."""
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import torch
+from eager_reference import eager_language_model, eager_rows  # noqa: F401  (shared with tools/gpu_check.py)
 
-from laser.method.attention import model_tensors, pad_positions
-
-
-@contextmanager
-def eager_language_model(adapter):
-    """Temporarily run the language model's attention with the eager kernel."""
-    configs = {id(m.config): m.config for m in adapter.attention_modules()}
-    saved = {k: c._attn_implementation for k, c in configs.items()}
-    try:
-        for c in configs.values():
-            c._attn_implementation = "eager"
-        yield
-    finally:
-        for k, c in configs.items():
-            c._attn_implementation = saved[k]
+from laser.method.attention import model_tensors
 
 
-@torch.no_grad()
-def eager_rows(adapter, inputs) -> torch.Tensor:
-    """Last-row attention over the layout's visual positions from eager `output_attentions`:
-    [batch, layers, heads, n_visual]."""
-    layouts = [adapter.visual_layout(inputs, i) for i in range(len(inputs["input_ids"]))]
-    positions, _ = pad_positions(layouts)
-    model_inputs = adapter.prepare_model_inputs(model_tensors(inputs))
-    position_ids = adapter.position_ids(model_inputs["attention_mask"])
-    if position_ids is not None:
-        model_inputs["position_ids"] = position_ids
-    with eager_language_model(adapter):
-        out = adapter.model(**model_inputs, output_attentions=True, use_cache=False)
-    attentions = out.attentions
-    if len(attentions) != adapter.num_layers:  # some models also return vision attentions
-        attentions = attentions[-adapter.num_layers :]
-    att = torch.stack([a[:, :, -1, :] for a in attentions], dim=1).float()  # [B, L, H, T]
-    index = positions[:, None, None, :].expand(-1, att.shape[1], att.shape[2], -1)
-    return att.gather(-1, index)
+def cell_boxes(segment) -> list[tuple[float, float, float, float]]:
+    """Normalised (x0, y0, x1, y1) of every cell of a layout segment, row-major (the order of its
+    positions). Cells over padding the processor added lie partly outside [0, 1]."""
+    rows, cols = segment.grid
+    x0, y0, x1, y1 = segment.box
+    dx, dy = (x1 - x0) / cols, (y1 - y0) / rows
+    return [
+        (x0 + c * dx, y0 + r * dy, x0 + (c + 1) * dx, y0 + (r + 1) * dy) for r in range(rows) for c in range(cols)
+    ]
 
 
 @torch.no_grad()
@@ -62,3 +39,18 @@ def language_input_embeddings(adapter, inputs) -> torch.Tensor:
     finally:
         handle.remove()
     return captured["h"]
+
+
+def reference_vaq(a_plus, a_zero, top_k: int) -> list[float]:
+    """docs/method.md, VAQ, written out independently of `laser.method.vaq`: per layer, the mean of the
+    top-K heads' `||relu(a+ - a0)||_2`. a_plus, a_zero: [layers, heads, n_visual]."""
+    layers, heads, _ = a_plus.shape
+    out = []
+    for layer in range(layers):
+        norms = []
+        for head in range(heads):
+            diff = [max(0.0, float(p) - float(z)) for p, z in zip(a_plus[layer, head], a_zero[layer, head])]
+            norms.append(sum(d * d for d in diff) ** 0.5)
+        best = sorted(norms, reverse=True)[: min(top_k, heads)]
+        out.append(sum(best) / len(best))
+    return out

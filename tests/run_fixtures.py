@@ -107,3 +107,18 @@ def run_inprocess(*args: str) -> tuple[int, str, str]:
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = main(list(args))
     return code, out.getvalue(), err.getvalue()
+
+
+def predict_in_process(*args: str) -> int:
+    """`laser predict <args>` in this process with one torch thread, as the subprocess runs
+    (OMP_NUM_THREADS=1) compute, so their float sums are the same."""
+    import torch
+
+    from laser.run.cli import main
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return main(["predict", *args])
+    finally:
+        torch.set_num_threads(threads)

@@ -1,7 +1,7 @@
 """The two VAQ passes: prefix-cache reuse equals full prefills; `pred.vaq` equals eager attentions."""
 
 import torch
-from adapter_checks import eager_rows
+from adapter_checks import eager_rows, reference_vaq
 from conftest import random_image
 
 from laser import LaserConfig, LaserEngine
@@ -39,20 +39,6 @@ def test_no_question_rows_equal_eager(llava_adapter):
     torch.testing.assert_close(rows.a_zero, eager_rows(adapter, inputs_0), atol=1e-5, rtol=0)
 
 
-def _reference_vaq(a_plus, a_zero, top_k):
-    """docs/method.md, VAQ, written out independently: per layer, mean of the top-K head norms."""
-    layers, heads, _ = a_plus.shape
-    out = []
-    for layer in range(layers):
-        norms = []
-        for head in range(heads):
-            diff = [max(0.0, float(p) - float(z)) for p, z in zip(a_plus[layer, head], a_zero[layer, head])]
-            norms.append(sum(d * d for d in diff) ** 0.5)
-        best = sorted(norms, reverse=True)[: min(top_k, heads)]
-        out.append(sum(best) / len(best))
-    return out
-
-
 def test_prediction_vaq_equals_independent_computation(llava_adapter):
     adapter = llava_adapter
     image, question = random_image(480, 360, 9), "What digit is in the blue box ?"
@@ -61,7 +47,7 @@ def test_prediction_vaq_equals_independent_computation(llava_adapter):
         pred = engine.answer(image, question)
         a_plus = eager_rows(adapter, adapter.build_inputs([image], [question]))[0]
         a_zero = eager_rows(adapter, adapter.build_inputs([image], [question], with_question=False))[0]
-        expected = _reference_vaq(a_plus, a_zero, top_k)
+        expected = reference_vaq(a_plus, a_zero, top_k)
         assert len(pred.vaq) == adapter.num_layers
         torch.testing.assert_close(torch.tensor(pred.vaq), torch.tensor(expected), atol=1e-6, rtol=1e-4)
         assert pred.layer == max(range(len(expected)), key=expected.__getitem__)

@@ -19,10 +19,16 @@ def bench():
     return module
 
 
-def test_bench_tiny_run_has_every_section(bench, tmp_path):
-    result = bench.run("tiny", threads=1, log=lambda _msg: None)
-    for section in ("meta", "attention_capture", "end_to_end", "cost_floor", "batch_throughput", "targets"):
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_bench_tiny_run_has_every_section(bench, tmp_path, dtype):
+    result = bench.run("tiny", threads=1, log=lambda _msg: None, dtype=dtype)
+    assert result["meta"]["dtype"] == dtype
+    sections = ("meta", "attention_capture", "end_to_end", "cost_floor", "batch_throughput", "attention_memory_72b", "targets")
+    for section in sections:
         assert section in result, section
+    memory = result["attention_memory_72b"]
+    assert set(memory["variants"]) == {"capture_a_plus_a_zero", "localise", "localise_whole_tensor_before"}
+    assert memory["rows_kept_bytes"] == 2 * 4 * 8 * 256 * 4  # a+ and a0: layers x heads x n_visual float32
     assert set(result["attention_capture"]) == {"llava", "qwen2_vl_highres"}
     for shape in result["attention_capture"].values():
         assert {"sdpa", "probe"} <= set(shape["variants"])
@@ -67,3 +73,10 @@ def test_memory_phase_merges_into_time_phase(bench):
     assert ratios["laser_peak_mem_over_vanilla"] == 1.25 and ratios["laser_full_peak_mem_over_vanilla"] == 2.25
     met = {t["target"]: t["met"] for t in timed["targets"]}
     assert met["peak RSS delta laser/vanilla <= 1.25"] is True
+
+
+def test_out_takes_a_folder_or_a_file(bench, tmp_path):
+    assert bench.output_paths(str(tmp_path), "cpu") == (tmp_path / "cpu.json", tmp_path / "cpu.txt")
+    new = tmp_path / "new"
+    assert bench.output_paths(f"{new}/", "cuda") == (new / "gpu.json", new / "gpu.txt")
+    assert bench.output_paths(str(tmp_path / "b.json"), "cpu") == (tmp_path / "b.json", None)

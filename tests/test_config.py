@@ -58,29 +58,69 @@ def test_every_yaml_under_configs_parses():
         assert OmegaConf.load(path) is not None, path
 
 
-def test_every_group_preset_composes_and_instantiates(tmp_path):
+def test_every_trainer_model_and_method_preset_composes_and_instantiates():
     import lightning.pytorch as pl
     from laser.adapters import resolve_adapter_class
 
-    from laser.run.compose import compose, data_kwargs, group_names, model_ref
-    from laser.run.data.datamodule import VQADataModule
+    from laser.run.compose import compose, group_names, model_ref
 
-    annotations = tmp_path / "a.jsonl"
-    annotations.write_text('{"sample_id": "x", "image": "x.png", "question": "q?", "answers": ["a"]}\n')
     for trainer in group_names("trainer"):
         cfg = compose([f"trainer={trainer}", "trainer.devices=1", "trainer.accelerator=cpu", "trainer.strategy=auto"])
         pl.Trainer(**{k: v for k, v in dict(cfg.trainer).items() if v is not None}, logger=False)
     for model in group_names("model"):
         cfg = compose([f"model={model}"])
         assert resolve_adapter_class(model_ref(cfg), cfg.model.adapter).name
-    for data in group_names("data"):
-        cfg = compose([f"data={data}"])
-        kwargs = data_kwargs(cfg)
-        if data != "testbed":  # the others point at files the user downloads
-            kwargs.update(annotations=str(annotations), image_root=str(tmp_path), format="jsonl")
-        datamodule = VQADataModule(**kwargs)
-        datamodule.setup("predict")
-        assert datamodule.expected_ids
     for method in list_presets():
         cfg = compose([f"method={method}"])
         assert LaserConfig.from_dict(cfg.method).name == method
+
+
+# tests/fixtures/data/ is a miniature of the folders the data presets point at (their default
+# `data.annotations` / `data.image_root`, relative to the working directory), each benchmark's files
+# hand-written in its official distribution format: (sample ids, first sample's references).
+FIXTURES = Path(__file__).parent / "fixtures"
+BENCHMARK_FIXTURES = {
+    "textvqa": (
+        ["34602", "34603"],
+        ["nous les gosses", "dakota", "clos culombu", "dakota digital", "dakota", "dakota", "dakota digital",
+         "dakota digital", "dakota", "dakota"],
+    ),
+    "pope": (["1", "2"], ["yes"]),
+    "aokvqa": (["22jbM6gDxdaMaunuzgrsBB"], ["D"]),
+    "vstar": (["direct_attributes/sa_4690", "relative_position/sa_10049"], None),
+    "gqa": (["20968379", "201307251"], ["yes"]),
+    "docvqa": (["49153"], ["0.28"]),
+}
+
+
+def test_every_data_preset_reads_its_own_format(monkeypatch, tmp_path):
+    from laser.run.compose import compose, data_kwargs, group_names
+    from laser.run.data.datamodule import VQADataModule
+
+    monkeypatch.chdir(FIXTURES)
+    jsonl = tmp_path / "q.jsonl"
+    jsonl.write_text('{"sample_id": "x", "image": "pope.jpg", "question": "q?", "answers": ["a"]}\n')
+    (tmp_path / "pope.jpg").write_bytes((FIXTURES / "data/coco/val2014/COCO_val2014_000000310196.jpg").read_bytes())
+    extra = {"jsonl": [f"data.annotations={jsonl}"]}
+    expected = {**BENCHMARK_FIXTURES, "jsonl": (["x"], ["a"])}
+    assert set(group_names("data")) == set(expected) | {"testbed"}, "a data preset without a fixture here"
+    for data in sorted(expected):
+        cfg = compose([f"data={data}", *extra.get(data, [])])
+        kwargs = data_kwargs(cfg)
+        assert kwargs["format"] == data
+        datamodule = VQADataModule(**kwargs)
+        datamodule.setup("predict")
+        ids, references = expected[data]
+        assert datamodule.expected_ids == ids, data
+        items = [item for batch in datamodule.predict_dataloader() for item in batch]
+        assert [item["error"] for item in items] == [None] * len(ids), data  # every image found and read
+        if references is not None:
+            assert items[0]["answers"] == references, data
+        for item in items:  # multiple choice: the reference letter points at the correct option
+            if item["choices"]:
+                assert item["choices"][ord(item["answers"][0]) - ord("A")] == item["meta"]["correct_choice"]
+                assert "\nA. " in item["question"]
+    # the shipped testbed split, read as shipped
+    testbed = VQADataModule(**data_kwargs(compose(["data=testbed"])))
+    testbed.setup("predict")
+    assert len(testbed.expected_ids) == 797

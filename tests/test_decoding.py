@@ -1,11 +1,17 @@
-"""VAT scores and the adaptive plausibility cut, by hand."""
+"""VAT scores, the adaptive plausibility cut and token selection, by hand."""
 
 import math
 
 import torch
 
 from laser.method.config import DecodeConfig
-from laser.method.decoding import choose_tokens, plausibility_cut, vat_scores
+from laser.method.decoding import (
+    generation_config,
+    logits_processors,
+    plausibility_cut,
+    select_tokens,
+    vat_scores,
+)
 
 
 def test_vat_scores_equal_one_plus_alpha_zpos_minus_alpha_zneg():
@@ -32,13 +38,24 @@ def test_contrastive_choice_can_differ_from_greedy_positive():
     z_pos = torch.log(torch.tensor([[0.5, 0.45, 0.05]]))
     z_neg = torch.log(torch.tensor([[0.9, 0.05, 0.05]]))  # the negative view also likes token 0
     scores = plausibility_cut(vat_scores(z_pos, z_neg, 1.0), z_pos, 0.1)
-    assert int(choose_tokens(z_pos, DecodeConfig(), None)) == 0
-    assert int(choose_tokens(scores, DecodeConfig(), None)) == 1
+    assert int(select_tokens(z_pos, do_sample=False)) == 0
+    assert int(select_tokens(scores, do_sample=False)) == 1
 
 
-def test_sampling_is_reproducible_per_generator_and_respects_top_k():
+def test_sampling_is_reproducible_per_generator_and_respects_top_k(llava):
+    """Sampling goes through transformers' warpers built from the generation config (`decode.top_k`
+    set over the model's config): every draw is among the top 3 and each generator's draws repeat."""
+    model, _ = llava
+    config = generation_config(model, DecodeConfig(do_sample=True, top_k=3))
+    ids, mask = torch.zeros(2, 4, dtype=torch.long), torch.ones(2, 4, dtype=torch.long)
+    processors = logits_processors(model, config, ids, mask, torch.tensor([3]))
     scores = torch.zeros(2, 50)
-    cfg = DecodeConfig(do_sample=True, top_k=3)
     scores[:, :3] = 5.0
-    a = [choose_tokens(scores, cfg, [torch.Generator().manual_seed(s) for s in (1, 2)]) for _ in range(2)]
-    assert torch.equal(a[0], a[1]) and (a[0] < 3).all()
+    scores[:, 3:6] = 4.9  # without top-k these would be drawn about half the time
+    draws = [
+        select_tokens(processors(ids, scores.clone()), True, [torch.Generator().manual_seed(s) for s in (1, 2)])
+        for _ in range(20)
+    ]
+    assert all((d < 3).all() for d in draws)
+    again = select_tokens(processors(ids, scores.clone()), True, [torch.Generator().manual_seed(s) for s in (1, 2)])
+    assert torch.equal(draws[0], again)

@@ -4,7 +4,7 @@ patch), changing one region of the image changes exactly the tokens the layout p
 import numpy as np
 import pytest
 import torch
-from adapter_checks import language_input_embeddings
+from adapter_checks import cell_boxes, language_input_embeddings
 from laser.adapters import create_adapter
 from PIL import Image
 
@@ -15,30 +15,9 @@ def local_adapters():
 
     out = {}
     for do_pad in (False, True):
-        # vision_feature_layer=-2 with one encoder layer selects the patch embeddings: no mixing
-        model, processor = tiny_llava(vision_layers=1, do_pad=do_pad)
+        model, processor = tiny_llava(vision_layers=0, do_pad=do_pad)  # the LM sees the patch embeddings
         out[do_pad] = create_adapter("llava", model=model, processor=processor)
     return out
-
-
-def _cell_boxes(layout, image_size):
-    """Pixel box of every visual token of image 0, in layout order."""
-    width, height = image_size
-    boxes = []
-    for seg in layout.segments:
-        rows, cols = seg.grid
-        x0, y0, x1, y1 = seg.box
-        for r in range(rows):
-            for c in range(cols):
-                boxes.append(
-                    (
-                        (x0 + (x1 - x0) * c / cols) * width,
-                        (y0 + (y1 - y0) * r / rows) * height,
-                        (x0 + (x1 - x0) * (c + 1) / cols) * width,
-                        (y0 + (y1 - y0) * (r + 1) / rows) * height,
-                    )
-                )
-    return boxes
 
 
 def _overlap(a, b, margin=0.0, eps=1e-6):
@@ -87,7 +66,11 @@ def test_changed_tokens_are_the_layout_cells_over_the_region(local_adapters, do_
     text_positions[positions] = False
     assert torch.allclose(embeddings[0, text_positions], embeddings[1, text_positions])
 
-    cells = _cell_boxes(layout, (width, height))
+    cells = [  # pixel boxes of the layout's cells, in position order
+        (x0 * width, y0 * height, x1 * width, y1 * height)
+        for segment in layout.segments
+        for x0, y0, x1, y1 in cell_boxes(segment)
+    ]
     cell_w = cells[0][2] - cells[0][0]
     if exact:
         expected = torch.tensor([_overlap(c, region) for c in cells])

@@ -28,13 +28,14 @@ from laser.run.metrics import (
         ("none", "0"),
         ("Yes, it is!", "yes it is"),  # punctuation touching a space is deleted
         ("left-hand", "left hand"),  # punctuation inside a word becomes a space
-        ("1,000", "1000"),  # digit,digit: punctuation deleted everywhere
+        ("1,000", "1000"),  # commas are deleted
         ("3.5", "3.5"),  # a decimal point stays
         ("end.", "end"),
         ("dont", "don't"),
-        ("couldntve", "couldn't've"),
+        ("couldnt've", "couldn't've"),
+        ("couldntve", "couldntve"),  # the official table restores one missing apostrophe, not two
         ("its", "its"),  # an ordinary word, not "it's"
-        ("cat's", "cat's"),
+        ("cat's", "cat 's"),  # "'s" is split off
         ("(red)", "red"),
         ("a\tb", "b"),
     ],
@@ -77,7 +78,8 @@ def test_levenshtein(a: str, b: str, distance: int) -> None:
 def test_anls_hand_computed() -> None:
     assert anls("helo", ["hello"]) == pytest.approx(0.8)  # 1 edit / 5 characters
     assert anls(" Hello   WORLD ", ["hello world"]) == 1.0  # case and spacing do not count
-    assert anls("ab", ["ac"]) == 0.0  # NL = 0.5 reaches the threshold: no credit
+    assert anls("ab", ["ac"]) == 0.5  # NL = 0.5: similarity 0.5 is not below the threshold
+    assert anls("abc", ["axy"]) == 0.0  # NL = 2/3: no credit
     assert anls("abcd", ["abxd"]) == pytest.approx(0.75)
     assert anls("$1,000", ["1000", "$1,000.0"]) == pytest.approx(0.75)  # 2/6 vs 2/8: the closer reference wins
     assert anls("", ["x"]) == 0.0
@@ -94,13 +96,14 @@ def test_docvqa_is_scored_with_anls() -> None:
 def test_pope_metrics_hand_computed() -> None:
     predictions = ["Yes", "No, there is not.", "yes.", "I think so", "no"]
     labels = ["yes", "no", "no", "yes", "yes"]
-    # yes/no/yes/other(=no)/no -> TP=1 (0), FP=1 (2), TN=1 (1), FN=2 (3, 4)
+    # official: yes/no/yes/yes (no "no" word)/no -> TP=2 (0, 3), FP=1 (2), TN=1 (1), FN=1 (4)
     result = pope_metrics(predictions, labels)
-    assert result["accuracy"] == pytest.approx(2 / 5)
-    assert result["precision"] == pytest.approx(1 / 2)
-    assert result["recall"] == pytest.approx(1 / 3)
-    assert result["f1"] == pytest.approx(2 * 0.5 * (1 / 3) / (0.5 + 1 / 3))  # = 0.4
-    assert result["yes_ratio"] == pytest.approx(2 / 5)
+    assert (result["tp"], result["fp"], result["tn"], result["fn"]) == (2, 1, 1, 1)
+    assert result["accuracy"] == pytest.approx(3 / 5)
+    assert result["precision"] == pytest.approx(2 / 3)
+    assert result["recall"] == pytest.approx(2 / 3)
+    assert result["f1"] == pytest.approx(2 / 3)
+    assert result["yes_ratio"] == pytest.approx(3 / 5)
     assert result["other"] == 1 and result["n"] == 5
 
 

@@ -19,8 +19,15 @@ PACKAGE_DIRS = {"laser": ROOT / "laser", "laser.adapters": ROOT / "adapters"}
 # the level of each layer: a module may import its own level and the levels below it. The adapter
 # contract is at the bottom, the method core above it; running over data sets (`run`: the CLI, the
 # Lightning layer, writer, metrics) and reporting on runs (`report`, the shipped `testbed` benchmark)
-# sit on top and may use each other.
-LAYERS = {"laser.adapters": 0, "laser.method": 1, "laser.run": 2, "laser.report": 2, "laser.testbed": 2}
+# sit on top and may use each other; `integrations` (LASER inside other tools: lmms-eval) above them all.
+LAYERS = {
+    "laser.adapters": 0,
+    "laser.method": 1,
+    "laser.run": 2,
+    "laser.report": 2,
+    "laser.testbed": 2,
+    "laser.integrations": 3,
+}
 
 
 def layer_of(module: str) -> str | None:
@@ -132,6 +139,9 @@ def test_wheel_installs_one_import_name(wheel):
     assert "laser/configs/method/laser.yaml" in names
     assert "laser/adapters/base.py" in names
     assert "laser/assets/testbed/model/model.safetensors" in names
+    assert "laser/integrations/lmms_eval.py" in names  # lmms-eval finds the `laser` model by its entry point
+    (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
+    assert "laser = laser.integrations.lmms_eval:MANIFEST" in zipfile.ZipFile(wheel).read(entry_points).decode()
     assert not [n for n in names if n.startswith(("tools/", "tests/", "laser/testbed/model", "laser/testbed/data"))]
 
 

@@ -43,7 +43,7 @@ def test_probe_does_not_change_model_outputs(llava_adapter):
         plain = adapter.model(**model_inputs).logits
         probe.install()
         layouts = [adapter.visual_layout(inputs, 0)]
-        with probe.capture(layouts[0].positions[None]):
+        with probe.capture(layouts[0].positions[None], model_inputs["attention_mask"]):
             probed = adapter.model(**model_inputs).logits
     assert torch.equal(plain, probed)
 

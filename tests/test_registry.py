@@ -38,15 +38,16 @@ def test_create_adapter_from_saved_folder_chooses_by_architecture(llava, tmp_pat
 
 
 def test_unknown_adapter_and_unserved_architecture(tmp_path):
+    (tmp_path / "empty").mkdir()
     with pytest.raises(AdapterNotFoundError, match="'nope'"):
         create_adapter("nope")
     (tmp_path / "config.json").write_text('{"architectures": ["MysteryForVision"]}')
     with pytest.raises(AdapterNotFoundError, match="MysteryForVision"):
         create_adapter(str(tmp_path))
-    with pytest.raises(FileNotFoundError, match="config.json"):
-        create_adapter(str(tmp_path / "missing_dir"), adapter=None) if False else adapters._registry.architecture_of(
-            tmp_path / "nowhere"
-        )
+    with pytest.raises(FileNotFoundError, match="has no config.json"):
+        create_adapter(tmp_path / "empty")  # a folder that is not a checkpoint
+    with pytest.raises(AdapterNotFoundError, match="nor an existing checkpoint folder"):
+        create_adapter(str(tmp_path / "missing_dir"))
 
 
 def test_third_party_adapter_through_entry_point(tmp_path, monkeypatch):

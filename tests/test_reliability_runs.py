@@ -1,31 +1,36 @@
-"""Reliability of whole runs: SIGKILL at several points (model load, after k batches, a DDP run) then the
-same command again gives every sample exactly once and the same predictions as an uninterrupted run;
-the same command with the same seed repeats exactly (greedy and sampling, 1 and 2 processes); and a
-run never overwrites another configuration's predictions unless told to (resume=true / overwrite=true).
+"""Reliability of whole runs: a run killed with SIGKILL (before its first batch, after k batches, a DDP
+run) then started again with the same command gives every sample exactly once and the same predictions
+as an uninterrupted run; the same command with the same seed repeats exactly (greedy and sampling, 1 and
+2 processes, and 2 processes equal 1); and a run never overwrites another configuration's predictions
+unless told to (resume=true / overwrite=true).
 
-One saved tiny model (112 px, 64 visual tokens) and one uninterrupted reference per decoding mode."""
+The kill point is exact, whatever the machine's speed: the prediction writer's test hook
+(`LASER_TEST_KILL_AFTER_BATCH=k`, laser/run/writer.py) makes the process SIGKILL itself right after its
+k-th batch is on disk. One saved tiny model (112 px, 64 visual tokens) and one uninterrupted reference
+per decoding mode."""
 
+import contextlib
 import json
 import os
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
-import torch
 from run_fixtures import (
     comparable,
     laser_command,
     predict_args,
+    predict_in_process,
     records_by_id,
-    run_laser,
     save_tiny_llava,
     write_dataset,
 )
 
-from laser.run.cli import main
+from laser.run.writer import KILL_AFTER_BATCH_ENV
 
 N = 5
 GREEDY = ("data.batch_size=1", "method.decode.max_new_tokens=2")
@@ -39,13 +44,6 @@ def same_predictions(a: dict, b: dict) -> bool:
     return sorted(a) == sorted(b) and all(strip(a[i]) == strip(b[i]) for i in a)
 
 
-def run_in_process(*args: str) -> int:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as in the subprocess runs (OMP_NUM_THREADS=1): same float sums
-    try:
-        return main(["predict", *args])
-    finally:
-        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -54,80 +52,90 @@ def setup(tmp_path_factory):
     model = save_tiny_llava(root / "model", image_size=112)
     annotations = write_dataset(root / "data", n=N, sizes=((160, 120), (120, 160), (112, 112)))
     greedy = root / "greedy"
-    assert run_in_process(*predict_args(model, annotations, greedy, *GREEDY)) == 0
+    assert predict_in_process(*predict_args(model, annotations, greedy, *GREEDY)) == 0
     return root, model, annotations, records_by_id(greedy)
 
 
-def lines(out: Path) -> int:
-    return sum(p.read_bytes().count(b"\n") for p in out.glob("predictions.rank*.jsonl"))
+def lines(out: Path, pattern: str = "predictions.rank*.jsonl") -> int:
+    return sum(p.read_bytes().count(b"\n") for p in out.glob(pattern))
 
 
-def maps_file(pid: int, needle: str) -> bool:
-    try:
-        return needle in Path(f"/proc/{pid}/maps").read_text()
-    except OSError:
-        return False
+def live_processes(group: int) -> list[int]:
+    """Pids of the process group's processes that are still running (not zombies)."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, _, pgrp = stat.read_text().rsplit(")", 1)[1].split()[:3]
+        except (OSError, IndexError):
+            continue
+        if int(pgrp) == group and state != "Z":
+            pids.append(int(stat.parent.name))
+    return pids
 
 
-def start_and_kill(args: list[str], until, timeout: float = 120) -> None:
-    """Start `laser predict args` in its own process group; SIGKILL the whole group once `until(pid)`."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(
-        laser_command("predict", *args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True
-    )
-    deadline = time.time() + timeout
-    try:
-        while time.time() < deadline and proc.poll() is None and not until(proc.pid):
-            time.sleep(0.01)
-        assert proc.poll() is None, "the run ended before it could be killed"
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+def run_killed(args: list[str], after_batch: int) -> None:
+    """`laser predict args` in its own process group, every process of which (a DDP worker too) kills
+    itself through the writer's hook once it has written `after_batch` batches."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", KILL_AFTER_BATCH_ENV: str(after_batch)}
+    with tempfile.TemporaryFile() as err:  # not a pipe: a DDP worker outliving the launcher would hold it
+        proc = subprocess.Popen(
+            laser_command("predict", *args), stdout=subprocess.DEVNULL, stderr=err, env=env, start_new_session=True
+        )
+        try:
+            proc.wait(timeout=300)
+            deadline = time.monotonic() + 120
+            while live_processes(proc.pid) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert not live_processes(proc.pid), "a process of the run did not reach its kill point"
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        err.seek(0)
+        assert proc.returncode == -signal.SIGKILL, f"the run was not killed ({proc.returncode}): {err.read()[-2000:]!r}"
 
 
-def test_sigkill_during_load_and_after_k_batches_then_rerun_is_identical(setup):
+def test_sigkill_before_the_first_batch_and_after_k_batches_then_rerun_is_identical(setup):
     root, model, annotations, greedy = setup
     out = root / "killed"
-    args = predict_args(model, annotations, out, *GREEDY)
-    start_and_kill(args, lambda pid: maps_file(pid, "model.safetensors"))  # while the weights are being read
+    args = predict_args(model, annotations, out, *GREEDY)  # one batch is one sample
+    run_killed(args, after_batch=0)  # model loaded, nothing predicted yet
     assert (out / "run_config.json").exists() and lines(out) == 0
-    for k in (1, 3):  # one batch is one sample: killed after k, or while writing batch k + 1
-        start_and_kill(args, lambda pid, k=k: lines(out) >= k)
-        assert k <= lines(out) < N
-    assert run_in_process(*args) == 0  # the same command again
+    run_killed(args, after_batch=2)
+    assert lines(out) == 2
+    assert predict_in_process(*args) == 0  # the same command again
     assert same_predictions(records_by_id(out), greedy)  # records_by_id: every id exactly once
 
 
-def test_sampling_repeats_exactly_and_a_killed_ddp_run_resumes_to_the_same_samples(setup):
+def test_sampling_repeats_exactly_and_a_killed_ddp_run_resumes_on_one_process_to_the_same_samples(setup):
     root, model, annotations, greedy = setup
     out = root / "sampled"
     args = predict_args(model, annotations, out, *SAMPLING)
-    assert run_in_process(*args) == 0
+    assert predict_in_process(*args) == 0
     first = records_by_id(out)
-    assert run_in_process(*args, "overwrite=true") == 0  # the same command again, from scratch
+    assert predict_in_process(*args, "overwrite=true") == 0  # the same command again, from scratch
     assert same_predictions(records_by_id(out), first)
     assert any(first[i]["prediction"] != greedy[i]["prediction"] for i in greedy)  # it did sample
 
-    two = root / "sampled_ddp"  # 2 processes: SIGKILL the launcher and its worker, then the same command
+    two = root / "sampled_ddp"  # 2 processes, each killed after its first batch (2 samples)
     ddp_args = predict_args(model, annotations, two, *SAMPLING, *DDP)
-    start_and_kill(ddp_args, lambda pid: lines(two) >= 2)
-    assert 2 <= lines(two) < N
-    run_laser("predict", *ddp_args)
+    run_killed(ddp_args, after_batch=1)
+    assert [lines(two, f"predictions.rank{r}.jsonl") for r in (0, 1)] == [2, 2]
+    assert predict_in_process(*predict_args(model, annotations, two, *SAMPLING)) == 0  # resumed on 1 process
     records = records_by_id(two)
-    assert len(list(two.glob("predictions.rank*.jsonl"))) == 2
     assert sorted(records) == sorted(first)
-    assert all(comparable(records[i]) == comparable(first[i]) for i in first)
+    assert all(comparable(records[i]) == comparable(first[i]) for i in first)  # 2 processes wrote what 1 did
 
 
 def test_output_of_another_config_is_never_overwritten_by_accident(setup, tmp_path, capsys):
     root, model, annotations, greedy = setup
     out = tmp_path / "out"
     shutil.copytree(root / "greedy", out)
-    assert run_in_process(*predict_args(model, annotations, out, *GREEDY)) == 0  # same config: nothing to do
+    assert predict_in_process(*predict_args(model, annotations, out, *GREEDY)) == 0  # same config: nothing to do
     assert "0 predicted now, 5 already there" in capsys.readouterr().out
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     changed = predict_args(model, annotations, out, "data.batch_size=1", "method=vanilla", "method.decode.max_new_tokens=2")
-    assert run_in_process(*changed) == 2
+    assert predict_in_process(*changed) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("laser: error:") and "\n" not in err
     assert "already holds predictions from a different run config" in err and "method.localize" in err
@@ -138,7 +146,7 @@ def test_output_of_another_config_is_never_overwritten_by_accident(setup, tmp_pa
     rank0 = out / "predictions.rank0.jsonl"
     rank0.write_text("".join(rank0.read_text().splitlines(keepends=True)[:2]))
     with pytest.warns(UserWarning, match="resuming .* with a changed config"):
-        assert run_in_process(*changed, "resume=true") == 0
+        assert predict_in_process(*changed, "resume=true") == 0
     records = records_by_id(out)
     kept = sorted(greedy)[:2]
     assert sorted(records) == sorted(greedy)
@@ -147,7 +155,7 @@ def test_output_of_another_config_is_never_overwritten_by_accident(setup, tmp_pa
     assert json.loads((out / "run_config.json").read_text())["method"]["name"] == "vanilla"
 
     # overwrite=true: every old prediction is deleted and the run starts over
-    assert run_in_process(*predict_args(model, annotations, out, *GREEDY), "overwrite=true") == 0
+    assert predict_in_process(*predict_args(model, annotations, out, *GREEDY), "overwrite=true") == 0
     assert same_predictions(records_by_id(out), greedy)
 
 

@@ -170,6 +170,26 @@ def test_labels_stay_distinct_and_vanilla_only_runs_skip_layer_figures(runs, tmp
     _check_png(tmp_path / "v" / "paths.png", min_side=200)
 
 
+def test_figure_titles_fit_in_the_figure(runs, tmp_path, monkeypatch):
+    """One model and one dataset make the narrowest figures: no title may be cut off at their edges."""
+    import matplotlib.pyplot as plt
+
+    from laser.report import figures
+
+    drawn = []
+    monkeypatch.setattr(figures, "_save", lambda fig, path: drawn.append(fig))
+    one = load_runs([p for (model, ann, _), p in runs.items() if model == "org/model-a" and "shapes" in ann])
+    for draw in (figures.vaq_figure, figures.layer_figure, figures.path_figure):
+        assert draw(one, tmp_path / "figure.png")
+    for fig in drawn:
+        renderer = fig.canvas.get_renderer()
+        for text in [fig._suptitle, *(ax.title for ax in fig.axes)]:
+            if text is not None and text.get_text():
+                box = text.get_window_extent(renderer)
+                assert box.x0 >= 0 and box.x1 <= fig.bbox.width and box.y1 <= fig.bbox.height, text.get_text()
+        plt.close(fig)
+
+
 @pytest.fixture(scope="module")
 def real_run(tmp_path_factory):
     from run_fixtures import predict_args, save_tiny_llava, write_dataset

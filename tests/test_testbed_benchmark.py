@@ -1,5 +1,6 @@
 """Oracle crops and the results table of the testbed benchmark, by hand."""
 
+from laser.method.config import CropConfig
 from laser.testbed.benchmark import oracle_box, paired_difference_ci, results_table, tight_oracle_box
 
 
@@ -8,13 +9,16 @@ def test_oracle_box_has_laser_crop_size_centred_and_clamped():
     assert oracle_box(meta, (512, 512)) == (0, 0, 256, 256)  # centre 120 -> clamped at the border
     meta = {"target_box": [300, 200, 340, 240]}
     assert oracle_box(meta, (512, 512)) == (192, 92, 448, 348)
+    # the size comes from the crop config (the laser preset's 0.5 / 224 by default), not a copy of it
+    assert oracle_box(meta, (512, 512), CropConfig(ratio=0.25, min_side=64)) == (256, 156, 384, 284)
 
 
 def test_tight_oracle_box_and_anchor_union():
     assert tight_oracle_box({"target_box": [200, 200, 240, 240]}, (512, 512)) == (170, 170, 270, 270)
     meta = {"target_box": [200, 200, 240, 240], "anchor_box": [300, 200, 340, 240]}
-    x0, y0, x1, y1 = tight_oracle_box(meta, (512, 512))
-    assert x0 <= 200 and x1 >= 340 and x1 - x0 == y1 - y0
+    # 1.2 x the 140 px joint box = 168 px (more than 2.5 x the 40 px target), centred on the pair
+    assert tight_oracle_box(meta, (512, 512)) == (186, 136, 354, 304)
+    assert tight_oracle_box({"target_box": [10, 10, 14, 14]}, (512, 512)) == (0, 0, 64, 64)  # at least 64 px
 
 
 def test_results_table_and_paired_difference():

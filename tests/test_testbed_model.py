@@ -1,10 +1,10 @@
 """The shipped testbed checkpoint loads offline as a real LLaVA and speaks the adapter's prompt."""
 
+import json
 import os
 
-import pytest
 import torch
-from testbed.model import answer_ids, build_processor, build_tokenizer, prompt, prompt_ids
+from testbed.model import answer_ids, build_config, build_processor, build_tokenizer, prompt, prompt_ids
 
 from laser.paths import assets_dir
 from laser.testbed.scenes import make_scene, render_scene
@@ -42,10 +42,11 @@ def test_processor_expands_image_token():
     assert tuple(b["pixel_values"].shape) == (1, 3, 64, 64)
 
 
-@pytest.mark.skipif(not (MODEL_DIR / "model.safetensors").exists(), reason="checkpoint not exported yet")
 def test_checkpoint_loads_offline_and_generates():
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
+    for name in ("model.safetensors", "config.json", "tokenizer.json", "processor_config.json"):
+        assert (MODEL_DIR / name).is_file(), f"the shipped testbed checkpoint is missing {MODEL_DIR / name}"
     assert os.path.getsize(MODEL_DIR / "model.safetensors") <= 30 * 2**20
     model = LlavaForConditionalGeneration.from_pretrained(MODEL_DIR, local_files_only=True).eval()
     proc = AutoProcessor.from_pretrained(MODEL_DIR, local_files_only=True)
@@ -58,3 +59,21 @@ def test_checkpoint_loads_offline_and_generates():
         fwd = model(**inp, use_cache=True)
     assert out.shape[1] == inp["input_ids"].shape[1] + 2
     assert fwd.logits.shape[:2] == inp["input_ids"].shape
+
+
+def test_checkpoint_was_built_by_this_code():
+    """The shipped tokenizer and config are what `build_tokenizer` / `build_config` make now, so the
+    training recipe (tools/train_testbed.py) starts from the shipped architecture."""
+    shipped = json.loads((MODEL_DIR / "tokenizer.json").read_text())
+    built = json.loads(build_tokenizer().backend_tokenizer.to_str())
+    assert {k: v for k, v in shipped.items() if k != "padding"} == {k: v for k, v in built.items() if k != "padding"}
+    from transformers import LlavaConfig
+
+    volatile = ("transformers_version", "dtype", "torch_dtype", "_name_or_path", "architectures")
+
+    def settings(config):
+        flat = config.to_dict()
+        flat = {**flat, **{f"{s}.{k}": v for s in ("vision_config", "text_config") for k, v in flat.pop(s).items()}}
+        return {k: v for k, v in flat.items() if k.rsplit(".", 1)[-1] not in volatile}
+
+    assert settings(LlavaConfig.from_pretrained(MODEL_DIR)) == settings(build_config(build_tokenizer()))

@@ -1,4 +1,4 @@
-"""Counterfactual masking, diffusion noise and image-mode handling."""
+"""Counterfactual masking and image-mode handling (diffusion noise: tests/test_baselines_reference.py)."""
 
 import numpy as np
 import pytest
@@ -7,7 +7,7 @@ from laser.adapters.base import VisualLayout, VisualSegment
 from PIL import Image
 
 from laser.method.images import to_rgb
-from laser.method.views import counterfactual_views, diffusion_noise_view
+from laser.method.views import counterfactual_views
 
 
 def test_counterfactual_masks_the_top_cells_with_the_channel_mean():
@@ -50,16 +50,6 @@ def test_zero_mask_ratio_masks_nothing():
     layout = VisualLayout([VisualSegment(0, torch.arange(4), (2, 2), (0.0, 0.0, 1.0, 1.0))])
     masked, cells = counterfactual_views([image], layout, [(0, 0, 1, 1)], torch.ones(8, 8), 0.0, "mean", torch.Generator())
     assert cells == [] and np.array_equal(np.asarray(masked[0]), np.asarray(image))
-
-
-def test_diffusion_noise_is_seeded_and_strong_at_t500():
-    image = Image.new("RGB", (32, 32), (128, 128, 128))
-    a = diffusion_noise_view(image, 500, 1000, torch.Generator().manual_seed(1))
-    b = diffusion_noise_view(image, 500, 1000, torch.Generator().manual_seed(1))
-    assert np.array_equal(np.asarray(a), np.asarray(b))
-    assert np.asarray(a, dtype=np.float64).std() > 30
-    with pytest.raises(ValueError, match="noise_step"):
-        diffusion_noise_view(image, 1000, 1000, torch.Generator())
 
 
 @pytest.mark.parametrize("mode", ["L", "RGBA", "P", "CMYK", "I;16", "LA", "1"])

@@ -125,6 +125,7 @@ def test_merge_records_report(tmp_path: Path) -> None:
         "unique": 6,
         "duplicates": {"s0": 1},
         "errors": 0,
+        "retryable": [],
         "missing": ["s5"],
         "unexpected": ["zz"],
     }

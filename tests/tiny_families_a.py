@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from tiny_models import word_tokenizer
+from tiny_lvlm import word_tokenizer
 
 HIDDEN = 64
 
@@ -115,7 +115,7 @@ def tiny_llava_onevision(*, vision_layers: int = 1, text_layers: int = 2, seed: 
         LlavaOnevisionVideoProcessor,
     )
 
-    tokenizer = word_tokenizer(("<video>",))
+    tokenizer = word_tokenizer(extra_special=("<video>",))
     torch.manual_seed(seed)
     llama = _llama(tokenizer, text_layers).to_dict()
     text = Qwen2Config(**{k: llama[k] for k in (
@@ -156,7 +156,7 @@ IDEFICS_TILE, IDEFICS_PATCH, IDEFICS_SCALE = 48, 8, 2  # 6x6 patches -> 3x3 toke
 
 
 def _idefics_parts(smol: bool, seed: int):
-    tokenizer = word_tokenizer(IDEFICS_SPECIAL + (("<video>",) if smol else ()))
+    tokenizer = word_tokenizer(extra_special=IDEFICS_SPECIAL + (("<video>",) if smol else ()))
     tokenizer.eos_token = "<end_of_utterance>"
     torch.manual_seed(seed)
     seq_len = (IDEFICS_TILE // IDEFICS_PATCH) ** 2 // IDEFICS_SCALE**2
@@ -233,7 +233,7 @@ def tiny_gemma3(
     )
 
     names = {"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>", "image_token": "<image_soft_token>"}
-    tokenizer = word_tokenizer((*names.values(), "<start_of_turn>", "<end_of_turn>", "user", "model"))
+    tokenizer = word_tokenizer(extra_special=(*names.values(), "<start_of_turn>", "<end_of_turn>", "user", "model"))
     tokenizer._set_model_specific_special_tokens(names)  # saved with the tokenizer, as Gemma 3's are
     torch.manual_seed(seed)
     text = Gemma3TextConfig(
@@ -272,7 +272,7 @@ def tiny_paligemma(*, vision_layers: int = 1, text_layers: int = 2, seed: int = 
         SiglipVisionConfig,
     )
 
-    tokenizer = word_tokenizer(("answer", "en"), n_filler=16)
+    tokenizer = word_tokenizer(extra_special=("answer", "en"), n_filler=16)
     image_processor = SiglipImageProcessor(size={"height": 32, "width": 32})
     image_processor.image_seq_length = 64
     processor = PaliGemmaProcessor(image_processor=image_processor, tokenizer=tokenizer)
@@ -293,13 +293,3 @@ def tiny_paligemma(*, vision_layers: int = 1, text_layers: int = 2, seed: int = 
     if vision_layers == 0:
         localise(model)
     return model, processor
-
-
-BUILDERS_A = {
-    "llava_next": tiny_llava_next,
-    "llava_onevision": tiny_llava_onevision,
-    "idefics3": tiny_idefics3,
-    "smolvlm": tiny_smolvlm,
-    "gemma3": tiny_gemma3,
-    "paligemma": tiny_paligemma,
-}

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from tiny_models import word_tokenizer
+from tiny_lvlm import word_tokenizer
 
 QWEN_SPECIAL = (
     "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>",
@@ -18,7 +18,7 @@ QWEN_SPECIAL = (
 
 
 def _qwen_tokenizer():
-    tokenizer = word_tokenizer(QWEN_SPECIAL)
+    tokenizer = word_tokenizer(extra_special=QWEN_SPECIAL)
     tokenizer.eos_token = "<|im_end|>"
     return tokenizer
 
@@ -160,7 +160,7 @@ def tiny_internvl(*, vision_layers: int = 1, text_layers: int = 3, hidden: int =
         "start_image_token": "<img>", "end_image_token": "</img>", "context_image_token": "<IMG_CONTEXT>",
         "video_token": "<video>",
     }
-    base = word_tokenizer((*roles.values(), "<|im_start|>", "<|im_end|>"))
+    base = word_tokenizer(extra_special=(*roles.values(), "<|im_start|>", "<|im_end|>"))
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=base.backend_tokenizer, unk_token="<unk>", pad_token="<pad>", bos_token="<s>",
         eos_token="<|im_end|>", extra_special_tokens=roles, padding_side="left",

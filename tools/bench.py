@@ -1,6 +1,8 @@
-"""LASER performance bench: attention capture, end to end, the cost floor and batch throughput.
+"""LASER performance bench: attention capture, end to end, the cost floor, batch throughput and the
+engine's memory at a 72B attention shape.
 
-    python tools/bench.py [--quick] [--out bench.json] [--threads N]
+    python tools/bench.py [--quick] [--out bench.json | --out DIR/] [--threads N]
+    python tools/bench.py --device cuda --dtype bfloat16 --out docs/bench/   # -> docs/bench/gpu.{txt,json}
 
 Builds random-weight models of real shapes (layers, heads and visual token counts of LLaVA-1.5-7B and
 of Qwen2-VL-7B at high resolution; hidden/intermediate sizes, vision-tower depth and width narrowed
@@ -14,6 +16,10 @@ faithful per-call peak (the kernel's peak counter, VmHWM, is reset through /proc
 each measured call). Timing under that setting would be wrong: every buffer over the threshold is
 page-faulted afresh, which taxes big batches most. On a GPU, `torch.cuda.max_memory_allocated` deltas
 are reported as well.
+
+On CUDA (`--device cuda`) the LLaVA model is full width (LLaVA-1.5-7B's real sizes, random weights, in
+`--dtype`), times are wall seconds, memory is the CUDA peak measured in-process, and the batch section
+compares batch 8 with batch 1.
 """
 
 from __future__ import annotations
@@ -34,8 +40,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+for _path in (ROOT, ROOT / "tools"):  # the checkout's `laser`; `tiny_lvlm` when loaded from elsewhere
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -84,32 +91,37 @@ SHAPES: dict[str, dict[str, dict[str, Any]]] = {
                  "vision_depth": 1, "vision_embed": 32, "vision_heads": 2, "patch": 14, "image_side": 112},
     },
 }
+SHAPES["gpu"] = {
+    "llava": {"layers": 32, "heads": 32, "kv_heads": 32, "hidden": 4096, "intermediate": 11008, "vocab": 32064,
+              "vision_layers": 24, "vision_hidden": 1024, "vision_intermediate": 4096, "vision_heads": 16,
+              "image_size": 336, "patch": 14},
+    "qwen": SHAPES["default"]["qwen"],
+}
+# The attention of a 72B model (Qwen2-VL-72B: 80 layers, 64 heads, 8 KV heads) over 16k visual tokens;
+# head_dim narrowed (only the probe's per-layer rows and the engine's buffers are measured, no model).
+SHAPE_72B = {"layers": 80, "heads": 64, "kv_heads": 8, "head_dim": 16, "n_visual": 16384, "text_tokens": 64}
+MEMORY_SHAPES = {
+    "default": SHAPE_72B, "gpu": SHAPE_72B, "quick": {**SHAPE_72B, "n_visual": 1024},
+    "tiny": {"layers": 4, "heads": 8, "kv_heads": 2, "head_dim": 8, "n_visual": 256, "text_tokens": 16},
+}
 PLANS = {
     # repeats per section, batch sizes, answer length
     "default": {"repeats": 5, "qwen_repeats": 1, "batch_repeats": 2, "batches": [1, 4, 8], "new_tokens": 8},
     "quick": {"repeats": 1, "qwen_repeats": 1, "batch_repeats": 1, "batches": [1, 4], "new_tokens": 8},
     "tiny": {"repeats": 1, "qwen_repeats": 1, "batch_repeats": 1, "batches": [1, 2], "new_tokens": 3},
+    "gpu": {"repeats": 5, "qwen_repeats": 3, "batch_repeats": 3, "batches": [1, 8], "new_tokens": 16},
 }
+MEMORY_72B_BATCH = {"cpu": 1, "cuda": 8}  # samples in the 72B-shape memory section (RAM on a shared CPU)
 
 
-def _word_tokenizer(extra_special: tuple[str, ...] = ()):
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+DEVICE = torch.device("cpu")  # set by `run`
+DTYPE = torch.float32
 
-    words = (
-        "USER ASSISTANT : ? . , What is the color of box on left right Answer question using single word "
-        "phrase Write a general description image"
-    ).split()
-    vocab_words = ["<unk>", "<pad>", "<s>", "</s>", "<image>", *extra_special, *words]
-    vocab = {w: i for i, w in enumerate(dict.fromkeys(vocab_words))}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>", bos_token="<s>", eos_token="</s>",
-        additional_special_tokens=["<image>", *extra_special],
-    )
-    tokenizer.padding_side = "left"
-    return tokenizer
+
+def _instantiate(cls, config):
+    """A random-weight model built directly on DEVICE in DTYPE (7B in float32 on the host would not fit)."""
+    with torch.device(DEVICE):
+        return cls._from_config(config, dtype=DTYPE).eval()
 
 
 def _never_stop(adapter):
@@ -120,45 +132,26 @@ def _never_stop(adapter):
 def build_llava(s: dict[str, Any]):
     """LLaVA-1.5-shaped `LlavaForConditionalGeneration` (CLIP tower shape, 336 px -> 576 tokens)."""
     from laser.adapters.llava import LlavaAdapter
-    from transformers import (
-        CLIPImageProcessor,
-        CLIPVisionConfig,
-        LlamaConfig,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-        LlavaProcessor,
-    )
+    from tiny_lvlm import llava_config, llava_processor, word_tokenizer
+    from transformers import LlavaForConditionalGeneration
 
-    tokenizer = _word_tokenizer()
+    tokenizer = word_tokenizer()
     torch.manual_seed(0)
-    config = LlavaConfig(
-        vision_config=CLIPVisionConfig(
-            hidden_size=s["vision_hidden"], intermediate_size=s["vision_intermediate"],
-            num_hidden_layers=s["vision_layers"], num_attention_heads=s["vision_heads"],
-            image_size=s["image_size"], patch_size=s["patch"], projection_dim=s["vision_hidden"],
-        ),
-        text_config=LlamaConfig(
-            vocab_size=max(s["vocab"], len(tokenizer)), hidden_size=s["hidden"], intermediate_size=s["intermediate"],
-            num_hidden_layers=s["layers"], num_attention_heads=s["heads"], num_key_value_heads=s["kv_heads"],
-            max_position_embeddings=4096, pad_token_id=tokenizer.pad_token_id,
-            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        ),
-        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
-        vision_feature_layer=-2, vision_feature_select_strategy="default",
+    config = llava_config(
+        tokenizer, image_size=s["image_size"], patch_size=s["patch"], vision_hidden=s["vision_hidden"],
+        vision_intermediate=s["vision_intermediate"], vision_layers=s["vision_layers"],
+        vision_heads=s["vision_heads"], text_hidden=s["hidden"], text_intermediate=s["intermediate"],
+        text_layers=s["layers"], heads=s["heads"], kv_heads=s["kv_heads"],
+        vocab_size=max(s["vocab"], len(tokenizer)),
     )
-    model = LlavaForConditionalGeneration(config).eval()
-    side = s["image_size"]
-    processor = LlavaProcessor(
-        image_processor=CLIPImageProcessor(size={"shortest_edge": side}, crop_size={"height": side, "width": side}),
-        tokenizer=tokenizer, patch_size=s["patch"], vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,
-    )
-    return _never_stop(LlavaAdapter(model, processor))
+    model = _instantiate(LlavaForConditionalGeneration, config)
+    return _never_stop(LlavaAdapter(model, llava_processor(tokenizer, s["image_size"], s["patch"])))
 
 
 def build_qwen(s: dict[str, Any]):
     """Qwen2-VL-shaped `Qwen2VLForConditionalGeneration` (patch 14, merge 2, dynamic resolution)."""
     from laser.adapters.qwen_vl import Qwen2VLAdapter
+    from tiny_lvlm import word_tokenizer
     from transformers import (
         Qwen2VLConfig,
         Qwen2VLForConditionalGeneration,
@@ -170,7 +163,7 @@ def build_qwen(s: dict[str, Any]):
 
     special = ("<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
                "<|video_pad|>", "<|endoftext|>")
-    tokenizer = _word_tokenizer(special)
+    tokenizer = word_tokenizer(extra_special=special)
     tokenizer.eos_token = "<|im_end|>"
     ids = tokenizer.convert_tokens_to_ids
     head_dim = s["hidden"] // s["heads"]
@@ -193,7 +186,7 @@ def build_qwen(s: dict[str, Any]):
         image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
         vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"),
     )
-    model = Qwen2VLForConditionalGeneration(config).eval()
+    model = _instantiate(Qwen2VLForConditionalGeneration, config)
     factor = s["patch"] * 2
     common = {"patch_size": s["patch"], "merge_size": 2, "temporal_patch_size": 2}
     image_processor = Qwen2VLImageProcessor(
@@ -276,7 +269,7 @@ class PeakMemory:
             self.reset_ok = True
         except OSError:
             pass
-        if torch.cuda.is_available():
+        if DEVICE.type == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
             self._cuda0 = torch.cuda.memory_allocated()
@@ -287,7 +280,7 @@ class PeakMemory:
         if self.reset_ok and hwm is not None and self.rss_before is not None:
             self.peak_delta_mib = round(max(0, hwm - self.rss_before) / 1024, 1)
             self.peak_total_mib = round(hwm / 1024, 1)
-        if torch.cuda.is_available():
+        if DEVICE.type == "cuda":
             torch.cuda.synchronize()
             self.cuda_delta_mib = round((torch.cuda.max_memory_allocated() - self._cuda0) / 2**20, 1)
 
@@ -299,7 +292,7 @@ class PeakMemory:
 
 
 def _sync() -> None:
-    if torch.cuda.is_available():
+    if DEVICE.type == "cuda":
         torch.cuda.synchronize()
 
 
@@ -332,7 +325,7 @@ def interleaved(
                 _sync()
                 wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
                 walls[name].append(wall)
-                times[name].append(wall if torch.cuda.is_available() else cpu)
+                times[name].append(wall if DEVICE.type == "cuda" else cpu)
                 if isinstance(result, dict) and round_ == 0:
                     extra[name] = result
                 del result
@@ -466,29 +459,29 @@ def reference_pipeline(adapter, image: Image.Image, question: str, new_tokens: i
     two full prefills (question, generic prompt), rel-att a+/a0 at a fixed layer, multi-scale crop,
     then HF `generate` on original + crop."""
     from laser.method.attention import model_tensors
-    from laser.method.canvas import canvas_shape, paint_map
-    from laser.method.crop import place_multiscale_crop
+    from laser.method.canvas import cell_masses, placed_layout
+    from laser.method.crop import place_multiscale_crop, search_grid
 
     model = adapter.model
     layer = min(adapter.default_layer, adapter.num_layers - 1)
     with attention_impl(model, "eager"):
         inputs_q = adapter.build_inputs([image], [question])
-        out_q = model(**model_tensors(inputs_q), output_attentions=True)
+        out_q = model(**adapter.prepare_model_inputs(model_tensors(inputs_q)), output_attentions=True)
         inputs_g = adapter.build_inputs([image], [GENERIC])
-        out_g = model(**model_tensors(inputs_g), output_attentions=True)
+        out_g = model(**adapter.prepare_model_inputs(model_tensors(inputs_g)), output_attentions=True)
         pos_q = adapter.visual_layout(inputs_q, 0).positions
         pos_g = adapter.visual_layout(inputs_g, 0).positions
         a_q = out_q.attentions[layer][0, :, -1, pos_q].mean(0)
         a_g = out_g.attentions[layer][0, :, -1, pos_g].mean(0)
         del out_q, out_g
-        ratio = a_q / (a_g + 1e-6)
-        layout = adapter.visual_layout(inputs_q, 0)
-        canvas = paint_map(ratio, layout, 0, canvas_shape(image.size, 512))
-        box = place_multiscale_crop(canvas, image.size, adapter.native_resolution, [1.0, 1.25, 1.5, 1.75, 2.0])
+        ratio = a_q / a_g
+        layout = placed_layout(adapter.visual_layout(inputs_q, 0), stretch=True)  # grid over the whole image
+        cells = cell_masses(ratio, layout, 0, search_grid([layout], image.size))
+        box = place_multiscale_crop(cells, image.size, adapter.native_resolution, [1.0, 1.2, 1.4, 1.6, 1.8, 2.0])
         crop = image.crop(box)
         inputs_f = adapter.build_inputs([[image, crop]], [question])
         ids = model.generate(
-            **model_tensors(inputs_f), max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+            **adapter.prepare_model_inputs(model_tensors(inputs_f)), max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
             pad_token_id=adapter.tokenizer.pad_token_id,
         )
     return ids[0, inputs_f["input_ids"].shape[1]:].tolist()
@@ -562,8 +555,8 @@ def cost_floor(adapter, image: Image.Image, repeats: int, new_tokens: int) -> di
     prefix.update(input_ids=full_q["input_ids"][:, :shared], attention_mask=full_q["attention_mask"][:, :shared])
     prefix = adapter.prepare_model_inputs(prefix)
     cache = output_cache(forward_last_position(adapter, prefix, use_cache=True))
-    suffix_ids = ids_0[shared:][None]
-    suffix_mask = torch.ones(1, shared + suffix_ids.shape[1], dtype=torch.long)
+    suffix_ids = ids_0[shared:][None].to(DEVICE)
+    suffix_mask = torch.ones(1, shared + suffix_ids.shape[1], dtype=torch.long, device=DEVICE)
     w, h = image.size
     crop = image.crop((w // 4, h // 4, w // 4 + w // 2, h // 4 + h // 2))
     focus = model_inputs(adapter, [crop], [QUESTION])
@@ -619,6 +612,108 @@ def batch_throughput(engine, batches: list[int], repeats: int, image_size: tuple
     return out
 
 
+# ----------------------------------------------------------------------------- 5. memory at a 72B attention shape
+def _localising_engine(num_layers: int):
+    """A `LaserEngine` for `_localise` alone: the laser preset, no model (the section measures the
+    engine's own buffers)."""
+    from types import SimpleNamespace
+
+    from laser import LaserConfig, LaserEngine
+
+    engine = object.__new__(LaserEngine)
+    engine.config = LaserConfig.preset("laser")
+    engine.adapter = SimpleNamespace(num_layers=num_layers, default_layer=14, reference_num_layers=32, native_resolution=448)
+    return engine
+
+
+def _capture_rows(shape: dict[str, Any], batch: int, positions: torch.Tensor, seed: int) -> torch.Tensor:
+    """The probe's rows for one prompt: every layer's last-row attention computed by the probe's own
+    kernel (`last_row_attention`) from random queries and keys, recorded by `AttentionCapture`."""
+    from laser.method.probe import AttentionCapture, last_row_attention
+
+    generator = torch.Generator(device=DEVICE).manual_seed(seed)
+    length = shape["n_visual"] + shape["text_tokens"]
+    capture = AttentionCapture(positions, shape["layers"], None)
+    for layer in range(shape["layers"]):
+        query = torch.randn(batch, shape["heads"], 1, shape["head_dim"], device=DEVICE, dtype=DTYPE, generator=generator)
+        key = torch.randn(batch, shape["kv_heads"], length, shape["head_dim"], device=DEVICE, dtype=DTYPE, generator=generator)
+        capture.record(layer, last_row_attention(query, key, None, shape["head_dim"] ** -0.5))
+        del query, key
+    return capture.result()
+
+
+def _whole_tensor_localise(rows) -> torch.Tensor:
+    """The localisation before issue 14, for comparison: c for every layer at once (several float32
+    copies of [batch, layers, heads, n_visual])."""
+    from laser.method import vaq as vaq_ops
+
+    c = vaq_ops.contrastive_map(rows.a_plus, rows.a_zero, "contrastive")
+    c = c * rows.valid[:, None, None, :].to(c.device, c.dtype)
+    finite = torch.isfinite(c).flatten(1).all(dim=1)
+    c = torch.nan_to_num(c, nan=0.0, posinf=0.0, neginf=0.0)
+    scores = vaq_ops.head_scores(c)
+    layers = vaq_ops.select_layer(vaq_ops.layer_scores(scores, 8))
+    maps = vaq_ops.localisation_map(c, layers, vaq_ops.top_heads(scores, 8))
+    return maps.sum() + finite.sum()
+
+
+def attention_memory_72b(shape: dict[str, Any], batch: int) -> dict[str, Any]:
+    """Peak memory of the engine's attention and localisation stages at a 72B attention shape, beyond
+    what was resident before (the model, absent here), against the probe rows it keeps (a+ and a0).
+
+    The rows are made by the probe's kernel and capture class per layer, as in a real prefill (random
+    queries and keys, narrowed head_dim), then `LaserEngine._localise` runs on them."""
+    from laser.adapters.base import VisualLayout, VisualSegment
+
+    from laser.method.attention import AttentionRows
+
+    n, side = shape["n_visual"], int(round(shape["n_visual"] ** 0.5))
+    layout = VisualLayout([VisualSegment(0, torch.arange(n), (side, side), (0.0, 0.0, 1.0, 1.0))], [(1792, 1792)])
+    positions = torch.arange(n).expand(batch, n)
+    images = [Image.new("RGB", (1792, 1792))] * batch
+    engine = _localising_engine(shape["layers"])
+    rows_bytes = 2 * batch * shape["layers"] * shape["heads"] * n * 4
+    held: dict[str, Any] = {}
+
+    def capture():
+        a_plus = _capture_rows(shape, batch, positions, seed=0)
+        a_zero = _capture_rows(shape, batch, positions, seed=1)
+        held["rows"] = AttentionRows(a_plus, a_zero, torch.ones(batch, n, dtype=torch.bool, device=DEVICE),
+                                     [layout] * batch, prefix_reused=True)
+
+    def localise():
+        engine._localise(held["rows"], images)
+
+    def whole_tensor_localise():
+        _whole_tensor_localise(held["rows"])
+
+    out: dict[str, Any] = {
+        "shape": {**shape, "batch": batch}, "rows_kept_bytes": rows_bytes,
+        "rows_kept_mib": round(rows_bytes / 2**20, 1), "variants": {},
+    }
+    for name, fn in (("capture_a_plus_a_zero", capture), ("localise", localise),
+                     ("localise_whole_tensor_before", whole_tensor_localise)):
+        meter = PeakMemory()
+        with meter:
+            _sync()
+            start = time.perf_counter()
+            fn()
+            _sync()
+            seconds = time.perf_counter() - start
+        peak = meter.cuda_delta_mib if DEVICE.type == "cuda" else meter.peak_delta_mib
+        if name != "capture_a_plus_a_zero" and peak is not None:
+            peak += rows_bytes / 2**20  # the rows were resident before the call: count them in
+        out["variants"][name] = {"wall_s": round(seconds, 3), "peak_mib": None if peak is None else round(peak, 1)}
+    del held["rows"]
+    peaks = [v["peak_mib"] for k, v in out["variants"].items() if k != "localise_whole_tensor_before"]
+    if all(p is not None for p in peaks):
+        out["engine_peak_mib"] = max(peaks)
+        out["engine_peak_over_rows"] = round(max(peaks) / (rows_bytes / 2**20), 3)
+        before = out["variants"]["localise_whole_tensor_before"]["peak_mib"]
+        out["before_peak_over_rows"] = round(before / (rows_bytes / 2**20), 3)
+    return out
+
+
 # ----------------------------------------------------------------------------- driver
 TARGETS = [
     ("probe adds <= 10% to sdpa prefill (LLaVA shape)", lambda r: r["attention_capture"]["llava"]["probe_overhead"], "<=", 0.10),
@@ -630,6 +725,10 @@ TARGETS = [
     ("laser_full/floor - 1 <= 15% (contrastive)", lambda r: r["floor_ratios"]["laser_full_over_floor_contrastive"] - 1, "<=", 0.15),
     ("throughput batch 4 >= batch 1", lambda r: r["batch_throughput"].get("batch_4", {}).get("throughput_vs_batch_1"), ">=", 1.0),
     ("peak RSS delta laser/vanilla <= 1.25", lambda r: r["end_to_end"]["ratios"].get("laser_peak_mem_over_vanilla"), "<=", 1.25),
+    ("engine peak memory <= 2x the probe rows it keeps (72B attention shape)",
+     lambda r: r["attention_memory_72b"]["engine_peak_over_rows"], "<=", 2.0),
+    ("throughput batch 8 >= 4x batch 1 (GPU)", lambda r: r["batch_throughput"]["batch_8"]["throughput_vs_batch_1"]
+     if r["meta"]["device"] == "cuda" else None, ">=", 4.0),
 ]
 
 
@@ -646,14 +745,18 @@ def check_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def run(
-    mode: str = "default", threads: int | None = None, log: Callable[[str], None] = print, phase: str = "all"
+    mode: str = "default", threads: int | None = None, log: Callable[[str], None] = print, phase: str = "all",
+    device: str = "cpu", dtype: str = "float32",
 ) -> dict[str, Any]:
     """Every section in one process (`phase="all"`), or only times (`"time"`: no memory meters) or only
-    memory (`"memory"`: one round of the capture and end-to-end sections, meters on)."""
-    global PHASE
+    memory (`"memory"`: one round of the capture and end-to-end sections, meters on). Models are built
+    on `device` in `dtype`."""
+    global PHASE, DEVICE, DTYPE
     if phase not in ("all", "time", "memory"):
         raise ValueError(f"phase must be all, time or memory, got {phase!r}")
-    PHASE = phase
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: torch sees no CUDA device on this machine")
+    PHASE, DEVICE, DTYPE = phase, torch.device(device), getattr(torch, dtype)
     shapes, plan = SHAPES[mode], PLANS[mode]
     if threads:
         torch.set_num_threads(threads)
@@ -664,11 +767,12 @@ def run(
         "meta": {
             "mode": mode, "phase": phase, "plan": plan, "python": platform.python_version(), "torch": torch.__version__,
             "transformers": transformers.__version__, "threads": torch.get_num_threads(),
-            "device": "cuda" if torch.cuda.is_available() else "cpu", "machine": platform.machine(),
-            "cpu_count": os.cpu_count(), "dtype": "float32",
-            "memory_method": "VmHWM reset via /proc/self/clear_refs before each call, "
+            "device": DEVICE.type, "machine": platform.machine(), "cpu_count": os.cpu_count(), "dtype": dtype,
+            "gpu": torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else None,
+            "memory_method": "torch.cuda.max_memory_allocated deltas, in-process" if DEVICE.type == "cuda" else
+            "VmHWM reset via /proc/self/clear_refs before each call, "
             f"MALLOC_MMAP_THRESHOLD_={os.environ.get('MALLOC_MMAP_THRESHOLD_', 'unset')}",
-            "time_metric": "wall seconds (GPU)" if torch.cuda.is_available() else
+            "time_metric": "wall seconds (GPU)" if DEVICE.type == "cuda" else
             "process CPU seconds (torch pinned to the bench's threads; wall seconds kept as wall_s)",
             "shapes": {
                 "llava": {**narrowing(shapes["llava"], LLAVA_REAL, "llava"), "config": shapes["llava"]},
@@ -717,6 +821,12 @@ def _qwen_capture(result, shapes, plan, log, t0, cpu0) -> dict[str, Any]:
         result["attention_capture"]["qwen2_vl_highres"] = attention_capture(
             qwen, make_image(side, side, seed=1), plan["qwen_repeats"]
         )
+    if PHASE != "time":
+        log("[bench] 5. engine memory at a 72B attention shape")
+        with torch.inference_mode():
+            result["attention_memory_72b"] = attention_memory_72b(
+                MEMORY_SHAPES[result["meta"]["mode"]], MEMORY_72B_BATCH[DEVICE.type]
+            )
     if PHASE != "memory":
         result["targets"] = check_targets(result)
     result["meta"]["wall_s"] = round(time.perf_counter() - t0, 1)
@@ -735,6 +845,8 @@ def merge_memory(result: dict[str, Any], memory: dict[str, Any]) -> None:
         for name, measured in source["variants"].items():
             target["variants"][name].update({k: measured[k] for k in MEMORY_FIELDS if k in measured})
     result["end_to_end"]["ratios"].update(memory_ratios(result["end_to_end"]["variants"]))
+    if "attention_memory_72b" in memory:
+        result["attention_memory_72b"] = memory["attention_memory_72b"]
     result["meta"]["memory_method"] = memory["meta"]["memory_method"] + " (separate process, one round)"
     result["meta"]["memory_phase_wall_s"] = memory["meta"].get("wall_s")
     result["targets"] = check_targets(result)
@@ -749,7 +861,8 @@ def table(result: dict[str, Any]) -> str:
     lines = []
     meta = result["meta"]
     lines.append(f"LASER bench ({meta['mode']}; torch {meta['torch']}, transformers {meta['transformers']}, "
-                 f"{meta['device']}, {meta['threads']} thread(s), {meta['dtype']}; wall {meta.get('wall_s')} s, "
+                 f"{meta.get('gpu') or meta['device']}, {meta['threads']} thread(s), {meta['dtype']}; "
+                 f"wall {meta.get('wall_s')} s, "
                  f"CPU {meta.get('cpu_s')} s)")
     lines.append(f"  times: {meta['time_metric']}; memory: {meta['memory_method']}")
     for fam, s in meta["shapes"].items():
@@ -789,6 +902,19 @@ def table(result: dict[str, Any]) -> str:
     for name, v in result["batch_throughput"].items():
         lines.append(f"  {name:<10}{v['median_s']:>10.3f} s{v['samples_per_s']:>10.3f} samples/s"
                      f"{v['throughput_vs_batch_1']:>8.2f}x")
+    mem = result.get("attention_memory_72b")
+    if mem is not None:
+        sh = mem["shape"]
+        lines.append("")
+        lines.append(f"5. engine memory at a 72B attention shape ({sh['layers']} layers, {sh['heads']} heads, "
+                     f"{sh['kv_heads']} KV heads, {sh['n_visual']:,} visual tokens, batch {sh['batch']}; head_dim "
+                     f"{sh['head_dim']}, no model): probe rows kept (a+ and a0) {mem['rows_kept_mib']:,.0f} MiB")
+        for name, v in mem["variants"].items():
+            peak = "-" if v["peak_mib"] is None else f"{v['peak_mib']:,.0f} MiB"
+            lines.append(f"  {name:<30}{v['wall_s']:>8.2f} s  peak beyond the model {peak:>12}")
+        if "engine_peak_over_rows" in mem:
+            lines.append(f"  engine peak / rows kept: {mem['engine_peak_over_rows']}x "
+                         f"(whole-tensor localisation before: {mem['before_peak_over_rows']}x)")
     lines.append("")
     lines.append("targets")
     for t in result["targets"]:
@@ -797,47 +923,66 @@ def table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def output_paths(out: str, device: str) -> tuple[Path, Path | None]:
+    """(JSON path, table path or None) for `--out`: a folder (existing, or written with a trailing
+    slash) gets `<cpu|gpu>.json` and `<cpu|gpu>.txt`; anything else is the JSON file itself."""
+    path = Path(out)
+    if path.is_dir() or out.endswith(("/", os.sep)):
+        name = "gpu" if device == "cuda" else "cpu"
+        return path / f"{name}.json", path / f"{name}.txt"
+    return path, None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke-test sizes (~1 min)")
-    parser.add_argument("--out", default="bench.json")
+    parser.add_argument("--out", default="bench.json",
+                        help="JSON file, or a folder (DIR/) that gets cpu.json + cpu.txt (gpu.* on CUDA)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: CPU time = work)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                        help="cuda: LLaVA at full 7B width, wall times, CUDA peak memory, batch 8 vs 1")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     parser.add_argument("--phase", choices=["all", "time", "memory"], default="all",
-                        help="all (default): times here, memory from a child process; time / memory: one of them")
+                        help="all (default): times here, memory from a child process (CPU); time / memory: one of them")
     args = parser.parse_args(argv)
-    mode = "quick" if args.quick else "default"
+    mode = "quick" if args.quick else "gpu" if args.device == "cuda" else "default"
+    json_path, text_path = output_paths(args.out, args.device)
+    json_path.parent.mkdir(parents=True, exist_ok=True)
 
     def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
+    common = {"log": log, "device": args.device, "dtype": args.dtype}
     linux = sys.platform.startswith("linux")
     if args.phase == "memory":
         if linux and os.environ.get("MALLOC_MMAP_THRESHOLD_") is None:
             env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD)}
             os.execve(sys.executable, [sys.executable, str(Path(__file__).resolve()), *sys.argv[1:]], env)
-        result = run(mode, args.threads, log=log, phase="memory")
-        Path(args.out).write_text(json.dumps(result, indent=2, default=str))
+        result = run(mode, args.threads, phase="memory", **common)
+        json_path.write_text(json.dumps(result, indent=2, default=str))
         return 0
     if os.environ.get("MALLOC_MMAP_THRESHOLD_") is not None:
         log("[bench] warning: MALLOC_MMAP_THRESHOLD_ is set; times will include page faults users do not pay")
     memory = None
-    if args.phase == "all" and linux:
+    if args.phase == "all" and linux and args.device == "cpu":  # CUDA peaks are measured in-process
         log("[bench] memory phase (child process, MALLOC_MMAP_THRESHOLD_ fixed)")
         with tempfile.TemporaryDirectory() as tmp:
             mem_out = Path(tmp) / "memory.json"
             command = [sys.executable, str(Path(__file__).resolve()), "--phase", "memory", "--out", str(mem_out),
-                       "--threads", str(args.threads), *(["--quick"] if args.quick else [])]
+                       "--threads", str(args.threads), "--dtype", args.dtype, *(["--quick"] if args.quick else [])]
             subprocess.run(command, check=True)
             memory = json.loads(mem_out.read_text())
         log("[bench] time phase")
-    result = run(mode, args.threads, log=log, phase="time" if memory is not None else args.phase)
+    result = run(mode, args.threads, phase="time" if memory is not None else args.phase, **common)
     if memory is not None:
         merge_memory(result, memory)
     text = table(result)
     print(text)
     result["table"] = text
-    Path(args.out).write_text(json.dumps(result, indent=2, default=str))
-    print(f"\nwrote {args.out}", file=sys.stderr)
+    json_path.write_text(json.dumps(result, indent=2, default=str))
+    if text_path is not None:
+        text_path.write_text(text + "\n")
+    print(f"\nwrote {json_path}" + (f" and {text_path}" if text_path else ""), file=sys.stderr)
     return 0
 
 

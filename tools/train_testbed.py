@@ -1,30 +1,35 @@
-"""Train the testbed LVLM from scratch on CPU (resumable).
+"""Train the testbed LVLM from scratch on CPU: step-driven and seeded, resumable.
 
-python tools/train_testbed.py --run testbed_work/run1 [--minutes 75 --batch 32 --lr 1e-3]
+    python tools/train_testbed.py --run testbed_work/run1 --steps 3000 [--seed 0 --batch 32 --lr 1e-3]
 
-LR schedule and curriculum follow the training time spent (the CPU is shared), not the step count.
-
-Recipe of the shipped checkpoint (about 90 CPU-minutes, 1 thread, shared machine):
-  1. python tools/train_testbed.py --run testbed_work/run1 --minutes 49 --vision-minutes 18 --batch 32 --warmup 200
-     (joint run for ~19 min, then 18 min of vision-only warm-up: grid-aligned boxes -> jittered ->
-     random zooms, box-pooled digit loss; then joint again; the LM was still at chance on reading)
-  2. python tools/train_testbed.py --run testbed_work/run2 --init testbed_work/run1_final.pt --freeze-vision \
-       --lr 2e-3 --warmup 20 --minutes 22 --batch 32 --aux 0 --attn-aux 0.3 --stages 0,2,0,1 \
-       --families '{"reading": 0.55, "relational": 0.2, "existence": 0.12, "color": 0.05, "count": 0.0, "where": 0.08}'
-     (frozen vision tower, reading-heavy mix: the LM learns to read the pooled features in ~10 min)
-  3. python tools/train_testbed.py --run testbed_work/run3 --init testbed_work/run2/last.pt --freeze-vision \
-       --lr 5e-4 --warmup 20 --minutes 20 --batch 32 --aux 0 --attn-aux 0.3 --attn-layers 1,2,3 \
-       --stages 0,2,0,1 --eval-every 600 --families (as in 2)
-     (the attention loss extended to the last layer: after step 2, VAQ chose layer 3, whose map was
-     not on the target, for most reading questions)
-The attention loss supervises heads 0-1 of the listed LM layers (`--attn-layers`, default 1,2): the last
-prompt token attends to the target box.
+Everything that shapes the model follows the step count, never the clock: the LR schedule (linear
+warm-up, cosine to 5%), the curriculum (stage "a1", 1, then 2 over the run), the auxiliary-loss weight,
+vision pre-training (`--vision-steps`), evaluation, checkpoints and exports. The same command, seed and
+torch version give the same model on the same hardware (one thread), and a run resumed from RUN/last.pt
+(model, optimiser, step, best score and both RNG states) continues where it stopped.
 
 Views: random zooms of generated scenes (curriculum: stage 0 one or two big boxes, stage 1 a few
 boxes, stage 2 the eval distribution). Loss: answer tokens only, plus an auxiliary per-patch
-digit / colour loss on the vision tower (heads not exported). Every `--ckpt-min` minutes the full
-state goes to RUN/last.pt (re-running resumes); every `--export-min` minutes the best model so far
-(by first-token accuracy on a held-out part of the eval split) is exported to --export.
+digit / colour loss on the vision tower (heads not exported), plus an attention loss: heads
+`--attn-heads` (default 0,1) of LM layers `--attn-layers` (default 1,2) attend from the last prompt token to the
+target box. Every `--eval-every` steps the model is scored (first-token accuracy on 240 questions of the
+eval split's odd-seeded scenes) and the best so far kept; it is exported to `--export` every
+`--export-every` steps and at the end.
+
+The shipped checkpoint (laser/assets/testbed/model, commit 60286c1) was NOT made by this version: it
+came from an earlier one whose LR schedule and curriculum followed wall-clock training time on a shared
+CPU (`--minutes`), in three runs of about 90 CPU-minutes in all; its step counts were not recorded, so it
+cannot be rebuilt exactly. Those commands, for the record (script as of commit 60286c1):
+  1. --run testbed_work/run1 --minutes 49 --vision-minutes 18 --batch 32 --warmup 200
+  2. --run testbed_work/run2 --init testbed_work/run1_final.pt --freeze-vision --lr 2e-3 --warmup 20
+     --minutes 22 --batch 32 --aux 0 --attn-aux 0.3 --stages 0,2,0,1
+     --families '{"reading": 0.55, "relational": 0.2, "existence": 0.12, "color": 0.05, "count": 0.0, "where": 0.08}'
+  3. --run testbed_work/run3 --init testbed_work/run2/last.pt --freeze-vision --lr 5e-4 --warmup 20
+     --minutes 20 --batch 32 --aux 0 --attn-aux 0.3 --attn-layers 1,2,3 --stages 0,2,0,1 --eval-every 600
+     --families (as in 2)
+Every run now records its exact command line in RUN/commands.txt (after those of the run `--init`
+started from), and an export copies that file to `<export>/training_commands.txt`: a checkpoint made
+with this version says how to make it again.
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ import argparse
 import json
 import math
 import random
+import shlex
+import shutil
 import sys
 import time
 from collections import defaultdict
@@ -45,13 +52,14 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from testbed.model import answer_ids, build_model, build_processor, build_tokenizer, prompt_ids  # noqa: E402
 from testbed.quick_eval import first_token_eval  # noqa: E402
-from testbed.views import sample_views  # noqa: E402
+from testbed.views import FAMILY_WEIGHTS, sample_views  # noqa: E402
 
 from laser.testbed.scenes import COLOR_NAMES  # noqa: E402
 from laser.testbed.split import load_split  # noqa: E402
 
 
-def stage_for(progress: float) -> int:
+def stage_for(progress: float) -> int | str:
+    """Curriculum stage at `progress` = step / steps."""
     return "a1" if progress < 0.08 else (1 if progress < 0.25 else 2)
 
 
@@ -95,16 +103,16 @@ def vision_aux(heads, h, d, cl):
     return loss
 
 
-def vision_pretrain(model, heads, rng, minutes, log, batch=64):
+def vision_pretrain(model, heads, rng, steps, log, batch=64):
     """Vision tower + aux heads only (cheap steps): learn to read large digits before the LM joins."""
     vt = model.model.vision_tower
     params = list(vt.parameters()) + list(heads.parameters())
     opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01, betas=(0.9, 0.98))
     ip_mean = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
     ip_std = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
-    t_end, step, acc, n = time.time() + minutes * 60, 0, 0.0, 0
-    while time.time() < t_end:
-        frac = 1 - (t_end - time.time()) / (minutes * 60)
+    acc, n = 0.0, 0
+    for step in range(steps):
+        frac = step / steps
         stage = "a0" if frac < 0.3 else ("a1" if frac < 0.55 else (0 if frac < 0.8 else 2))
         d = sample_views(rng, batch, stage, views_per_scene=12)
         px = (torch.from_numpy(d["pixels"]).permute(0, 3, 1, 2).float() / 255.0 - ip_mean) / ip_std
@@ -123,9 +131,9 @@ def vision_pretrain(model, heads, rng, minutes, log, batch=64):
                 feats = (h[torch.from_numpy(d["box_view"])] * m[..., None]).sum(1) / m.sum(1, keepdim=True).clamp(min=1)
                 acc += (heads["box_digit"](feats).argmax(-1) == torch.from_numpy(d["box_digit"])).float().sum().item()
                 n += len(d["box_view"])
-        step += 1
-        if step % 50 == 0:
-            log(f"vision pretrain step {step} stage {stage} loss {loss.item():.3f} box-digit acc {acc / max(n, 1):.3f}")
+        if (step + 1) % 50 == 0:
+            log(f"vision pretrain step {step + 1}/{steps} stage {stage} loss {loss.item():.3f} "
+                f"box-digit acc {acc / max(n, 1):.3f}")
             acc, n = 0.0, 0
 
 
@@ -150,7 +158,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--run", default=str(ROOT / "testbed_work/run1"))
     ap.add_argument("--export", default=str(ROOT / "laser/assets/testbed/model"))
-    ap.add_argument("--minutes", type=float, default=75.0, help="training-time budget (LR schedule, curriculum)")
+    ap.add_argument("--steps", type=int, required=True, help="joint training steps (LR schedule, curriculum)")
     ap.add_argument("--batch", type=int, default=48)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--warmup", type=int, default=300)
@@ -162,9 +170,9 @@ def main():
     ap.add_argument("--freeze-vision", action="store_true")
     ap.add_argument("--families", default="", help='JSON family weights, e.g. {"reading": 0.6, ...}')
     ap.add_argument("--stages", default="", help="comma-separated stages cycled per step (overrides the curriculum)")
-    ap.add_argument("--vision-minutes", type=float, default=0.0, help="vision-only pre-training (once per run)")
-    ap.add_argument("--ckpt-min", type=float, default=4.0)
-    ap.add_argument("--export-min", type=float, default=10.0)
+    ap.add_argument("--vision-steps", type=int, default=0, help="vision-only pre-training steps (once per run)")
+    ap.add_argument("--ckpt-every", type=int, default=200, help="steps between resumable checkpoints")
+    ap.add_argument("--export-every", type=int, default=1000, help="steps between exports of the best model")
     ap.add_argument("--eval-every", type=int, default=500)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
@@ -189,10 +197,9 @@ def main():
     heads = torch.nn.ModuleDict({"digit": torch.nn.Linear(vh, 11), "color": torch.nn.Linear(vh, len(COLOR_NAMES) + 1),
                                   "box_digit": torch.nn.Linear(vh, 10)})
     if a.families:
-        from laser.testbed import data as tb_data
-
-        tb_data.FAMILY_WEIGHTS.update(json.loads(a.families))
-    if a.init and not (run / "last.pt").exists():
+        FAMILY_WEIGHTS.update(json.loads(a.families))
+    ck = run / "last.pt"
+    if a.init and not ck.exists():
         st0 = torch.load(a.init, weights_only=False)
         model.load_state_dict(st0["model"])
         heads.load_state_dict(st0["heads"], strict=False)
@@ -202,24 +209,23 @@ def main():
             p_.requires_grad = False
     params = [p_ for p_ in model.parameters() if p_.requires_grad] + list(heads.parameters())
     opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=0.01, betas=(0.9, 0.98))
-    step, best, trained_s = 0, -1.0, 0.0
+    step, best, vdone = 0, -1.0, bool(a.init)
     rng = random.Random(a.seed)
-    ck = run / "last.pt"
     if ck.exists():
         st = torch.load(ck, weights_only=False)
         model.load_state_dict(st["model"])
         heads.load_state_dict(st["heads"], strict=False)
-        if len(st["opt"]["param_groups"][0]["params"]) == len(params):
-            opt.load_state_dict(st["opt"])
-        step, best, trained_s = st["step"], st["best"], st.get("trained_s", 0.0)
+        opt.load_state_dict(st["opt"])
+        step, best, vdone = st["step"], st["best"], st["vision_done"]
         rng.setstate(st["rng"])
+        torch.set_rng_state(st["torch_rng"])
         log(f"resumed from step {step} (best {best:.3f})")
     else:
+        record_command(run, a.init)
         log(f"new run: {json.dumps(vars(a))}; params {sum(p.numel() for p in model.parameters())}")
 
-    vdone = bool(a.init) or (ck.exists() and torch.load(ck, weights_only=False).get("vision_done", False))
-    if a.vision_minutes > 0 and not vdone:
-        vision_pretrain(model, heads, rng, a.vision_minutes, log)
+    if a.vision_steps > 0 and not vdone:
+        vision_pretrain(model, heads, rng, a.vision_steps, log)
         vdone = True
         opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=0.01, betas=(0.9, 0.98))
 
@@ -230,19 +236,20 @@ def main():
     held = [r for r in eval_recs if int(r["meta"]["scene_seed"]) % 2 == 1][:240]
     img_root = ROOT / "laser/assets/testbed"
 
-    budget = a.minutes * 60.0
     attn_layers = tuple(int(x) for x in a.attn_layers.split(","))
     attn_heads = tuple(int(x) for x in a.attn_heads.split(","))
+    cycle = [int(x) if x.isdigit() else x for x in a.stages.split(",")] if a.stages else None
 
     def lr_at(s):
         if s < a.warmup:
             return a.lr * (s + 1) / a.warmup
-        p = min(1.0, trained_s / budget)
+        p = min(1.0, s / a.steps)
         return a.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * p)))
 
     def save_ckpt():
         torch.save({"model": model.state_dict(), "heads": heads.state_dict(), "opt": opt.state_dict(),
-                    "step": step, "best": best, "trained_s": trained_s, "vision_done": vdone, "rng": rng.getstate()}, run / "tmp.pt")
+                    "step": step, "best": best, "vision_done": vdone, "rng": rng.getstate(),
+                    "torch_rng": torch.get_rng_state()}, run / "tmp.pt")
         (run / "tmp.pt").replace(ck)
 
     def evaluate_and_maybe_keep():
@@ -260,13 +267,10 @@ def main():
             log(f"new best score {score:.3f} at step {step}")
 
     model.train()
-    t_ckpt = t_export = time.time()
     agg = defaultdict(float)
     t0 = time.time()
-    while trained_s < budget:
-        stage = stage_for(trained_s / budget)
-        if a.stages:
-            stage = [int(x) if x.isdigit() else x for x in a.stages.split(",")][step % len(a.stages.split(","))]
+    while step < a.steps:
+        stage = cycle[step % len(cycle)] if cycle else stage_for(step / a.steps)
         d = sample_views(rng, a.batch, stage)
         t_data = time.time()
         ids, mask, labels, px, dl, cl, at = batcher(d)
@@ -277,7 +281,7 @@ def main():
         lm = F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels[:, 1:].reshape(-1), ignore_index=-100)
         h = captured["h"][:, 1:]
         aux = vision_aux(heads, h, d, cl)
-        w = a.aux if trained_s < budget * 0.7 else a.aux * 0.3
+        w = a.aux if step < 0.7 * a.steps else a.aux * 0.3
         att_l = attention_loss(out.attentions, ids, labels, at, model.config.image_token_id,
                                                  layers=attn_layers, heads=attn_heads) if a.attn_aux > 0 else torch.zeros(())
         loss = lm + w * aux + a.attn_aux * att_l
@@ -299,28 +303,35 @@ def main():
         agg["data_s"] += t_data - t0
         agg["step_s"] += time.time() - t0
         agg["n"] += 1
-        trained_s += time.time() - t0
         t0 = time.time()
         step += 1
         if step % 50 == 0:
             n = agg["n"]
             accs = " ".join(f"{k[4:]}={agg[k] / agg['n_' + k[4:]]:.2f}" for k in sorted(agg) if k.startswith("acc_"))
-            log(f"step {step} t {trained_s / 60:.1f}m stage {stage} lr {lr_at(step):.2e} lm {agg['lm'] / n:.3f} aux {agg['aux'] / n:.3f} att {agg['att'] / n:.3f} "
-                f"train[{accs}] {agg['step_s'] / n:.2f}s/step (data {agg['data_s'] / n:.2f})")
+            log(f"step {step}/{a.steps} stage {stage} lr {lr_at(step):.2e} lm {agg['lm'] / n:.3f} aux {agg['aux'] / n:.3f} "
+                f"att {agg['att'] / n:.3f} train[{accs}] {agg['step_s'] / n:.2f}s/step (data {agg['data_s'] / n:.2f})")
             agg.clear()
         if step % a.eval_every == 0:
             evaluate_and_maybe_keep()
-            t0 = time.time()
-        if time.time() - t_ckpt > a.ckpt_min * 60:
+        if step % a.ckpt_every == 0:
             save_ckpt()
-            t_ckpt = t0 = time.time()
-        if time.time() - t_export > a.export_min * 60 and (run / "best_model.pt").exists():
+        if step % a.export_every == 0 and (run / "best_model.pt").exists():
             export(run, a.export, tok, proc, log)
-            t_export = t0 = time.time()
+        t0 = time.time()
     evaluate_and_maybe_keep()
     save_ckpt()
     export(run, a.export, tok, proc, log)
     log("done")
+
+
+def record_command(run: Path, init: str) -> None:
+    """Append this command to RUN/commands.txt, after those of the run `--init` started from."""
+    lines = []
+    previous = Path(init).parent / "commands.txt" if init else None
+    if previous is not None and previous.is_file():
+        lines += previous.read_text().splitlines()
+    lines.append("python tools/train_testbed.py " + shlex.join(sys.argv[1:]))
+    (run / "commands.txt").write_text("\n".join(lines) + "\n")
 
 
 def export(run: Path, out: str, tok, proc, log):
@@ -328,6 +339,7 @@ def export(run: Path, out: str, tok, proc, log):
     model.load_state_dict(torch.load(run / "best_model.pt"))
     model.save_pretrained(out, safe_serialization=True)
     proc.save_pretrained(out)
+    shutil.copyfile(run / "commands.txt", Path(out) / "training_commands.txt")  # how this checkpoint was made
     log(f"exported best model to {out}")
 
 

@@ -7,7 +7,8 @@
 5. `crop` — where to zoom (Con-ViCrop window; ViCrop's multi-scale windows);
 6. `views` — the focused view and the negative (counterfactual / noise) views;
 7. `decoding` — direct or VAT-contrastive decoding with a KV cache;
-8. `engine` — `LaserEngine`, the steps above for a batch of (image, question) pairs.
+8. `engine` — `LaserEngine`, the steps above for a batch of (image, question) pairs;
+9. `scoring` — ranking given options by likelihood on the focused view instead of decoding (V* Bench).
 
 `config` (every choice and default, `LaserConfig`), `prediction` (what an answer records), `cache`
 (KV-cache plumbing) and `images` (input checking) support them. Nothing here imports `laser.run`

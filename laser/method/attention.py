@@ -36,16 +36,19 @@ def model_tensors(inputs: BatchFeature | dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in inputs.items() if not k.startswith("laser_")}
 
 
-def pad_positions(layouts: list[VisualLayout], offsets: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Visual key positions [batch, n_max] (shifted by `offsets`) and their validity [batch, n_max]."""
+def pad_positions(
+    layouts: list[VisualLayout], offsets: list[int] | None = None, device: torch.device | str | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Visual key positions [batch, n_max] (shifted by `offsets`) and their validity [batch, n_max],
+    on `device` (the model's, so they meet the attention rows there)."""
     n_max = max(layout.n_visual for layout in layouts)
     positions = torch.zeros(len(layouts), n_max, dtype=torch.long)
     valid = torch.zeros(len(layouts), n_max, dtype=torch.bool)
     for i, layout in enumerate(layouts):
-        pos = layout.positions + (offsets[i] if offsets else 0)
+        pos = layout.positions.cpu() + (offsets[i] if offsets else 0)
         positions[i, : pos.numel()] = pos
         valid[i, : pos.numel()] = True
-    return positions, valid
+    return positions.to(device), valid.to(device)
 
 
 def _left_pad(sequences: list[torch.Tensor], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -79,7 +82,7 @@ def forward_last_position(adapter: VisionLanguageAdapter, inputs: dict[str, Any]
 def capture_full(
     adapter: VisionLanguageAdapter, probe: AttentionProbe, inputs: BatchFeature
 ) -> tuple[torch.Tensor, torch.Tensor, list[VisualLayout]]:
-    """One full prefill with the probe on: ([batch, L, H, n_max], valid, layouts).
+    """One full prefill with the probe on: ([batch, L, H, n_max], valid, layouts), on the model's device.
 
     The probe reads the adapter's `probe_positions` (the visual tokens, or a Q-Former's query
     tokens) and `project_rows` maps those rows onto the layout's cells."""
@@ -89,11 +92,12 @@ def capture_full(
     width = max(p.numel() for p in probe_positions)
     positions = torch.zeros(batch, width, dtype=torch.long)
     for i, p in enumerate(probe_positions):
-        positions[i, : p.numel()] = p
-    with probe.capture(positions) as capture:
-        forward_last_position(adapter, adapter.prepare_model_inputs(model_tensors(inputs)), use_cache=False)
+        positions[i, : p.numel()] = p.cpu()
+    model_inputs = adapter.prepare_model_inputs(model_tensors(inputs))
+    with probe.capture(positions.to(adapter.device), model_inputs.get("attention_mask")) as capture:
+        forward_last_position(adapter, model_inputs, use_cache=False)
     rows = adapter.project_rows(capture.result(), inputs, layouts)
-    _, valid = pad_positions(layouts)
+    _, valid = pad_positions(layouts, device=rows.device)
     return rows, valid, layouts
 
 
@@ -137,7 +141,7 @@ def capture_with_prefix_reuse(
 
     prefix_len = prefix_ids.shape[1]
     offsets = [pad_q_i * -1 + (prefix_len - p) for pad_q_i, p in zip(pad_q, prefix_lengths)]
-    positions, valid = pad_positions(layouts, offsets)
+    positions, valid = pad_positions(layouts, offsets, adapter.device)
     if _croppable(cache):
         a_plus = _continue(adapter, probe, cache, prefix_mask, [ids[p:] for ids, p in zip(ids_q, prefix_lengths)], positions, pad_id)
         a_zero = _continue(adapter, probe, cache, prefix_mask, [ids[p:] for ids, p in zip(ids_0, prefix_lengths)], positions, pad_id)
@@ -181,7 +185,7 @@ def _continue(
     position_ids = adapter.position_ids(step["attention_mask"], prefix_len)
     if position_ids is not None:
         step["position_ids"] = position_ids
-    with probe.capture(positions) as capture:
+    with probe.capture(positions, step["attention_mask"]) as capture:
         adapter.model(**step, use_cache=True, logits_to_keep=1)
     if _croppable(cache):
         cache.crop(-cont_ids.shape[1])

@@ -6,6 +6,7 @@ sum over a window is the mass of the map inside that window, whatever the grids'
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -67,3 +68,55 @@ def window_sums(canvas: torch.Tensor, win_h: int, win_w: int) -> torch.Tensor:
     return (
         table[win_h:, win_w:] - table[:-win_h, win_w:] - table[win_h:, :-win_w] + table[:-win_h, :-win_w]
     )
+
+
+def placed_layout(layout: VisualLayout, region: Box = (0.0, 0.0, 1.0, 1.0), stretch: bool = False) -> VisualLayout:
+    """`layout` with every segment's box in the coordinates of a larger image of which this layout's image
+    is the normalised `region` (a tile of it; the whole image by default).
+
+    With `stretch`, each image's grids are first stretched so that together they span the whole image
+    (`crop.geometry: whole`, ViCrop's geometry: LLaVA-1.5's grid laid over the whole photo although the
+    processor centre-crops it).
+    """
+    rx0, ry0, rx1, ry1 = region
+    union: dict[int, Box] = {}
+    if stretch:
+        for s in layout.segments:
+            u = union.get(s.image_index, s.box)
+            union[s.image_index] = (min(u[0], s.box[0]), min(u[1], s.box[1]), max(u[2], s.box[2]), max(u[3], s.box[3]))
+    segments = []
+    for s in layout.segments:
+        x0, y0, x1, y1 = s.box
+        if stretch:
+            ux0, uy0, ux1, uy1 = union[s.image_index]
+            x0, x1 = (x0 - ux0) / (ux1 - ux0), (x1 - ux0) / (ux1 - ux0)
+            y0, y1 = (y0 - uy0) / (uy1 - uy0), (y1 - uy0) / (uy1 - uy0)
+        box = (rx0 + x0 * (rx1 - rx0), ry0 + y0 * (ry1 - ry0), rx0 + x1 * (rx1 - rx0), ry0 + y1 * (ry1 - ry0))
+        segments.append(dataclasses.replace(s, box=box))
+    return VisualLayout(segments, layout.image_sizes)
+
+
+def _overlaps(lo: float, hi: float, cells: int, bins: int) -> torch.Tensor:
+    """[cells, bins]: the share of each of `cells` equal cells spanning [lo, hi] that falls in each of
+    `bins` equal bins of [0, 1] (parts outside [0, 1] fall in none)."""
+    src = lo + (hi - lo) * torch.arange(cells + 1, dtype=torch.float64) / cells
+    dst = torch.arange(bins + 1, dtype=torch.float64) / bins
+    inside = torch.minimum(src[1:, None], dst[None, 1:]) - torch.maximum(src[:-1, None], dst[None, :-1])
+    return inside.clamp(min=0) / ((hi - lo) / cells)
+
+
+def cell_masses(
+    values: torch.Tensor, layout: VisualLayout, image_index: int, grid: tuple[int, int]
+) -> torch.Tensor:
+    """Mass of the map in each cell of a `grid` = (rows, cols) of equal cells over the whole image:
+    [rows, cols] float64, exact (a token's value spread evenly over the region its patch covers, split
+    between cells by area). values: [n_visual], ordered like `layout`."""
+    rows, cols = grid
+    out = torch.zeros(rows, cols, dtype=torch.float64)
+    for segment, cells in zip(layout.segments, layout.split(values.double().cpu())):
+        if segment.image_index != image_index:
+            continue
+        x0, y0, x1, y1 = segment.box
+        seg_rows, seg_cols = segment.grid
+        out += _overlaps(y0, y1, seg_rows, rows).T @ cells @ _overlaps(x0, x1, seg_cols, cols)
+    return out

@@ -14,14 +14,16 @@ from PIL import Image
 from ..adapters.base import VisionLanguageAdapter
 from . import vaq as vaq_ops
 from .attention import AttentionRows, capture_attention, model_tensors
-from .canvas import canvas_shape, paint_map
+from .canvas import canvas_shape, cell_masses, paint_map, placed_layout
 from .config import LaserConfig
-from .crop import place_crop, place_multiscale_crop
+from .crop import PixelBox, high_res_tiles, place_crop, place_multiscale_crop, search_grid
 from .decoding import generate
 from .images import to_rgb
 from .prediction import Prediction
+from .preprocessing import ImageFeatures, ImagePreprocessor, processing_once
 from .probe import AttentionProbe
-from .views import counterfactual_views, crop_view, diffusion_noise_view
+from .scoring import OptionScores, continuation_log_probs, option_token_ids
+from .views import counterfactual_views, crop_view, diffusion_noise_inputs, stack_streams
 
 
 @dataclass
@@ -34,17 +36,37 @@ class Localisation:
     box: tuple[int, int, int, int] | None
 
 
+def device_synchroniser(device: torch.device):
+    """A function that waits for `device`'s queued work (`torch.cuda.synchronize` and the like; nothing
+    on the CPU), so that a clock read after it counts that work."""
+    device = torch.device(device)
+    sync = getattr(getattr(torch, device.type, None), "synchronize", None)
+    if sync is None or device.type == "cpu":
+        return lambda: None
+    if device.type == "cuda":
+        return lambda: sync(device)
+    return sync  # mps and the like: their one (current) device
+
+
 class StageTimer:
-    def __init__(self) -> None:
+    """Wall seconds per stage; the device is synchronised before each clock read, so an asynchronous
+    accelerator's work is counted in the stage that queued it."""
+
+    def __init__(self, device: torch.device | str = "cpu") -> None:
         self.seconds: dict[str, float] = defaultdict(float)
+        self.sync = device_synchroniser(torch.device(device))
+
+    def now(self) -> float:
+        self.sync()
+        return time.perf_counter()
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
-        start = time.perf_counter()
+        start = self.now()
         try:
             yield
         finally:
-            self.seconds[name] += time.perf_counter() - start
+            self.seconds[name] += self.now() - start
 
 
 class LaserEngine:
@@ -69,65 +91,165 @@ class LaserEngine:
     def answer(self, image: Image.Image, question: str, seed: int | None = None) -> Prediction:
         return self.answer_batch([image], [question], None if seed is None else [seed])[0]
 
+    def image_preprocessor(self) -> ImagePreprocessor | None:
+        """The image processor's work for one image, as `answer_batch` would do it, packaged to run in
+        DataLoader workers (pass the results as `answer_batch(..., features=...)`); None if the
+        adapter's processor has no separate image processor. Learned from one call on a small image."""
+        with processing_once(self.adapter.processor) as memo:
+            if memo is None:
+                return None
+            self.adapter.build_inputs([Image.new("RGB", (64, 64), (127, 127, 127))], ["?"])
+            call = memo.last_call
+        return ImagePreprocessor(memo.inner, call) if call is not None else None
+
+    @contextmanager
+    def _preprocessed(self, images, converted, features) -> Iterator[None]:
+        """Within the block every distinct image goes through the image processor once; `features`
+        (from `image_preprocessor()`, per image) stand for the processing of the images they were made of."""
+        with processing_once(self.adapter.processor) as memo:
+            if memo is not None and features is not None:
+                for original, image, feats in zip(images, converted, features):
+                    if feats is not None and image is original:  # features of this very image
+                        memo.add(image, feats.call, feats.features)
+            yield
+
     @torch.inference_mode()
     def answer_batch(
         self,
         images: Sequence[Image.Image],
         questions: Sequence[str],
         seeds: Sequence[int] | None = None,
+        features: Sequence[ImageFeatures | None] | None = None,
     ) -> list[Prediction]:
         """Answers for a batch; `seeds` (one per sample, default `config.seed`) drive sampling and
-        random views, so a sample's answer does not depend on its batch."""
+        random views, so a sample's answer does not depend on its batch. `features` are the images'
+        preprocessed features from `image_preprocessor()` (computed in DataLoader workers), if any.
+
+        Every distinct image (original, crop, negative view) goes through the image processor once."""
         cfg = self.config
         if len(images) != len(questions):
             raise ValueError(f"answer_batch: {len(images)} images for {len(questions)} questions")
         if not len(images):
             return []
-        images = [to_rgb(im, f"images[{i}]") for i, im in enumerate(images)]
+        converted = [to_rgb(im, f"images[{i}]") for i, im in enumerate(images)]
         questions = [self._check_question(q, i) for i, q in enumerate(questions)]
-        seeds = list(seeds) if seeds is not None else [cfg.seed] * len(images)
-        timer = StageTimer()
-        start = time.perf_counter()
-
-        localisations: list[Localisation | None] = [None] * len(images)
-        fallbacks: list[str | None] = [None] * len(images)
-        if cfg.localize:
-            with timer.stage("attention"):
-                rows = self._attend(images, questions)
-            with timer.stage("localise"):
-                localisations, fallbacks = self._localise(rows, images)
-
-        with timer.stage("views"):
-            focused, regions, paths = self._focus(images, localisations, fallbacks)
-        with timer.stage("decode"):
-            answers, masked, decode_fallbacks = self._decode(
-                images, focused, regions, paths, localisations, questions, seeds
-            )
-
-        total = time.perf_counter() - start
+        seeds = list(seeds) if seeds is not None else [cfg.seed] * len(converted)
+        timer = StageTimer(self.adapter.device)
+        start = timer.now()
+        with self._preprocessed(images, converted, features):
+            answers, localisations, fallbacks, paths, masked = self._run(converted, questions, seeds, timer)
+        total = timer.now() - start
         per_sample = {k: v / len(images) for k, v in timer.seconds.items()}
         per_sample["total"] = total / len(images)
         predictions = []
         for i, (ids, text) in enumerate(answers):
-            loc = localisations[i]
             predictions.append(
                 Prediction(
                     answer=text,
-                    layer=loc.layer if loc else None,
-                    vaq=loc.vaq if loc else None,
-                    box=list(loc.box) if loc and loc.box and paths[i] != "vanilla" else None,
-                    path=paths[i],
-                    timings=dict(per_sample),
-                    method=cfg.name,
-                    fallback=fallbacks[i] or decode_fallbacks[i],
                     token_ids=ids,
-                    heatmap=loc.canvas if loc is not None and cfg.save_heatmap else None,
-                    masked_cells=masked[i],
+                    **self._outcome(localisations[i], paths[i], fallbacks[i], masked[i], per_sample),
                 )
             )
         return predictions
 
+    @torch.inference_mode()
+    def score_options(
+        self,
+        images: Sequence[Image.Image],
+        questions: Sequence[str],
+        options: Sequence[Sequence[str]],
+        seeds: Sequence[int] | None = None,
+        features: Sequence[ImageFeatures | None] | None = None,
+    ) -> list[OptionScores]:
+        """Rank each sample's `options` as the reply to its question, instead of generating one
+        (docs/method.md, "Option scoring"): the method's stages up to its focused view as for
+        `answer_batch`, then each option's mean token log-likelihood on that view (on the contrastive
+        path under the VAT scores). `choice` is the index of the highest score (the first on a tie).
+        A batch equals scoring one by one; `seeds` and `features` as for `answer_batch`."""
+        cfg = self.config
+        if not len(images) == len(questions) == len(options):
+            raise ValueError(
+                f"score_options: {len(images)} images, {len(questions)} questions, {len(options)} option lists"
+            )
+        if not len(images):
+            return []
+        converted = [to_rgb(im, f"images[{i}]") for i, im in enumerate(images)]
+        questions = [self._check_question(q, i) for i, q in enumerate(questions)]
+        options = [list(opts) if not isinstance(opts, str) else [opts] for opts in options]
+        for i, opts in enumerate(options):
+            if len(opts) < 2:
+                raise ValueError(f"options[{i}] has {len(opts)} option(s); expected at least 2")
+        continuations = [option_token_ids(self.adapter.tokenizer, opts, i) for i, opts in enumerate(options)]
+        seeds = list(seeds) if seeds is not None else [cfg.seed] * len(converted)
+        timer = StageTimer(self.adapter.device)
+        start = timer.now()
+        with self._preprocessed(images, converted, features):
+            localisations, fallbacks, focused, regions, paths = self._prepare(converted, questions, timer)
+            with timer.stage("score"):
+                scored, masked, score_fallbacks = self._score(
+                    focused, regions, paths, localisations, questions, seeds, continuations
+                )
+        total = timer.now() - start
+        per_sample = {k: v / len(images) for k, v in timer.seconds.items()}
+        per_sample["total"] = total / len(images)
+        out = []
+        for i, (log_probs, opts) in enumerate(zip(scored, options)):
+            means = [sum(lp) / len(lp) for lp in log_probs]
+            ranked = [m if m == m else float("-inf") for m in means]  # NaN ranks last
+            choice = max(range(len(means)), key=lambda k: (ranked[k], -k))
+            fallback = fallbacks[i] or score_fallbacks[i]
+            out.append(
+                OptionScores(
+                    answer=opts[choice],
+                    **self._outcome(localisations[i], paths[i], fallback, masked[i], per_sample),
+                    choice=choice,
+                    scores=means,
+                    num_tokens=[len(lp) for lp in log_probs],
+                )
+            )
+        return out
+
+    def _outcome(self, loc, path, fallback, masked_cells, per_sample) -> dict:
+        """The `Prediction` fields every answer shares: layer, VAQ, box, path, timings, fallback, map."""
+        return {
+            "layer": loc.layer if loc else None,
+            "vaq": loc.vaq if loc else None,
+            "box": list(loc.box) if loc and loc.box and path != "vanilla" else None,
+            "path": path,
+            "timings": dict(per_sample),
+            "method": self.config.name,
+            "fallback": fallback,
+            "heatmap": loc.canvas if loc is not None and self.config.save_heatmap else None,
+            "masked_cells": masked_cells,
+        }
+
     # ----------------------------------------------------------------- stages
+    def _run(self, images, questions, seeds, timer: StageTimer):
+        """Every stage on the batch: (answers, localisations, fallbacks, paths, masked cells) per sample."""
+        localisations, fallbacks, focused, regions, paths = self._prepare(images, questions, timer)
+        with timer.stage("decode"):
+            answers, masked, decode_fallbacks = self._decode(
+                images, focused, regions, paths, localisations, questions, seeds
+            )
+        fallbacks = [a or b for a, b in zip(fallbacks, decode_fallbacks)]
+        return answers, localisations, fallbacks, paths, masked
+
+    def _prepare(self, images, questions, timer: StageTimer):
+        """The stages before decoding: (localisations, fallbacks, focused views, their regions, paths)."""
+        cfg = self.config
+        localisations: list[Localisation | None] = [None] * len(images)
+        fallbacks: list[str | None] = [None] * len(images)
+        if cfg.localize:
+            with timer.stage("attention"):
+                tiles = [self._tiles(image) for image in images]
+                rows = self._attend(images, questions, tiles)
+            with timer.stage("localise"):
+                localisations, fallbacks = self._localise(rows, images, tiles)
+                del rows
+        with timer.stage("views"):
+            focused, regions, paths = self._focus(images, localisations, fallbacks)
+        return localisations, fallbacks, focused, regions, paths
+
     def _check_question(self, question: str, index: int) -> str:
         if not isinstance(question, str):
             raise TypeError(f"questions[{index}] must be a string, got {type(question).__name__}")
@@ -136,26 +258,42 @@ class LaserEngine:
             raise ValueError(f"questions[{index}] is empty")
         return question
 
-    def _check_context(self, inputs, indices: list[int] | None = None) -> None:
-        """Raise if a row's prompt plus `decode.max_new_tokens` exceeds the LM's `max_position_embeddings`
-        (a model silently degrades past its context instead of failing)."""
+    def _check_context(self, inputs, indices: list[int] | None = None, new_tokens: list[int] | None = None) -> None:
+        """Raise if a row's prompt plus `decode.max_new_tokens` (or the row's `new_tokens`, e.g. an option's
+        length) exceeds the LM's `max_position_embeddings` (a model silently degrades past its context
+        instead of failing)."""
         limit = getattr(self.adapter.language_config(), "max_position_embeddings", None)
         mask = inputs.get("attention_mask")
         if not isinstance(limit, int) or limit <= 0 or mask is None:
             return
         lengths = mask.reshape(mask.shape[0], -1).sum(dim=-1).tolist()
-        new = self.config.decode.max_new_tokens
         for row, length in enumerate(lengths):
+            new = self.config.decode.max_new_tokens if new_tokens is None else new_tokens[row]
             if length + new > limit:
                 i = indices[row] if indices is not None else row
+                what = "decode.max_new_tokens" if new_tokens is None else "the option's tokens"
                 raise ValueError(
-                    f"questions[{i}]: prompt of {int(length)} tokens + decode.max_new_tokens={new} exceeds the "
-                    f"language model's max_position_embeddings={limit}; shorten the question or lower "
-                    "decode.max_new_tokens"
+                    f"questions[{i}]: prompt of {int(length)} tokens + {what}={new} exceeds the "
+                    f"language model's max_position_embeddings={limit}; shorten the question"
+                    + (" or lower decode.max_new_tokens" if new_tokens is None else " or the option")
                 )
 
-    def _attend(self, images: list[Image.Image], questions: list[str]) -> AttentionRows:
+    def _tiles(self, image: Image.Image) -> list[PixelBox]:
+        """The parts of `image` the attention passes look at: the whole image, or ViCrop's high-resolution
+        tiles (`vaq.tile_size`)."""
+        size = self.config.vaq.tile_size
+        return [(0, 0, image.width, image.height)] if size is None else high_res_tiles(image.size, size)
+
+    def _attend(
+        self, images: list[Image.Image], questions: list[str], tiles: list[list[PixelBox]] | None = None
+    ) -> AttentionRows:
+        """a+ / a0 rows, one per tile of each image (`tiles`; one whole-image tile each by default)."""
         cfg, adapter = self.config, self.adapter
+        if tiles is not None:
+            whole = [[(0, 0, im.width, im.height)] for im in images]
+            if tiles != whole:
+                questions = [q for q, boxes in zip(questions, tiles) for _ in boxes]
+                images = [im.crop(box) for im, boxes in zip(images, tiles) for box in boxes]
         inputs_q = adapter.build_inputs(images, questions, with_question=True)
         self._check_context(inputs_q)
         inputs_0 = None
@@ -174,47 +312,90 @@ class LaserEngine:
         if layer is None:
             layer = self.adapter.default_layer
             reference = self.adapter.reference_num_layers
-            if layer >= num_layers:
+            if num_layers != reference:  # the same relative depth on a model of another depth
                 layer = int(round(layer / reference * num_layers))
         if not -num_layers <= layer < num_layers:
             raise ValueError(f"vaq.layer={layer} outside the model's {num_layers} decoder layers")
         return min(layer % num_layers, num_layers - 1)
 
-    def _localise(
-        self, rows: AttentionRows, images: list[Image.Image]
-    ) -> tuple[list[Localisation | None], list[str | None]]:
+    def _layer_map(self, rows: AttentionRows, layer: torch.Tensor | int) -> tuple[torch.Tensor, torch.Tensor]:
+        """c of one layer per row (`layer`: an int, or [rows] indices): ([rows, heads, n_visual] with
+        non-finite values zeroed and padding masked, [rows] True where it was all finite)."""
         cfg = self.config
-        c = vaq_ops.contrastive_map(rows.a_plus, rows.a_zero, cfg.vaq.map, cfg.vaq.ratio_eps)
-        c = c * rows.valid[:, None, None, :].to(c.dtype)
+        batch = torch.arange(rows.a_plus.shape[0], device=rows.a_plus.device)
+        index = (batch, layer) if isinstance(layer, torch.Tensor) else (slice(None), layer)
+        a_zero = rows.a_zero[index] if rows.a_zero is not None else None
+        c = vaq_ops.contrastive_map(rows.a_plus[index], a_zero, cfg.vaq.map, cfg.vaq.ratio_eps)
+        c = c * rows.valid[:, None, :].to(device=c.device, dtype=c.dtype)
         finite = torch.isfinite(c).flatten(1).all(dim=1)
-        c = torch.nan_to_num(c, nan=0.0, posinf=0.0, neginf=0.0)
-        scores = vaq_ops.head_scores(c)
-        vaq = vaq_ops.layer_scores(scores, cfg.vaq.top_heads)
+        return torch.nan_to_num(c, nan=0.0, posinf=0.0, neginf=0.0), finite
+
+    def _localise(
+        self, rows: AttentionRows, images: list[Image.Image], tiles: list[list[PixelBox]] | None = None
+    ) -> tuple[list[Localisation | None], list[str | None]]:
+        """l*, VAQ and the map of each image from its rows (one per tile: VAQ[l] is the mean over the
+        image's tiles, and each tile's map is painted on its part of the image).
+
+        One layer at a time: besides the rows it keeps only head norms [rows, layers, heads] and the
+        chosen layer's map (docs/method.md, VAQ)."""
+        cfg = self.config
+        tiles = tiles if tiles is not None else [[(0, 0, im.width, im.height)] for im in images]
+        device = rows.a_plus.device
+        owner = torch.tensor([i for i, boxes in enumerate(tiles) for _ in boxes], device=device)
+        norms, finite = [], None
+        for layer in range(rows.a_plus.shape[1]):
+            c, ok = self._layer_map(rows, layer)
+            norms.append(vaq_ops.head_scores(c[:, None])[:, 0])
+            finite = ok if finite is None else finite & ok
+            del c
+        scores = torch.stack(norms, dim=1)  # [rows, layers, heads]
+        vaq_rows = vaq_ops.layer_scores(scores, cfg.vaq.top_heads)
+        vaq = torch.stack([vaq_rows[owner == i].mean(dim=0) for i in range(len(images))])
         if cfg.vaq.select == "vaq":
             layers = vaq_ops.select_layer(vaq, cfg.vaq.layers)
         else:
-            layers = torch.full((len(images),), self.static_layer(), dtype=torch.long)
+            layers = torch.full((len(images),), self.static_layer(), dtype=torch.long, device=vaq.device)
         heads = vaq_ops.top_heads(scores, cfg.vaq.top_heads) if cfg.vaq.heads == "top" else None
-        maps = vaq_ops.localisation_map(c, layers, heads)
+        row_layers = layers[owner]
+        if cfg.vaq.map == "ratio":
+            maps = vaq_ops.ratio_map(rows.a_plus, rows.a_zero, row_layers, heads)
+        else:
+            chosen, _ = self._layer_map(rows, row_layers)  # [rows, heads, n_visual] at each row's l*
+            samples = torch.arange(len(row_layers), device=device)
+            maps = vaq_ops.head_mean(chosen, None if heads is None else heads[samples, row_layers])
+            del chosen
+        maps = maps * rows.valid.to(device=maps.device, dtype=maps.dtype)
+        finite &= torch.isfinite(maps).all(dim=1)
+        finite, layers, vaq, maps, owner = finite.cpu(), layers.cpu(), vaq.cpu(), maps.cpu(), owner.cpu()
         out: list[Localisation | None] = []
         fallbacks: list[str | None] = []
         for i, image in enumerate(images):
-            if not bool(finite[i]):
+            members = (owner == i).nonzero().flatten().tolist()
+            if not all(bool(finite[r]) for r in members):
                 out.append(None)
                 fallbacks.append("non-finite attention; answered with vanilla decoding")
                 continue
-            n = rows.layouts[i].n_visual
+            pieces = []
+            for r, (x0, y0, x1, y1) in zip(members, tiles[i]):
+                region = (x0 / image.width, y0 / image.height, x1 / image.width, y1 / image.height)
+                layout = placed_layout(rows.layouts[r], region, stretch=cfg.crop.geometry == "whole")
+                pieces.append((maps[r, : layout.n_visual], layout))
             shape = canvas_shape(image.size, cfg.crop.canvas)
-            canvas = paint_map(maps[i, :n], rows.layouts[i], 0, shape)
-            box = self._place(canvas, image.size) if cfg.crop.enabled else None
-            out.append(Localisation(int(layers[i]), [float(v) for v in vaq[i]], canvas, box))
+            canvas = sum(paint_map(values, layout, 0, shape) for values, layout in pieces)
+            box = self._place(canvas, image.size, pieces) if cfg.crop.enabled else None
+            out.append(Localisation(int(layers[i]), vaq[i].tolist(), canvas, box))
             fallbacks.append(None)
         return out, fallbacks
 
-    def _place(self, canvas: torch.Tensor, size: tuple[int, int]) -> tuple[int, int, int, int]:
+    def _place(self, canvas: torch.Tensor, size: tuple[int, int], pieces) -> tuple[int, int, int, int]:
+        """The crop box: Con-ViCrop's window on the painted canvas, or ViCrop's multi-scale windows on
+        the map's cells (`pieces`: (values, layout in the whole image's coordinates) per tile)."""
         crop = self.config.crop
         if crop.strategy == "multiscale":
-            return place_multiscale_crop(canvas, size, self.adapter.native_resolution, list(crop.scales))
+            grid = search_grid([layout for _, layout in pieces], size)
+            cells = sum(cell_masses(values, layout, 0, grid) for values, layout in pieces)
+            base = self.adapter.crop_box_side or self.adapter.native_resolution
+            return place_multiscale_crop(cells, size, base, list(crop.scales))
         return place_crop(canvas, size, crop.ratio, crop.min_side)
 
     def _focus(self, images, localisations, fallbacks):
@@ -249,20 +430,59 @@ class LaserEngine:
         return focused, regions, paths
 
     def _negative_views(self, focused, regions, localisations, seeds, index, layout):
-        """Negative view of sample `index`; `layout` is its focused view's layout (mask view only)."""
+        """Masked negative view of sample `index`; `layout` is its focused view's layout."""
         cf = self.config.counterfactual
         generator = torch.Generator().manual_seed(int(seeds[index]) + 1)
-        if cf.view == "noise":
-            views = [diffusion_noise_view(im, cf.noise_step, cf.noise_steps, generator) for im in focused[index]]
-            return views, None
         return counterfactual_views(
             focused[index], layout, regions[index], localisations[index].canvas,
             cf.mask_ratio, cf.fill, generator,
         )
 
+    def _with_noise_view(self, positive, seeds: list[int]):
+        """Positive inputs followed by VCD's negative stream: the same processed inputs with diffusion
+        noise on the pixel tensors the adapter names (docs/method.md, Views)."""
+        cf = self.config.counterfactual
+        negative = diffusion_noise_inputs(
+            positive, self.adapter.pixel_rows(positive), [int(s) + 1 for s in seeds], cf.noise_step, cf.noise_steps
+        )
+        return stack_streams(positive, negative)
+
     @staticmethod
     def _as_input(images: list[Image.Image]):
         return images[0] if len(images) == 1 else images
+
+    @staticmethod
+    def _path_groups(paths: list[str]) -> dict[str, list[int]]:
+        """Sample indices per decoding stream: direct (direct and vanilla) and contrastive."""
+        return {
+            "direct": [i for i, p in enumerate(paths) if p in ("direct", "vanilla")],
+            "contrastive": [i for i, p in enumerate(paths) if p == "contrastive"],
+        }
+
+    def _stream_inputs(self, members, contrastive, focused, regions, localisations, questions, seeds, masked, repeats=None):
+        """Model inputs of the samples `members` on one path: their focused views (and for `contrastive`,
+        rows [R, 2R), the negative views), each sample's row repeated `repeats[j]` times (default once),
+        in member order. A sample's negative view is made once, whatever its repeats; `masked[i]` gets
+        its masked cells."""
+        repeats = repeats if repeats is not None else [1] * len(members)
+
+        def rows(values):
+            return [v for v, r in zip(values, repeats) for _ in range(r)]
+
+        pos = [self._as_input(focused[i]) for i in members]
+        qs = [questions[i] for i in members]
+        if contrastive and self.config.counterfactual.view == "noise":
+            return self._with_noise_view(self.adapter.build_inputs(rows(pos), rows(qs)), rows([seeds[i] for i in members]))
+        if contrastive:  # the masked view, on the focused views' grids (from one processor call)
+            neg = []
+            focus_inputs = self.adapter.build_inputs(pos, qs)
+            layouts = [self.adapter.visual_layout(focus_inputs, j) for j in range(len(members))]
+            for i, layout in zip(members, layouts):
+                views, cells = self._negative_views(focused, regions, localisations, seeds, i, layout)
+                neg.append(self._as_input(views))
+                masked[i] = cells
+            return self.adapter.build_inputs(rows(pos) + rows(neg), rows(qs) * 2)
+        return self.adapter.build_inputs(rows(pos), rows(qs))
 
     def _decode(self, images, focused, regions, paths, localisations, questions, seeds):
         cfg = self.config
@@ -270,36 +490,46 @@ class LaserEngine:
         answers: list[tuple[list[int], str] | None] = [None] * n
         masked: list[list | None] = [None] * n
         fallbacks: list[str | None] = [None] * n
-        groups = {
-            "direct": [i for i in range(n) if paths[i] in ("direct", "vanilla")],
-            "contrastive": [i for i in range(n) if paths[i] == "contrastive"],
-        }
-        for path, members in groups.items():
+        for path, members in self._path_groups(paths).items():
             if not members:
                 continue
-            pos = [self._as_input(focused[i]) for i in members]
-            qs = [questions[i] for i in members]
             contrastive = path == "contrastive"
-            if contrastive:
-                neg = []
-                layouts = [None] * len(members)
-                if cfg.counterfactual.view == "mask":  # the focused views' grids, from one processor call
-                    focus_inputs = self.adapter.build_inputs(pos, qs)
-                    layouts = [self.adapter.visual_layout(focus_inputs, j) for j in range(len(members))]
-                for i, layout in zip(members, layouts):
-                    views, cells = self._negative_views(focused, regions, localisations, seeds, i, layout)
-                    neg.append(self._as_input(views))
-                    masked[i] = cells
-                inputs = self.adapter.build_inputs(pos + neg, qs + qs)
-            else:
-                inputs = self.adapter.build_inputs(pos, qs)
+            inputs = self._stream_inputs(members, contrastive, focused, regions, localisations, questions, seeds, masked)
             self._check_context(inputs, members * (2 if contrastive else 1))
-            generators = [torch.Generator().manual_seed(int(seeds[i])) for i in members]
             model_inputs = self.adapter.prepare_model_inputs(model_tensors(inputs))
             ids, reasons = generate(
-                self.adapter, model_inputs, cfg.decode, contrastive=contrastive, generators=generators
+                self.adapter, model_inputs, cfg.decode, contrastive=contrastive, seeds=[seeds[i] for i in members]
             )
             for j, i in enumerate(members):
                 answers[i] = (ids[j], self.adapter.decode_text(ids[j]))
                 fallbacks[i] = reasons[j]
         return answers, masked, fallbacks
+
+    def _score(self, focused, regions, paths, localisations, questions, seeds, continuations):
+        """Per sample the log-probability of each option's tokens on its focused view: one batch of
+        (sample, option) rows per path (`scoring.continuation_log_probs`), the rows of a sample sharing
+        its views. Returns (log-probs per sample and option, masked cells, fallback reasons)."""
+        n = len(focused)
+        scored: list[list[list[float]] | None] = [None] * n
+        masked: list[list | None] = [None] * n
+        fallbacks: list[str | None] = [None] * n
+        for path, members in self._path_groups(paths).items():
+            if not members:
+                continue
+            contrastive = path == "contrastive"
+            repeats = [len(continuations[i]) for i in members]
+            inputs = self._stream_inputs(
+                members, contrastive, focused, regions, localisations, questions, seeds, masked, repeats
+            )
+            rows = [(i, ids) for i in members for ids in continuations[i]]
+            owners = [i for i, _ in rows] * (2 if contrastive else 1)
+            self._check_context(inputs, owners, [len(ids) for _, ids in rows] * (2 if contrastive else 1))
+            model_inputs = self.adapter.prepare_model_inputs(model_tensors(inputs))
+            log_probs, reasons = continuation_log_probs(
+                self.adapter, model_inputs, [ids for _, ids in rows], contrastive=contrastive,
+                alpha=self.config.decode.alpha,
+            )
+            for (i, _), lp, reason in zip(rows, log_probs, reasons):
+                scored[i] = (scored[i] or []) + [lp]
+                fallbacks[i] = fallbacks[i] or reason
+        return scored, masked, fallbacks

@@ -1,9 +1,12 @@
 """The attention probe: last-row softmax attention over visual tokens, without `output_attentions`.
 
 A function registered in `transformers.AttentionInterface` wraps the model's own kernel (sdpa, flash,
-eager ...) and, while a capture is active, also computes `softmax(q[t0] K^T * scale + mask)` for the
-last query position t0 only, keeping `[batch, layers, heads, n_visual]` numbers. It is installed only
-on the language model's attention modules (through their config's `_attn_implementation`).
+eager, flex ...) and, while a capture is active, also computes `softmax(q[t0] K^T * scale + mask)` for
+the last query position t0 only, keeping `[batch, layers, heads, n_visual]` numbers. It is installed
+only on the language model's attention modules (their config's `_attn_implementation` routes them to
+`laser_probe_<kernel>`; the wrapped kernel still sees its own name). The mask row is built from the
+forward's 2-D padding mask and the layer's own window (`last_row_mask`), whatever mask format the
+kernel receives (docs/method.md, "Attention probe").
 """
 
 from __future__ import annotations
@@ -25,15 +28,16 @@ PROBE_PREFIX = "laser_probe_"
 def last_row_attention(
     query: torch.Tensor,
     key: torch.Tensor,
-    attention_mask: torch.Tensor | None,
+    key_mask: torch.Tensor | None,
     scaling: float,
     softcap: float | None = None,
 ) -> torch.Tensor:
-    """Softmax attention of the last query over all keys, in float32.
+    """Softmax attention of the last query over all keys, in float32, on the query's device.
 
     query: [batch, heads, q_len, dim]; key: [batch, kv_heads, kv_len, dim] (GQA handled without
-    repeating keys); attention_mask: bool (True = attend) or additive float, [batch, 1|heads, q_len, kv_len].
-    Returns [batch, heads, kv_len].
+    repeating keys); key_mask: which keys the last query attends to, [batch, kv_len] bool (see
+    `last_row_mask`), or a full mask [batch, 1|heads, q_len, kv_len] (bool, True = attend, or additive
+    float) whose last row is used; None attends to every key. Returns [batch, heads, kv_len].
     """
     batch, heads, _, dim = query.shape
     kv_heads, kv_len = key.shape[1], key.shape[2]
@@ -42,32 +46,67 @@ def last_row_attention(
     scores = scores.reshape(batch, heads, kv_len)
     if softcap is not None:
         scores = torch.tanh(scores / softcap) * softcap
-    if attention_mask is not None:
-        mask = attention_mask[:, :, -1, -kv_len:]  # [B, 1|H, T]
-        if mask.dtype == torch.bool:
-            scores = scores.masked_fill(~mask, float("-inf"))
+    if key_mask is not None:
+        mask = key_mask.to(scores.device)
+        if mask.dim() == 4:
+            mask = mask[:, :, -1, -kv_len:]  # [B, 1|H, T]
+            if not mask.dtype == torch.bool:
+                mask = mask > torch.finfo(mask.dtype).min / 2  # additive: 0 keeps, the dtype's min masks
         else:
-            scores = scores + mask.float()
+            mask = mask.bool()[:, None, :]
+        scores = scores.masked_fill(~mask, float("-inf"))
     return torch.softmax(scores, dim=-1)
+
+
+def last_row_mask(
+    padding_mask: torch.Tensor | None,
+    batch: int,
+    kv_len: int,
+    window: int | None = None,
+    device: torch.device | None = None,
+) -> torch.Tensor | None:
+    """Which of the `kv_len` keys the last query attends to: [batch, kv_len] bool, or None for all.
+
+    Built from the forward's 2-D padding mask ([batch, past + new], 1 = token; None = no padding) and
+    the layer's sliding window (key k is seen when `k > q - window`, the query being the last key), the
+    same for every kernel: sdpa (4-D bool mask or None), eager (additive), flash (2-D or None) and
+    flex (BlockMask) all describe this row. The last query of a causal LM sees every earlier key. The
+    mask is made on `device` (the layer's, for a model split over devices).
+    """
+    mask = None
+    if padding_mask is not None:
+        mask = padding_mask[:, -kv_len:].to(device=device, dtype=torch.bool)
+        if mask.shape[-1] != kv_len:
+            raise ValueError(
+                f"attention probe: the padding mask covers {mask.shape[-1]} positions, the layer sees {kv_len} keys"
+            )
+    if isinstance(window, int) and 0 < window < kv_len:
+        recent = torch.arange(kv_len, device=device) > kv_len - 1 - window  # [T]
+        mask = recent.expand(batch, -1) if mask is None else mask & recent
+    return mask
 
 
 class AttentionCapture:
     """Rows recorded during one forward: attention of the last position over `key_positions`.
 
     key_positions: [batch, n_visual] absolute key indices (padded entries point at 0 and are
-    flagged in `valid`).
+    flagged in `valid`); padding_mask: the forward's 2-D attention mask [batch, past + new] (None: no
+    padding). Each layer's rows are computed on that layer's device (a model split over devices) and
+    kept on the device of `key_positions`, so `result` stacks rows of one device.
     """
 
-    def __init__(self, key_positions: torch.Tensor, num_layers: int):
+    def __init__(self, key_positions: torch.Tensor, num_layers: int, padding_mask: torch.Tensor | None):
         self.key_positions = key_positions
+        self.padding_mask = padding_mask
+        self.device = key_positions.device
         self.rows: list[torch.Tensor | None] = [None] * num_layers
 
     def record(self, layer: int, probs: torch.Tensor) -> None:
         index = self.key_positions.to(probs.device).unsqueeze(1).expand(-1, probs.shape[1], -1)
-        self.rows[layer] = probs.gather(-1, index)
+        self.rows[layer] = probs.gather(-1, index).to(self.device)
 
     def result(self) -> torch.Tensor:
-        """[batch, layers, heads, n_visual] float32."""
+        """[batch, layers, heads, n_visual] float32, on the device of `key_positions`."""
         missing = [i for i, r in enumerate(self.rows) if r is None]
         if missing:
             raise RuntimeError(f"attention probe saw no call for layers {missing}; is it installed?")
@@ -87,14 +126,24 @@ def _make_probe_kernel(kernel_name: str):
             kernel = _eager_kernel(module)
         else:
             kernel = ALL_ATTENTION_FUNCTIONS[kernel_name]
-        output = kernel(module, query, key, value, attention_mask, *args, **kwargs)
+        # The config routes this layer to the probe; the kernel itself sees its own name (flash attention
+        # passes `config._attn_implementation` to its kernel loader).
+        config = module.config
+        routed = config._attn_implementation
+        config._attn_implementation = kernel_name
+        try:
+            output = kernel(module, query, key, value, attention_mask, *args, **kwargs)
+        finally:
+            config._attn_implementation = routed
         probe: AttentionProbe | None = getattr(module, "_laser_probe", None)
         capture = probe.capture_state if probe is not None else None
         if capture is not None:
             scaling = kwargs.get("scaling")
             if scaling is None:
                 scaling = query.shape[-1] ** -0.5
-            probs = last_row_attention(query, key, attention_mask, scaling, kwargs.get("softcap"))
+            window = kwargs.get("sliding_window", getattr(module, "sliding_window", None))
+            mask = last_row_mask(capture.padding_mask, query.shape[0], key.shape[2], window, key.device)
+            probs = last_row_attention(query, key, mask, scaling, kwargs.get("softcap"))
             capture.record(module._laser_layer, probs)
         return output
 
@@ -151,12 +200,16 @@ class AttentionProbe:
         self.installed = False
 
     @contextmanager
-    def capture(self, key_positions: torch.Tensor) -> Iterator[AttentionCapture]:
-        """Record the last row of every probed layer during the forwards inside the block."""
+    def capture(self, key_positions: torch.Tensor, padding_mask: torch.Tensor | None) -> Iterator[AttentionCapture]:
+        """Record the last row of every probed layer during the forwards inside the block.
+
+        key_positions: [batch, n] key indices to keep (rows come back on its device); padding_mask: the
+        2-D attention mask the forwards get ([batch, past + new]; None only when nothing is padded). It is
+        required: under flash or flex attention the kernel's own mask does not say which keys are padding."""
         if not self.installed:
             raise RuntimeError("AttentionProbe.capture() before install()")
         self.install()
-        state = AttentionCapture(key_positions, len(self.modules))
+        state = AttentionCapture(key_positions, len(self.modules), padding_mask)
         self.capture_state = state
         try:
             yield state

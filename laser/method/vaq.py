@@ -12,7 +12,8 @@ import torch
 def contrastive_map(
     a_plus: torch.Tensor, a_zero: torch.Tensor | None, kind: str = "contrastive", eps: float = 1e-6
 ) -> torch.Tensor:
-    """c[l,h] = relu(a+ - a0) (`contrastive`), a+ / a0 (`ratio`, ViCrop) or a+ (`raw`)."""
+    """c[l,h] = relu(a+ - a0) (`contrastive`), a+ / (a0 + eps) (`ratio`, per head, for VAQ scores; ViCrop's map
+    is `ratio_map`) or a+ (`raw`)."""
     if kind == "raw":
         return a_plus
     if a_zero is None:
@@ -55,6 +56,15 @@ def select_layer(vaq: torch.Tensor, candidates: list[int] | None = None) -> torc
     return idx[vaq[:, idx].argmax(dim=-1)]
 
 
+def head_mean(per_layer: torch.Tensor, heads: torch.Tensor | None) -> torch.Tensor:
+    """Mean of one layer's c [batch, heads, n_visual] over the chosen heads ([batch, k] indices; every
+    head when None): [batch, n_visual]."""
+    if heads is None:
+        return per_layer.mean(dim=1)
+    index = heads.unsqueeze(-1).expand(-1, -1, per_layer.shape[-1])
+    return per_layer.gather(1, index).mean(dim=1)
+
+
 def localisation_map(
     c: torch.Tensor, layer: torch.Tensor, heads: torch.Tensor | None
 ) -> torch.Tensor:
@@ -63,9 +73,18 @@ def localisation_map(
     layer: [batch]; heads: [batch, layers, k] head indices (from `top_heads`).
     """
     batch = torch.arange(c.shape[0], device=c.device)
-    per_layer = c[batch, layer]  # [B, H, N]
-    if heads is None:
-        return per_layer.mean(dim=1)
-    chosen = heads[batch, layer]  # [B, k]
-    index = chosen.unsqueeze(-1).expand(-1, -1, per_layer.shape[-1])
-    return per_layer.gather(1, index).mean(dim=1)
+    return head_mean(c[batch, layer], None if heads is None else heads[batch, layer])
+
+
+def ratio_map(
+    a_plus: torch.Tensor, a_zero: torch.Tensor, layer: torch.Tensor, heads: torch.Tensor | None
+) -> torch.Tensor:
+    """ViCrop's relative attention: M = mean_h(a+[l*, h]) / mean_h(a0[l*, h]) over the chosen heads
+    (all when `heads` is None) — the head means divided, not a mean of per-head ratios: [batch, n_visual].
+
+    No epsilon: where mean_h(a0) underflows to 0 the denominator is the smallest normal float32, so the
+    map stays finite (a+ <= 1); anywhere else it is the plain quotient.
+    """
+    plus = localisation_map(a_plus.float(), layer, heads)
+    zero = localisation_map(a_zero.float(), layer, heads)
+    return plus / zero.clamp_min(torch.finfo(torch.float32).tiny)

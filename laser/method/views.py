@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 
 import numpy as np
 import torch
 from PIL import Image, ImageFilter
+from transformers import BatchFeature
 
 from ..adapters.base import Box, VisualLayout
 from .canvas import integral_image
 from .crop import PixelBox
+
+BLUR_MIN_RADIUS = 2
+"""`counterfactual.fill: blur`: the Gaussian radius is half the masked cell's longer side, at least this (px)."""
+NOISE_BETA_START, NOISE_BETA_END = 1e-5, 0.5e-2
+NOISE_SIGMOID_SPAN = 6.0
+"""VCD's sigmoid beta schedule: beta_t = sigmoid(linspace(-span, span, steps))_t * (end - start) + start."""
 
 
 def crop_view(image: Image.Image, box: PixelBox) -> Image.Image:
@@ -95,7 +103,7 @@ def _fill(
         sums.replace(image, box, mean)
         patch = Image.new("RGB", (width, height), mean)
     elif fill == "blur":
-        patch = image.filter(ImageFilter.GaussianBlur(radius=max(2, max(width, height) // 2))).crop(box)
+        patch = image.filter(ImageFilter.GaussianBlur(radius=max(BLUR_MIN_RADIUS, max(width, height) // 2))).crop(box)
     elif fill == "noise":
         values = torch.randint(0, 256, (height, width, 3), generator=generator, dtype=torch.uint8)
         patch = Image.fromarray(values.numpy())
@@ -138,16 +146,79 @@ def counterfactual_views(
     return masked, chosen
 
 
-def diffusion_noise_view(
-    image: Image.Image, step: int, steps: int, generator: torch.Generator
-) -> Image.Image:
-    """VCD's negative view: forward diffusion to step `step` of `steps` (sigmoid beta schedule),
-    applied to the image scaled to [-1, 1] and mapped back to 8-bit."""
+def diffusion_alpha_bar(step: int, steps: int) -> float:
+    """alpha_bar_t of VCD's forward diffusion at `step` (0-based) of `steps`: betas on a sigmoid schedule
+    from 1e-5 to 5e-3, alpha_bar_t = prod_{s <= t} (1 - beta_s)."""
     if not 0 <= step < steps:
         raise ValueError(f"counterfactual.noise_step={step}; expected 0 <= step < {steps}")
-    betas = torch.sigmoid(torch.linspace(-6, 6, steps, dtype=torch.float64)) * (0.5e-2 - 1e-5) + 1e-5
-    alpha_bar = torch.cumprod(1 - betas, dim=0)[step]
-    x = torch.from_numpy(np.asarray(image, dtype=np.float64) / 127.5 - 1.0)
-    noise = torch.randn(x.shape, generator=generator, dtype=torch.float64)
-    noisy = alpha_bar.sqrt() * x + (1 - alpha_bar).sqrt() * noise
-    return Image.fromarray(((noisy.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy())
+    ramp = torch.linspace(-NOISE_SIGMOID_SPAN, NOISE_SIGMOID_SPAN, steps, dtype=torch.float64)
+    betas = torch.sigmoid(ramp) * (NOISE_BETA_END - NOISE_BETA_START) + NOISE_BETA_START
+    return float(torch.cumprod(1 - betas, dim=0)[step])
+
+
+def _unit_generator(seed: int, index: tuple[int, ...]) -> torch.Generator:
+    digest = hashlib.blake2b(repr((int(seed), index)).encode(), digest_size=8).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest, "little"))
+
+
+def diffusion_noise_pixels(
+    pixels: torch.Tensor, rows: list[int], seeds: list[int], step: int, steps: int
+) -> torch.Tensor:
+    """VCD's negative view on a processed, normalised pixel tensor (the model's own input):
+    `sqrt(alpha_bar_t) x + sqrt(1 - alpha_bar_t) eps`, eps ~ N(0, 1), unclamped — the noise the model
+    sees has std `sqrt(1 - alpha_bar_t)` in normalised units whatever the photo's size.
+
+    pixels: [R, ...], its first rows[0] rows sample 0's, the next rows[1] sample 1's, ...
+    seeds: one per sample. eps is drawn per image unit (each trailing [C, H, W] block of a tensor of 4+
+    dims, else a sample's whole slice) from a generator seeded by (seed, the unit's index in the sample),
+    so a sample's noise does not depend on its batch or on the batch's padding; units that are all
+    zero (a processor's padding images or tiles) stay zero.
+    """
+    if len(rows) != len(seeds) or sum(rows) != pixels.shape[0]:
+        raise ValueError(f"pixel tensor of {pixels.shape[0]} rows for samples of {rows} rows and {len(seeds)} seeds")
+    alpha_bar = diffusion_alpha_bar(step, steps)
+    keep, spread = math.sqrt(alpha_bar), math.sqrt(1.0 - alpha_bar)
+    out = pixels.clone()
+    start = 0
+    for count, seed in zip(rows, seeds):
+        part = out[start : start + count]
+        start += count
+        leading = part.shape[:-3] if part.ndim >= 4 else ()
+        for index in np.ndindex(*leading) if leading else [()]:
+            unit = part[index] if index else part
+            if not bool(unit.any()):
+                continue
+            noise = torch.randn(unit.shape, generator=_unit_generator(seed, index), dtype=torch.float32)
+            unit.copy_(keep * unit.float() + spread * noise)
+    return out
+
+
+def diffusion_noise_inputs(
+    inputs: BatchFeature, pixel_rows: dict[str, list[int]], seeds: list[int], step: int, steps: int
+) -> BatchFeature:
+    """A copy of `inputs` whose pixel tensors (`pixel_rows`: key -> rows per sample, from the adapter)
+    carry VCD's diffusion noise; everything else is shared with `inputs`."""
+    if not pixel_rows:
+        raise ValueError("counterfactual.view=noise: the adapter reports no pixel tensor in its inputs")
+    noisy = dict(inputs)
+    for key, rows in pixel_rows.items():
+        noisy[key] = diffusion_noise_pixels(inputs[key], rows, seeds, step, steps)
+    return BatchFeature(noisy)
+
+
+def stack_streams(first: BatchFeature, second: BatchFeature) -> BatchFeature:
+    """Two input batches of the same prompts (same padded length) as one batch, `first`'s samples then
+    `second`'s: tensors concatenated along dim 0 (every input tensor lists its samples' rows in
+    order there), lists appended."""
+    out = {}
+    for key, value in first.items():
+        other = second[key]
+        if isinstance(value, torch.Tensor):
+            if value.shape[1:] != other.shape[1:]:
+                raise ValueError(f"stack_streams: {key} of shape {tuple(value.shape)} and {tuple(other.shape)}")
+            out[key] = torch.cat([value, other])
+        elif isinstance(value, list):
+            out[key] = value + other
+        else:
+            raise ValueError(f"stack_streams: cannot stack input {key!r} of type {type(value).__name__}")
+    return BatchFeature(out)

@@ -6,6 +6,7 @@ had anything to draw (a figure without data is not written).
 
 from __future__ import annotations
 
+import textwrap
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -85,6 +86,15 @@ def _panel_grid(count: int, max_cols: int, width: float, height: float):
     return fig, list(axes.flat)
 
 
+def _fitted_suptitle(fig, text: str, fontsize: float = 12) -> None:
+    """A figure title wrapped to the figure's width (a one-panel figure is narrower than a long title);
+    the figure grows by the extra lines, so the panels keep their size under `tight_layout`."""
+    chars_per_line = max(20, int(fig.get_figwidth() * 72 / (0.6 * fontsize)))
+    wrapped = textwrap.fill(text, chars_per_line)
+    fig.suptitle(wrapped, fontsize=fontsize)
+    fig.set_figheight(fig.get_figheight() + wrapped.count("\n") * 1.3 * fontsize / 72)
+
+
 def _save(fig, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=DPI)
@@ -127,9 +137,8 @@ def vaq_figure(runs: Sequence[Run], path: Path) -> bool:
                 ax.secondary_xaxis(
                     "top", functions=(lambda v, d=depth: v * (d - 1), lambda v, d=depth: v / (d - 1))
                 ).tick_params(labelsize=8)
-        fig.suptitle(
-            "Mean visual attention quotient per layer (band: 95% interval of the mean; dot: highest mean)",
-            fontsize=12,
+        _fitted_suptitle(
+            fig, "Mean visual attention quotient per layer (band: 95% interval of the mean; dot: highest mean)"
         )
         fig.tight_layout()
         _save(fig, path)

@@ -11,9 +11,11 @@ import os
 import sys
 from collections.abc import Callable
 
-USAGE = """laser <command> [args]        (laser --version)
+from .versions import version_line
 
-  predict  key=value ...          run a method over a dataset (trainer.predict)
+USAGE = """laser <command> [args]        (laser --version; laser <command> --help)
+
+  predict  key=value ...          run a method over a dataset (trainer.predict); dry_run=true: plan only
   evaluate <run_dir> [--by KEY]   merge ranks, check completeness, score -> metrics.json
   compare  <run_dir> ... [--out]  tables and figures across runs, models and datasets
   show     <run_dir> <sample_id>  one picture: heatmap, crop, mask, VAQ per layer, answers
@@ -23,31 +25,28 @@ USAGE = """laser <command> [args]        (laser --version)
 """
 
 
-def version_line() -> str:
-    """`laser 0.2.0 (torch ..., transformers ..., lightning ...)`."""
-    from .. import __version__
-
-    return f"laser {__version__} (" + ", ".join(f"{k} {v}" for k, v in dependency_versions().items()) + ")"
-
-
-def dependency_versions() -> dict[str, str]:
-    """Installed versions of the packages a run's numbers depend on."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for name in ("torch", "transformers", "lightning"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = "not installed"
-    return out
+HELP_FLAGS = ("-h", "--help")
 
 
 def _predict(argv: list[str]) -> int:
-    from .compose import compose
+    from .compose import ConfigError, compose
+
+    if any(arg in HELP_FLAGS for arg in argv):
+        from .predict_help import predict_help
+
+        print(predict_help([arg for arg in argv if arg not in HELP_FLAGS]))
+        return 0
+    cfg = compose(argv)
+    if cfg.get("dry_run"):
+        from .dry_run import dry_run, format_dry_run
+
+        plan = dry_run(cfg)
+        print(format_dry_run(plan))
+        if plan["error"]:
+            raise ConfigError(plan["error"])
+        return 0
     from .predict import is_launcher_rank, predict
 
-    cfg = compose(argv)
     summary = predict(cfg)
     if is_launcher_rank() and "written" in summary:
         print(
@@ -62,9 +61,14 @@ def _evaluate(argv: list[str]) -> int:
     from .evaluate import evaluate, format_table
     from .metrics import METRICS
 
-    parser = argparse.ArgumentParser(prog="laser evaluate")
-    parser.add_argument("run_dir")
-    parser.add_argument("--metric", default=None, choices=list(METRICS))
+    parser = argparse.ArgumentParser(
+        prog="laser evaluate",
+        description="Merge a run's rank files, check every sample is there once, score it and write metrics.json.",
+    )
+    parser.add_argument("run_dir", help="a run folder written by `laser predict`")
+    parser.add_argument(
+        "--metric", default=None, choices=list(METRICS), help="score with this metric (default: the data's)"
+    )
     parser.add_argument("--by", action="append", default=None, help="group by a record field, e.g. meta.family")
     args = parser.parse_args(argv)
     result = evaluate(args.run_dir, args.metric, args.by)
@@ -85,6 +89,11 @@ def _list(argv: list[str]) -> int:
     from ..method.config import list_presets
     from .compose import group_names
 
+    argparse.ArgumentParser(
+        prog="laser list",
+        description="The registered adapters (with the Hugging Face classes each serves) and the method, "
+        "dataset and model presets. Every key of `laser predict`: laser predict --help.",
+    ).parse_args(argv)
     print("adapters (name: Hugging Face classes served):")
     for name in list_adapters():
         cls = get_adapter_class(name)
@@ -126,6 +135,8 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if argv[:1] == ["help"] and len(argv) > 1:  # `laser help predict`
+        argv = [argv[1], "--help"]
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
         return 0
@@ -141,7 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("laser: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
-    except SystemExit:
+    except SystemExit as stop:  # argparse: --help (0) or a usage error (2), already printed
+        if stop.code is None or isinstance(stop.code, int):
+            return stop.code or 0
         raise
     except Exception as err:  # a bad command: one line, no traceback
         if os.environ.get("LASER_DEBUG"):

@@ -87,6 +87,23 @@ def _counts(records, key):
     return counts
 
 
+_RATES = {"precision": "precision", "recall": "recall", "f1": "F1", "yes_ratio": "yes ratio"}
+
+
+def _extras(overall: dict[str, Any]) -> str:
+    """The overall figures beyond accuracy (POPE precision/recall/F1/yes ratio, unparsed answers ...)."""
+    parts = []
+    if overall.get("convention"):
+        parts.append(f"{overall['convention']} convention")
+    for key, name in _RATES.items():
+        if overall.get(key) is not None:
+            parts.append(f"{name} {100 * overall[key]:.1f}")
+    for key in ("other", "unparsed", "excluded"):
+        if overall.get(key):
+            parts.append(f"{key} {overall[key]}")
+    return "   ".join(parts)
+
+
 def format_table(result: dict[str, Any]) -> str:
     """A plain-text table of the overall score and the per-group scores."""
 
@@ -102,6 +119,9 @@ def format_table(result: dict[str, Any]) -> str:
         f"{'group':<28} {'n':>6} {'acc %':>6}  95% CI",
         row("overall", result["overall"]),
     ]
+    extras = _extras(result["overall"])
+    if extras:
+        lines.append(f"{'':<28} {extras}")
     for key, buckets in result["groups"].items():
         for value, s in buckets.items():
             lines.append(row(f"{key.removeprefix('meta.')}={value}", s))

@@ -1,22 +1,24 @@
 """`LaserModule`: the engine inside Lightning's predict loop (docs/method.md, "Lightning").
 
-The model is loaded in `configure_model` on each process's own device; `predict_step` returns one
-JSON record per sample, a failed sample becoming a record with `error` while the run goes on.
+The model is loaded in `configure_model`, once per process, straight onto that process's device (or
+over several devices with a `device_map`). It is deliberately not a submodule of the LightningModule:
+Lightning never moves it (a sharded model stays sharded), converts it, or copies it to host memory
+at teardown. `predict_step` returns one JSON record per sample; a failed sample becomes a record with
+`error` while the run goes on (`answering`: out of memory and device faults are `"retryable": true`).
 No collectives inside `predict_step`.
 """
 
 from __future__ import annotations
 
-import copy
-import traceback
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 
 from ..method.config import LaserConfig
-from ..method.decoding import NONFINITE_LOGITS
 from ..method.engine import LaserEngine
-from ..method.prediction import Prediction
+from .answering import answer_samples, make_record, score_samples
+from .batch import check_batch
 from .loading import resolve_dtype, sample_seed
 
 
@@ -31,33 +33,56 @@ class LaserModule(pl.LightningModule):
         dtype: str = "auto",
         seed: int = 0,
         engine: LaserEngine | None = None,
+        load: dict[str, Any] | None = None,
     ):
+        """`load`: more `from_pretrained` arguments (`device_map`, `attn_implementation`, `max_memory`,
+        `processor_kwargs`), from the `model.*` keys of `laser predict`."""
         super().__init__()
         self.model_ref = str(model)
         self.adapter_name = adapter
         self.dtype_name = dtype
         self.seed = seed
+        self.load = dict(load or {})
         if isinstance(method, str):
             method = LaserConfig.preset(method)
         elif isinstance(method, dict):
             method = LaserConfig.from_dict(method)
         self.method = method
+        # A plain attribute, not a submodule: Lightning must not move, convert or offload the model.
         self.engine = engine
-        if engine is not None:
-            self.lvlm = engine.adapter.model
+        self.idle = False  # set when no rank has a sample left: the model is then not loaded
 
     def configure_model(self) -> None:
-        if self.engine is not None:
+        if self.engine is not None or self.idle:
             return
         from ..adapters import create_adapter
 
-        dtype = resolve_dtype(self.dtype_name, self.device)
-        adapter = create_adapter(self.model_ref, adapter=self.adapter_name, dtype=dtype)
+        device = self._root_device()
+        kwargs = load_kwargs(self.load, device)
+        adapter = create_adapter(
+            self.model_ref, adapter=self.adapter_name, dtype=resolve_dtype(self.dtype_name, device), **kwargs
+        )
         adapter.model.eval().requires_grad_(False)
-        self.lvlm = adapter.model  # a submodule, so Lightning moves it to this process's device
+        if "device_map" not in kwargs and adapter.device != device:
+            adapter.model.to(device)
         self.engine = LaserEngine(adapter, self.method)
 
+    def _root_device(self) -> torch.device:
+        trainer = self._trainer
+        return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+
+    def image_preprocessor(self) -> Any:
+        """The engine's per-image preprocessing, for the datamodule's workers (None if unavailable)."""
+        if self.engine is None:
+            return None
+        try:
+            return self.engine.image_preprocessor()
+        except Exception:  # the engine preprocesses in this process instead
+            return None
+
     def predict_step(self, batch: list[dict[str, Any]], batch_idx: int = 0) -> list[dict[str, Any]]:
+        """One record per sample of `batch` (the contract is in `laser.run.batch`)."""
+        batch = check_batch(batch, batch_idx)
         batch = [sample for sample in batch if not sample.get("padding")]  # DDP filler: no record
         records: list[dict[str, Any] | None] = [None] * len(batch)
         ready = []
@@ -72,73 +97,32 @@ class LaserModule(pl.LightningModule):
         return records  # type: ignore[return-value]
 
     def _answer(self, samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Answer as one batch; if that fails, answer one by one so only the bad sample fails."""
-        try:
-            predictions = self._engine_batch(samples)
-            return [self._checked(s, p) for s, p in zip(samples, predictions)]
-        except Exception:
-            if len(samples) == 1:
-                return [self._record(samples[0], None, _describe_error())]
-        out = []
-        for sample in samples:
-            try:
-                out.append(self._checked(sample, self._engine_batch([sample])[0]))
-            except Exception:
-                out.append(self._record(sample, None, _describe_error()))
-        return out
+        """Records of `samples` answered as one batch, one by one if that fails (`answering.answer_samples`);
+        samples with `score_options` have their choices ranked instead (`answering.score_samples`)."""
+        answers: list[Any] = [None] * len(samples)
+        ranked = [i for i, s in enumerate(samples) if s.get("score_options")]
+        generated = [i for i, s in enumerate(samples) if not s.get("score_options")]
+        for members, run in ((generated, answer_samples), (ranked, score_samples)):
+            if not members:
+                continue
+            group = [samples[i] for i in members]
+            args = [[s["image"] for s in group], [s["question"] for s in group]]
+            if run is score_samples:
+                args.append([s["choices"] for s in group])
+            seeds = [sample_seed(self.seed, s["sample_id"]) for s in group]
+            features = [s.get("image_features") for s in group]  # from the DataLoader workers, if any
+            for i, answer in zip(members, run(self.engine, *args, seeds, features)):
+                answers[i] = answer
+        return [make_record(s, a.prediction, a.error, a.retryable) for s, a in zip(samples, answers)]
 
-    def _checked(self, sample: dict[str, Any], pred: Prediction) -> dict[str, Any]:
-        """The record of `pred`, unless its own logits went NaN/inf (say, float16 overflow): then the
-        sample is answered again with vanilla decoding (the `fallback` field says why), and if that
-        fails too (or the method is vanilla already) it becomes an error record."""
-        if not (pred.fallback or "").startswith(NONFINITE_LOGITS):
-            return self._record(sample, pred, None)
-        reason = f"{pred.fallback} on the {pred.path} path"
-        running = self.engine.config
-        if not running.localize and running.decode.mode == "direct":  # vanilla already: nothing to fall back to
-            return self._record(sample, None, f"NonFiniteLogits: {reason}; no answer")
-        vanilla = copy.deepcopy(running)
-        vanilla.localize, vanilla.crop.enabled, vanilla.decode.mode = False, False, "direct"
-        self.engine.config = vanilla
-        try:
-            retry = self._engine_batch([sample])[0]
-        finally:
-            self.engine.config = running
-        if (retry.fallback or "").startswith(NONFINITE_LOGITS):
-            return self._record(sample, None, f"NonFiniteLogits: {reason}, and {retry.fallback} with vanilla decoding")
-        retry.path, retry.method = "vanilla", pred.method
-        retry.fallback = f"{reason}; answered with vanilla decoding"
-        return self._record(sample, retry, None)
-
-    def _engine_batch(self, samples: list[dict[str, Any]]) -> list[Prediction]:
-        seeds = [sample_seed(self.seed, s["sample_id"]) for s in samples]
-        return self.engine.answer_batch([s["image"] for s in samples], [s["question"] for s in samples], seeds)
-
-    @staticmethod
-    def _record(sample: dict[str, Any], pred: Prediction | None, error: str | None) -> dict[str, Any]:
-        record = {
-            "sample_id": sample["sample_id"],
-            "question": sample.get("question"),
-            "answers": sample.get("answers"),
-        }
-        if sample.get("choices"):
-            record["choices"] = sample["choices"]
-        if sample.get("meta"):
-            record["meta"] = sample["meta"]
-        if pred is not None:
-            record.update(pred.to_record())
-        else:
-            record.update(prediction=None, layer=None, vaq=None, box=None, path=None, timings={})
-        record["error"] = error
-        return record
+    _record = staticmethod(make_record)
 
 
-def _describe_error() -> str:
-    """`Type: message (file:line)` of the exception being handled, on one line."""
-    import sys
-
-    exc = sys.exc_info()[1]
-    frames = traceback.extract_tb(exc.__traceback__) if exc is not None else []
-    where = f" ({frames[-1].filename.rsplit('/', 1)[-1]}:{frames[-1].lineno})" if frames else ""
-    message = " ".join(str(exc).split())[:500]
-    return f"{type(exc).__name__}: {message}{where}"
+def load_kwargs(load: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """`from_pretrained` arguments for this process: the user's `load` keys, and without a
+    `device_map` one that puts every weight straight onto `device` when that is an accelerator
+    (no copy through host memory)."""
+    kwargs = {k: v for k, v in load.items() if v is not None and v != {}}
+    if "device_map" not in kwargs and device.type != "cpu":
+        kwargs["device_map"] = {"": str(device)}
+    return kwargs

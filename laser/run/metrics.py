@@ -1,113 +1,117 @@
-"""Benchmark metrics over prediction records: VQA soft accuracy, POPE, multiple choice, exact match, ANLS.
+"""Benchmark metrics over prediction records, each computing what its benchmark's official evaluation does.
 
-`score(records, metric)` is the entry point; the per-answer functions are exposed for tests
-and for analyses that need per-sample values. All text comparisons go through
-`normalize_answer`, the VQAv2/TextVQA answer normalisation.
+`score(records, metric)` is the entry point; the per-answer functions are exposed for tests and for
+analyses that need per-sample values. The metrics (README "Evaluation" has the table of official
+scripts and known differences):
+
+- `vqa`: TextVQA/VQA soft accuracy, EvalAI answer processing (`normalize_answer`) and the average of
+  min(1, matches/3) over the ten leave-one-out subsets of the references.
+- `exact`: any reference equals the prediction after `normalize_answer`.
+- `gqa`: GQA accuracy, exact string match with the prediction lowercased and stripped of trailing periods;
+  questions marked `isBalanced: false` are left out.
+- `anls`: DocVQA ANLS (1 - normalised edit distance to the closest reference, 0 below 0.5).
+- `aokvqa_da`: A-OKVQA direct answer, min(1, matches/3) over the ten direct answers; questions marked
+  `difficult_direct_answer` are left out.
+- `choice`: multiple-choice accuracy (A-OKVQA MC, V*), the option read from the answer.
+- `pope`: POPE accuracy/precision/recall/F1/yes-ratio with the POPE paper's classification (the
+  first sentence holds "no", "No" or "not" -> no, anything else -> yes), as LLaVA's `eval_pope.py`.
+- `pope_exact`: the same figures with lmms-eval's classification (the whole answer, lowercased, is
+  exactly "yes" or "no"; anything else is wrong for both labels).
 """
 
 from __future__ import annotations
 
-import itertools
 import re
 import string
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-METRICS = ("vqa", "pope", "choice", "exact", "anls")
+METRICS = ("vqa", "exact", "gqa", "anls", "aokvqa_da", "choice", "pope", "pope_exact")
 DEFAULT_METRICS = {
     "jsonl": "exact",
     "textvqa": "vqa",
     "pope": "pope",
     "aokvqa": "choice",
     "vstar": "choice",
-    "gqa": "exact",
+    "gqa": "gqa",
     "docvqa": "anls",
 }
 """The metric each data format is scored with unless the config names one."""
 CHOICE_LETTERS = string.ascii_uppercase  # as laser.run.data.samples; not imported, to keep metrics light
 
 # ------------------------------------------------------------- normalisation
-# Punctuation the VQA evaluation strips; the apostrophe is kept (it belongs to contractions)
-# and the period is handled separately (it may be a decimal point).
+# EvalAI's answer processing (the VQA challenge's, used by TextVQA's evaluator and LLaVA's eval_textvqa).
+# Marks handled one by one, in this order; the apostrophe is kept and the period handled apart.
 _PUNCTUATION = ';/[]"{}()=+\\_-><@`,?!'
-_DIGIT_COMMA_DIGIT = re.compile(r"\d,\d")
-_PERIOD_NOT_DECIMAL = re.compile(r"\.(?!\d)")
+_PERIOD = re.compile(r"\.(?!\d)")  # a period not followed by a digit ("3.5" keeps its point)
+_MAX_PERIODS = 32  # the official script passes re.UNICODE (32) where re.sub takes its count
 _NUMBER_WORDS = {
     "none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4",
     "five": "5", "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10",
 }  # fmt: skip
 _ARTICLES = frozenset({"a", "an", "the"})
 
-# Canonical contractions; answers typed without (some of) the apostrophes map back to these.
+# The contractions the processing restores, canonically spelled. A word typed with exactly one of the
+# apostrophes left out maps back ("dont" -> "don't"; "couldnt've", "couldn'tve" -> "couldn't've"; but
+# "couldntve" stays). Contractions the official table lacks (or lists capitalised, so that they never
+# match the lowercased text: "im", "ive") are not here, and "shes", "well", "were", "its" stay as typed.
 _CONTRACTIONS = """
-ain't aren't can't could've couldn't couldn't've didn't doesn't don't hadn't hadn't've hasn't haven't
-he'd he'd've he'll he's how'd how'll how's i'd i'd've i'll i'm i've isn't it'd it'd've it'll let's ma'am
-mightn't mightn't've might've mustn't must've needn't not've o'clock oughtn't shan't she'd she'd've she'll
-she's should've shouldn't shouldn't've somebody'd somebody'd've somebody'll somebody's someone'd
-someone'd've someone'll someone's something'd something'd've something'll something's that's there'd
-there'd've there're there's they'd they'd've they'll they're they've 'twas wasn't we'd've we're we've
-weren't what'll what're what's what've when's where'd where's where've who'd who'd've who'll who's who've
-why'll why're why's won't would've wouldn't wouldn't've y'all y'all'll y'all'd've you'd you'd've you'll
-you're you've
+ain't aren't can't could've couldn't couldn't've didn't doesn't don't hadn't hadn't've hasn't haven't he'd
+he'd've he's how'd how'll how's isn't it'd it'd've it'll ma'am mightn't mightn't've might've mustn't
+must've needn't not've o'clock oughtn't 'ow's'at shan't she'd've should've shouldn't shouldn't've
+somebody'd've somebody'll somebody's someone'd someone'd've someone'll someone's something'd
+something'd've something'll that's there'd there'd've there're there's they'd they'd've they'll they're
+they've 'twas wasn't we'd've we've weren't what'll what're what's what've when's where'd where's
+where've who'd who'd've who'll who's who've why'll why're why's won't would've wouldn't wouldn't've y'all
+y'all'll y'all'd've you'd you'd've you'll you're you've
 """.split()
-# Apostrophe-free spellings that are ordinary words and must stay as they are.
-_REAL_WORDS = frozenset({"its", "lets", "well", "were", "wed", "hell", "shell", "ill", "id", "shed", "whore"})
+_CONTRACTION_QUIRKS = {"somebody'd": "somebodyd"}  # the official table maps this one the wrong way round
 
 
 def _contraction_table() -> dict[str, str]:
-    """Every spelling of each contraction with any non-empty subset of its apostrophes dropped."""
+    """Each canonical contraction under every spelling that drops exactly one of its apostrophes."""
     table: dict[str, str] = {}
     for canonical in _CONTRACTIONS:
-        marks = [i for i, ch in enumerate(canonical) if ch == "'"]
-        for k in range(1, len(marks) + 1):
-            for dropped in itertools.combinations(marks, k):
-                variant = "".join(ch for i, ch in enumerate(canonical) if i not in dropped)
-                if variant not in _REAL_WORDS:
-                    table[variant] = canonical
-    return table
+        for i, ch in enumerate(canonical):
+            if ch == "'":
+                table[canonical[:i] + canonical[i + 1 :]] = canonical
+    return {**table, **_CONTRACTION_QUIRKS}
 
 
 _CONTRACTION_TABLE = _contraction_table()
 
 
 def normalize_answer(answer: str) -> str:
-    """The VQAv2/TextVQA answer normalisation, so "Two dogs." and "2 dogs" compare equal.
+    """EvalAI's VQA answer processing, so "Two dogs." and "2 dogs" compare equal.
 
-    Steps, as the official evaluation describes them: newlines/tabs become spaces; each
-    punctuation mark is deleted when it touches a space (or when the text has a digit-comma-digit
-    group such as "1,000"), otherwise replaced by a space ("left-hand" -> "left hand"); periods are
-    deleted unless a digit follows ("3.5" stays); then the text is lowercased and split into
-    words, number words zero..ten (and "none") become digits, the articles a/an/the are dropped,
-    and apostrophe-less contractions are restored ("dont" -> "don't").
+    In order: lowercase; delete commas and question marks and split "'s" off its word ("cat's" ->
+    "cat 's"); newlines/tabs become spaces. Then each mark of `;/[]"{}()=+\\_-><@`,?!` is deleted
+    everywhere when any of its occurrences touches a space, else replaced by a space everywhere
+    ("left-hand" -> "left hand"); periods are deleted unless a digit follows ("3.5" stays; at most 32,
+    as the official script). Finally the words: number words zero..ten (and "none") become digits,
+    the articles a/an/the are dropped, and apostrophe-less contractions are restored ("dont" -> "don't").
     """
-    text = answer.replace("\n", " ").replace("\t", " ").strip()
-    delete_all = _DIGIT_COMMA_DIGIT.search(text) is not None
+    text = answer.lower().replace(",", "").replace("?", "").replace("'s", " 's").strip()
+    text = text.replace("\n", " ").replace("\t", " ").strip()
     out = text
     for mark in _PUNCTUATION:
-        if mark not in out:
-            continue
-        touches_space = f"{mark} " in text or f" {mark}" in text
-        out = out.replace(mark, "" if delete_all or touches_space else " ")
-    out = _PERIOD_NOT_DECIMAL.sub("", out)
-    words = []
-    for word in out.lower().split():
-        word = _NUMBER_WORDS.get(word, word)
-        if word in _ARTICLES:
-            continue
-        words.append(_CONTRACTION_TABLE.get(word, word))
-    return " ".join(words)
+        out = out.replace(mark, "" if f"{mark} " in text or f" {mark}" in text else " ")
+    out = _PERIOD.sub("", out, count=_MAX_PERIODS)
+    words = [_NUMBER_WORDS.get(word, word) for word in out.split()]
+    return " ".join(_CONTRACTION_TABLE.get(word, word) for word in words if word not in _ARTICLES)
 
 
 # ------------------------------------------------------------ open answers
 def vqa_soft_accuracy(prediction: str, answers: Sequence[str]) -> float:
     """The official VQA accuracy: min(1, matches/3), averaged over the leave-one-out subsets.
 
-    With 10 (or more) reference answers the score averages min(1, matches/3) over the subsets
-    that leave out one reference each (the official protocol: one match gives 0.3, two 0.6,
-    three 0.9, four or more 1.0). With fewer than 10 there is no annotator pool to average over
-    and min(1, matches/3) is used directly (one match of three answers gives 1/3).
+    Prediction and references go through `normalize_answer`. With 10 (or more) references the score
+    averages min(1, matches/3) over the subsets that leave out one reference each (the official
+    protocol: one match gives 0.3, two 0.6, three 0.9, four or more 1.0). With fewer than 10 (the
+    official evaluators require exactly 10) there is no annotator pool to average over and
+    min(1, matches/3) is used directly (one match of three answers gives 1/3).
     """
     if not answers:
         raise ValueError("vqa_soft_accuracy needs at least one reference answer; got none")
@@ -123,6 +127,22 @@ def exact_match(prediction: str, answers: Sequence[str]) -> float:
     """1.0 when the normalised prediction equals any normalised reference answer, else 0.0."""
     predicted = normalize_answer(prediction)
     return float(any(normalize_answer(answer) == predicted for answer in answers))
+
+
+def gqa_accuracy(prediction: str, answers: Sequence[str]) -> float:
+    """GQA's accuracy of one answer: the prediction, stripped, without trailing periods and lowercased
+    (how LLaVA's `convert_gqa_for_eval.py` prepares it), equals the reference exactly (GQA's `eval.py`)."""
+    predicted = prediction.strip().rstrip(".").lower()
+    return float(any(predicted == answer for answer in answers))
+
+
+def aokvqa_direct_accuracy(prediction: str, answers: Sequence[str]) -> float:
+    """A-OKVQA direct-answer accuracy: min(1, matches/3) over the (ten) direct answers, without the
+    leave-one-out average of VQA; prediction and answers compared after `normalize_answer`."""
+    if not answers:
+        raise ValueError("aokvqa_direct_accuracy needs at least one reference answer; got none")
+    predicted = normalize_answer(prediction)
+    return min(1.0, sum(normalize_answer(answer) == predicted for answer in answers) / 3)
 
 
 def levenshtein(a: str, b: str) -> int:
@@ -142,55 +162,100 @@ ANLS_THRESHOLD = 0.5
 
 
 def anls(prediction: str, answers: Sequence[str], threshold: float = ANLS_THRESHOLD) -> float:
-    """Average Normalized Levenshtein Similarity of one answer (DocVQA's metric, Biten et al. 2019).
+    """Average Normalized Levenshtein Similarity of one answer, as DocVQA's official evaluation.
 
     Strings are compared lowercased with whitespace collapsed (not VQA-normalised: DocVQA answers
-    are extracted text). Per reference: NL = edit distance / the longer length; the score is
-    1 - NL when NL < `threshold`, else 0; the sample's value is the best over its references.
+    are extracted text); the distance is divided by the longer of the two strings as given (before
+    collapsing, as the official script). The sample's value is 1 - the smallest normalised distance
+    over its references, or 0 when that is below `threshold` (a distance of exactly 0.5 still scores 0.5).
     """
     if not answers:
         raise ValueError("anls needs at least one reference answer; got none")
     predicted = " ".join(prediction.lower().split())
-    best = 0.0
+    distances = []
     for answer in answers:
-        reference = " ".join(str(answer).lower().split())
-        longest = max(len(predicted), len(reference))
-        distance = levenshtein(predicted, reference) / longest if longest else 0.0
-        best = max(best, 1.0 - distance if distance < threshold else 0.0)
-    return best
+        answer = str(answer)
+        longest = max(len(answer.upper()), len(prediction.upper()))
+        reference = " ".join(answer.lower().split())
+        distances.append(levenshtein(predicted, reference) / longest if longest else 0.0)
+    similarity = 1.0 - min(distances)
+    return similarity if similarity >= threshold else 0.0
 
 
 # --------------------------------------------------------------------- POPE
-def _yes_no(text: str) -> str:
-    words = normalize_answer(text).split()
-    return words[0] if words and words[0] in ("yes", "no") else "other"
+POPE_CONVENTIONS = {"pope": "official", "pope_exact": "exact"}
+"""Metric name -> how a POPE answer is classified (`pope_answer`)."""
+_POPE_NO_WORDS = frozenset({"no", "No", "not"})
 
 
-def pope_metrics(predictions: Sequence[str], labels: Sequence[str]) -> dict[str, float | int]:
-    """POPE accuracy, precision, recall, F1 (positive class "yes") and yes_ratio.
+def pope_answer(prediction: str, convention: str = "official") -> str:
+    """Classify a POPE answer as "yes", "no" or (exact convention only) "other".
 
-    A prediction is "yes" when its normalised first word is "yes"; everything else counts as
-    "no", and those whose first word is not "no" either are counted in `other`. Precision,
-    recall and F1 are 0.0 when undefined (no yes predictions / no yes labels).
+    "official" (the POPE paper's evaluate.py, LLaVA's eval_pope.py): keep the text before the first
+    period, delete commas, split at spaces; "no", "No" or "not" among the words -> "no", anything else
+    (an empty answer, "1", "NO", "Not sure") -> "yes". "exact" (lmms-eval): the answer lowercased and
+    stripped is "yes" or "no", else "other".
+    """
+    if convention == "official":
+        words = prediction.split(".", 1)[0].replace(",", "").split(" ")
+        return "no" if _POPE_NO_WORDS.intersection(words) else "yes"
+    if convention == "exact":
+        answer = prediction.lower().strip()
+        return answer if answer in ("yes", "no") else "other"
+    raise ValueError(f"POPE convention {convention!r}; expected 'official' or 'exact'")
+
+
+def _pope_label(label: str) -> str:
+    truth = label.strip().lower()
+    if truth not in ("yes", "no"):
+        raise ValueError(f"POPE label {label!r}; expected 'yes' or 'no'")
+    return truth
+
+
+def _begins_yes_or_no(prediction: str) -> bool:
+    words = normalize_answer(prediction).split()
+    return bool(words) and words[0] in ("yes", "no")
+
+
+def _pope_class(prediction: str | None, truth: str, convention: str) -> str:
+    """`pope_answer`, or for a failed sample (None) the wrong class: the other label ("official"),
+    "other" ("exact"), so that it is wrong and every figure still comes from one classification."""
+    if prediction is not None:
+        return pope_answer(prediction, convention)
+    if convention == "exact":
+        return "other"
+    return "no" if truth == "yes" else "yes"
+
+
+def pope_metrics(
+    predictions: Sequence[str | None], labels: Sequence[str], convention: str = "official"
+) -> dict[str, Any]:
+    """POPE accuracy, precision, recall, F1 (positive class "yes") and yes_ratio, all from one
+    classification of the answers (`pope_answer` with `convention`; a failed sample, None, gets
+    the wrong class).
+
+    Counts tp/fp/tn/fn; accuracy = (tp + tn) / n and yes_ratio = answers classified "yes" / n. Under
+    "exact" an "other" answer is wrong whatever the label and enters no precision/recall count (as in
+    lmms-eval). `other` counts the answers that do not begin with "yes" or "no" (after
+    `normalize_answer`; under "exact": that are not exactly yes/no), whichever class they were given.
+    Precision, recall and F1 are 0.0 when undefined (no yes answers / no yes labels).
     """
     if len(predictions) != len(labels):
         raise ValueError(f"pope_metrics got {len(predictions)} predictions but {len(labels)} labels")
     if not labels:
         raise ValueError("pope_metrics needs at least one prediction; got none")
-    tp = fp = tn = fn = other = 0
+    counts = {"tp": 0, "fp": 0, "tn": 0, "fn": 0}
+    other = 0
     for prediction, label in zip(predictions, labels):
-        truth = label.strip().lower()
-        if truth not in ("yes", "no"):
-            raise ValueError(f"POPE label {label!r}; expected 'yes' or 'no'")
-        answer = _yes_no(prediction or "")
-        other += answer == "other"
-        said_yes = answer == "yes"
-        if said_yes:
-            tp += truth == "yes"
-            fp += truth == "no"
-        else:
-            fn += truth == "yes"
-            tn += truth == "no"
+        truth = _pope_label(label)
+        answer = _pope_class(prediction, truth, convention)
+        if prediction is not None:
+            other += answer == "other" if convention == "exact" else not _begins_yes_or_no(prediction)
+        if answer == "yes":
+            counts["tp" if truth == "yes" else "fp"] += 1
+        elif answer == "no":
+            counts["fn" if truth == "yes" else "tn"] += 1
+    tp, fp, tn, fn = counts["tp"], counts["fp"], counts["tn"], counts["fn"]
     n = len(labels)
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
@@ -202,7 +267,9 @@ def pope_metrics(predictions: Sequence[str], labels: Sequence[str]) -> dict[str,
         "f1": f1,
         "yes_ratio": (tp + fp) / n,
         "other": other,
+        **counts,
         "n": n,
+        "convention": convention,
     }
 
 
@@ -243,7 +310,8 @@ def extract_choice(
 ) -> str | None:
     """The option letter a free-form answer picks, or None when it cannot be read.
 
-    Tried in order, keeping only letters among the first `n_choices`: the whole answer is a
+    Tried in order, keeping only letters among the first `n_choices`: the whole answer is one
+    option's text, exactly (A-OKVQA's official rule); the whole answer is a
     letter ("B", "b", "(B)", "B."); it starts with a marked letter ("B. red", "(B) red"); a
     letter is announced ("The answer is B", "Answer: (C)", "I choose D"); exactly one bracketed
     letter appears anywhere; the answer spells out one option's text (needs `choices`).
@@ -254,6 +322,9 @@ def extract_choice(
     text = (prediction or "").strip()
     if not text:
         return None
+    options = list(choices[:n_choices]) if choices else []
+    if options.count(text) == 1:
+        return letters[options.index(text)]
     bare = _BARE_LETTER.fullmatch(text)
     if bare and bare.group(1).upper() in letters:
         return bare.group(1).upper()
@@ -266,8 +337,8 @@ def extract_choice(
     bracketed = {m.group(1) for m in _BRACKETED_LETTER.finditer(text)} & set(letters)
     if len(bracketed) == 1:
         return bracketed.pop()
-    if choices:
-        index = _match_choice_text(text, choices[:n_choices])
+    if options:
+        index = _match_choice_text(text, options)
         if index is not None:
             return letters[index]
     return None
@@ -319,6 +390,19 @@ def bootstrap_ci(values: Iterable[float], n: int = 1000, seed: int = 0) -> tuple
 # ------------------------------------------------------------------ records
 _OPTION_LINE = re.compile(r"^([A-Z])\. (.*)$")
 
+_PER_ANSWER: dict[str, Callable[[str, Sequence[str]], float]] = {
+    "vqa": vqa_soft_accuracy,
+    "exact": exact_match,
+    "gqa": gqa_accuracy,
+    "anls": anls,
+    "aokvqa_da": aokvqa_direct_accuracy,
+}
+_LEFT_OUT: dict[str, tuple[str, Any]] = {
+    "gqa": ("isBalanced", False),  # GQA's eval.py scores balanced questions only
+    "aokvqa_da": ("difficult_direct_answer", True),  # A-OKVQA's direct-answer evaluation skips these
+}
+"""Metric -> (meta key, value): records whose `meta[key]` is that value are not scored (`excluded`)."""
+
 
 def _record_choices(record: Mapping[str, Any]) -> list[str] | None:
     """The options of a record: its `choices`, else the "A. ..." lines of its formatted question."""
@@ -332,42 +416,47 @@ def _record_choices(record: Mapping[str, Any]) -> list[str] | None:
     return options or None
 
 
+def _left_out(record: Mapping[str, Any], metric: str) -> bool:
+    rule = _LEFT_OUT.get(metric)
+    return rule is not None and (record.get("meta") or {}).get(rule[0]) is rule[1]
+
+
 def score(
     records: Sequence[Mapping[str, Any]], metric: str, n_boot: int = 1000, seed: int = 0
 ) -> dict[str, Any]:
-    """Score prediction records (`prediction`, `answers`, optional `error`, `choices`, `question`).
+    """Score prediction records (`prediction`, `answers`, optional `error`, `choices`, `question`, `meta`).
 
-    Returns `metric`, `n` (records scored), `accuracy` with its bootstrap `ci95`, plus the
-    metric's extras (POPE: precision, recall, f1, yes_ratio, other; choice: unparsed).
-    Records without reference answers are left out and counted in `unscored`; records with an
-    `error` are scored as they are (a missing prediction is wrong) and counted in `errors`.
-    For "choice", options come from the record (`choices`, else the question's "A. ..." lines);
-    with neither, any letter is accepted.
+    Returns `metric`, `n` (records scored), `accuracy` with its bootstrap `ci95`, plus the metric's
+    extras (pope, pope_exact: precision, recall, f1, yes_ratio, other, tp/fp/tn/fn; choice: unparsed).
+    Records without reference answers are left out and counted in `unscored`; those the benchmark's
+    evaluation leaves out (GQA `isBalanced: false`, A-OKVQA `difficult_direct_answer` for aokvqa_da)
+    in `excluded`. Records with an `error` are counted in `errors`; one without a prediction (a failed
+    sample) scores 0 (POPE: the wrong class, see `pope_metrics`). For "choice", options come from the
+    record (`choices`, else the question's "A. ..." lines); with neither, any letter is accepted.
     """
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}; expected one of {', '.join(METRICS)}")
-    scored = [r for r in records if r.get("answers")]
+    answered = [r for r in records if r.get("answers")]
+    scored = [r for r in answered if not _left_out(r, metric)]
     result: dict[str, Any] = {
         "metric": metric,
         "n": len(scored),
-        "unscored": len(records) - len(scored),
+        "unscored": len(records) - len(answered),
+        "excluded": len(answered) - len(scored),
         "errors": sum(r.get("error") is not None for r in records),
     }
     if not scored:
         return {**result, "accuracy": None, "ci95": None}
-    predictions = [str(r.get("prediction") or "") for r in scored]
-    if metric == "vqa":
-        values = [vqa_soft_accuracy(p, r["answers"]) for p, r in zip(predictions, scored)]
-    elif metric == "exact":
-        values = [exact_match(p, r["answers"]) for p, r in zip(predictions, scored)]
-    elif metric == "anls":
-        values = [anls(p, r["answers"]) for p, r in zip(predictions, scored)]
-    elif metric == "pope":
+    predictions = [None if r.get("prediction") is None else str(r["prediction"]) for r in scored]
+    if metric in _PER_ANSWER:
+        rule = _PER_ANSWER[metric]
+        values = [0.0 if p is None else rule(p, r["answers"]) for p, r in zip(predictions, scored)]
+    elif metric in POPE_CONVENTIONS:
+        convention = POPE_CONVENTIONS[metric]
         labels = [r["answers"][0] for r in scored]
-        result.update(pope_metrics(predictions, labels))
+        result.update(pope_metrics(predictions, labels, convention))
         values = [
-            float(_yes_no(p) == ("yes" if label.strip().lower() == "yes" else "no"))
-            for p, label in zip(predictions, labels)
+            float(_pope_class(p, _pope_label(t), convention) == _pope_label(t)) for p, t in zip(predictions, labels)
         ]
     else:
         options = [_record_choices(r) or len(CHOICE_LETTERS) for r in scored]

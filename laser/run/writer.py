@@ -2,8 +2,10 @@
 
 A run that dies (preemption, OOM, Ctrl-C) leaves complete lines plus at most one torn last
 line per file; `read_records` ignores that line, the writer cuts it off before appending, and
-`completed_ids` tells a resumed run which samples to skip. `write_run_config` keeps a resumed
-run from silently mixing predictions made with different settings.
+`completed_ids` tells a resumed run which samples to skip. A record with `"retryable": true` (the
+sample failed for want of memory or on a device fault, not because of its input) is not done: a
+rerun answers it again and the answer supersedes it. `write_run_config` keeps a resumed run from
+silently mixing predictions made with different settings.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -20,6 +23,9 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 RUN_CONFIG = "run_config.json"
+KILL_AFTER_BATCH_ENV = "LASER_TEST_KILL_AFTER_BATCH"
+"""Test-only: a process with this variable set to k SIGKILLs itself right after its k-th batch is
+fsynced (k=0: when prediction starts), so the kill/resume tests stop a run at an exact point."""
 _PREDICTION_FILE = re.compile(r"^predictions\.rank(\d+)\.jsonl$")
 _BLANK = b" \t\r\n\x00"  # a crash can leave NUL padding after the last write
 MODES = ("new", "resume", "overwrite")
@@ -33,6 +39,8 @@ DEFAULT_IGNORE = (
     "limit",
     "resume",
     "overwrite",
+    "model.device_map",
+    "model.max_memory",
 )
 """Config keys that do not change any single prediction, so a run may resume across them.
 An entry matches the key itself, anything under it, and any key ending in ".<entry>"."""
@@ -94,9 +102,17 @@ def _sample_id(record: Mapping[str, Any], where: str) -> str:
     return str(record["sample_id"])
 
 
+def is_retryable_record(record: Mapping[str, Any]) -> bool:
+    """True for an error record whose sample should be answered again (`"retryable": true`)."""
+    return record.get("retryable") is True
+
+
 def completed_ids(output_dir: str | Path) -> set[str]:
-    """Ids already written (for resume); a record with an `error` counts as done too."""
-    return {_sample_id(r, f"{path}, line {n}") for path, n, r in _iter_records(output_dir)}
+    """Ids already written (for resume). A record with an `error` counts as done (its input is at
+    fault), unless it is retryable (out of memory, a device fault)."""
+    return {
+        _sample_id(r, f"{path}, line {n}") for path, n, r in _iter_records(output_dir) if not is_retryable_record(r)
+    }
 
 
 def merge_records(
@@ -105,27 +121,38 @@ def merge_records(
     """All ranks' records de-duplicated by `sample_id` (the first copy wins), with a report.
 
     Duplicates are normal under DDP (the distributed sampler pads ranks by repeating samples)
-    and after a resume that overlapped. With `expected_ids` the records come back in that
-    order (unexpected ones last) and the report lists `missing` and `unexpected` ids.
+    and after a resume that overlapped. A retryable record (see `is_retryable_record`) is superseded by
+    any later record of its sample, and a sample that has only retryable records is left out of
+    the records (it is not finished: listed in `retryable`, and in `missing` when expected).
+    With `expected_ids` the records come back in that order (unexpected ones last) and the
+    report lists `missing` and `unexpected` ids.
     Report keys: files, lines, unique, duplicates ({id: extra copies}), errors (records with an
-    error), missing, unexpected (both None without `expected_ids`).
+    error), retryable (ids waiting for a retry), missing, unexpected (both None without
+    `expected_ids`).
     """
     first: dict[str, dict[str, Any]] = {}
+    waiting: dict[str, dict[str, Any]] = {}
     duplicates: dict[str, int] = {}
     lines = 0
     for path, number, record in _iter_records(output_dir):
         lines += 1
         sample_id = _sample_id(record, f"{path}, line {number}")
-        if sample_id in first:
+        if sample_id in first or sample_id in waiting:
             duplicates[sample_id] = duplicates.get(sample_id, 0) + 1
+        if sample_id in first:
+            continue
+        if is_retryable_record(record):
+            waiting.setdefault(sample_id, record)
         else:
             first[sample_id] = record
+            waiting.pop(sample_id, None)
     report: dict[str, Any] = {
         "files": len(prediction_files(output_dir)),
         "lines": lines,
         "unique": len(first),
         "duplicates": duplicates,
         "errors": sum(r.get("error") is not None for r in first.values()),
+        "retryable": list(waiting),
         "missing": None,
         "unexpected": None,
     }
@@ -192,8 +219,36 @@ def _encode(record: Any) -> bytes:
         raise TypeError(f"prediction record {sample_id!r} cannot be written as JSON: {err}") from None
 
 
+class RecordFile:
+    """Appends records to `<output_dir>/predictions.rank<R>.jsonl`: one write and one fsync per call, so a
+    crash loses at most the records in flight; a torn tail left by an earlier crash is cut off when the
+    file is first opened."""
+
+    def __init__(self, output_dir: str | Path, rank: int) -> None:
+        self.path = prediction_path(output_dir, rank)
+        self._handle: Any = None
+
+    def append(self, records: Sequence[Mapping[str, Any]]) -> None:
+        if not records:
+            return
+        payload = b"".join(_encode(record) for record in records)
+        if self._handle is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if self.path.exists():
+                repair_torn_tail(self.path)
+            self._handle = self.path.open("ab")
+        self._handle.write(payload)
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+
 class PredictionWriter(BasePredictionWriter):
-    """Appends each batch's records to `<output_dir>/predictions.rank<R>.jsonl`, then fsyncs.
+    """Appends each batch's records to `<output_dir>/predictions.rank<R>.jsonl` (a `RecordFile`).
 
     `prediction` (what `predict_step` returns) must be a list of dict records (a single dict
     or None are accepted too). One write per batch and an fsync mean a crash loses at most the
@@ -209,17 +264,9 @@ class PredictionWriter(BasePredictionWriter):
         super().__init__(write_interval)
         self.output_dir = Path(output_dir)
         self.written = 0
-        self._handle: Any = None
+        self.batches = 0
+        self._file: RecordFile | None = None
         self._rank: int | None = None
-
-    def _open(self, rank: int) -> None:
-        self.close()
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        path = prediction_path(self.output_dir, rank)
-        if path.exists():
-            repair_torn_tail(path)
-        self._handle = path.open("ab")
-        self._rank = rank
 
     def write_on_batch_end(
         self,
@@ -240,18 +287,21 @@ class PredictionWriter(BasePredictionWriter):
             )
         if not records:
             return
-        payload = b"".join(_encode(record) for record in records)
-        if self._handle is None or self._rank != trainer.global_rank:
-            self._open(trainer.global_rank)
-        self._handle.write(payload)
-        self._handle.flush()
-        os.fsync(self._handle.fileno())
+        if self._file is None or self._rank != trainer.global_rank:
+            self.close()
+            self._file, self._rank = RecordFile(self.output_dir, trainer.global_rank), trainer.global_rank
+        self._file.append(records)
         self.written += len(records)
+        self.batches += 1
+        _test_kill_point(self.batches)
 
     def close(self) -> None:
-        if self._handle is not None:
-            self._handle.close()
-            self._handle = None
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        _test_kill_point(0)
 
     def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.close()
@@ -263,6 +313,14 @@ class PredictionWriter(BasePredictionWriter):
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self.close()
+
+
+def _test_kill_point(batches: int) -> None:
+    """`KILL_AFTER_BATCH_ENV` = `k` or `k:SIGNAL`: after `batches` batches, die as an OOM-killed process
+    would (SIGKILL), or receive what a scheduler sends before preemption (`k:TERM`, `k:USR1`)."""
+    point, _, name = os.environ.get(KILL_AFTER_BATCH_ENV, "").partition(":")
+    if point == str(batches):
+        os.kill(os.getpid(), getattr(signal, f"SIG{name}") if name else signal.SIGKILL)
 
 
 # ------------------------------------------------------------- run config
@@ -292,20 +350,65 @@ def _ignored(key: str, ignore: Iterable[str]) -> bool:
 def config_differences(
     old: Mapping[str, Any], new: Mapping[str, Any], ignore: Iterable[str] = DEFAULT_IGNORE
 ) -> list[str]:
-    """`"key: old -> new"` for every dotted key that differs, skipping `ignore`d keys."""
+    """`"key: old -> new"` for every dotted key that differs, skipping `ignore`d keys. A key absent
+    on one side and unset (null, empty) on the other is no difference (a key added in a later
+    version, at its default)."""
     ignore = tuple(ignore)
     before, after = _flatten(_as_json(old)), _flatten(_as_json(new))
     absent = "<absent>"
-    return [
-        f"{key}: {before.get(key, absent)!r} -> {after.get(key, absent)!r}"
-        for key in sorted(before.keys() | after.keys())
-        if not _ignored(key, ignore) and before.get(key, absent) != after.get(key, absent)
-    ]
+    out = []
+    for key in sorted(before.keys() | after.keys()):
+        a, b = before.get(key, absent), after.get(key, absent)
+        if _ignored(key, ignore) or a == b or (a is absent and _unset(b)) or (b is absent and _unset(a)):
+            continue
+        out.append(f"{key}: {a!r} -> {b!r}")
+    return out
+
+
+def _unset(value: Any) -> bool:
+    return value is None or value == {} or value == []
 
 
 def _as_json(config: Mapping[str, Any]) -> dict[str, Any]:
     """The config as it reads back from JSON (tuples as lists, paths as strings)."""
     return json.loads(json.dumps(dict(config), default=str))
+
+
+def run_config_action(
+    output_dir: str | Path,
+    config: Mapping[str, Any],
+    mode: Literal["new", "resume", "overwrite"] = "new",
+    ignore: Iterable[str] = DEFAULT_IGNORE,
+) -> tuple[str, list[str]]:
+    """What `write_run_config` would do, touching nothing: ("new" | "resumed" | "overwritten", differences).
+
+    Raises `RunConfigMismatch` where it would (mode "new", existing predictions, other config).
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode={mode!r}; expected one of {', '.join(MODES)}")
+    folder = Path(output_dir)
+    has_predictions = any(path.stat().st_size > 0 for path in prediction_files(folder))
+    if mode == "overwrite":
+        return ("overwritten" if has_predictions else "new"), []
+    if not has_predictions:
+        return "new", []
+    config_path = folder / RUN_CONFIG
+    if config_path.is_file():
+        try:
+            previous = json.loads(config_path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ValueError(f"{config_path} is not valid JSON ({err}); fix or delete it") from None
+        differences = config_differences(previous, config, ignore)
+    else:
+        differences = [f"no {RUN_CONFIG}: the existing predictions' config is unknown"]
+    if differences and mode == "new":
+        raise RunConfigMismatch(
+            f"{folder} already holds predictions from a different run config "
+            f"({'; '.join(differences)}). Pass resume=true to continue them with this config, "
+            "or overwrite=true to delete them and start over (or choose another output_dir).",
+            differences,
+        )
+    return "resumed", differences
 
 
 def write_run_config(
@@ -319,41 +422,20 @@ def write_run_config(
     If the folder already holds predictions: with the same config (up to `ignore`d keys) the
     run resumes; with a different or unknown (no run_config.json) config, mode "new" raises
     `RunConfigMismatch` naming the differing keys, "resume" continues with a warning, and
-    "overwrite" deletes the old prediction files first. Call it on rank 0 only.
+    "overwrite" deletes the old prediction files first. Call it in one process only (rank 0);
+    the file is written through a temporary file of this process, then renamed.
     Returns what happened: "new", "resumed" or "overwritten".
     """
-    if mode not in MODES:
-        raise ValueError(f"mode={mode!r}; expected one of {', '.join(MODES)}")
+    action, differences = run_config_action(output_dir, config, mode, ignore)
     folder = Path(output_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    files = prediction_files(folder)
-    has_predictions = any(path.stat().st_size > 0 for path in files)
-    config_path = folder / RUN_CONFIG
-    action = "new"
     if mode == "overwrite":
-        for path in files:
+        for path in prediction_files(folder):
             path.unlink()
-        action = "overwritten" if has_predictions else "new"
-    elif has_predictions:
-        if config_path.is_file():
-            try:
-                previous = json.loads(config_path.read_text(encoding="utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError) as err:
-                raise ValueError(f"{config_path} is not valid JSON ({err}); fix or delete it") from None
-            differences = config_differences(previous, config, ignore)
-        else:
-            differences = [f"no {RUN_CONFIG}: the existing predictions' config is unknown"]
-        if differences and mode == "new":
-            raise RunConfigMismatch(
-                f"{folder} already holds predictions from a different run config "
-                f"({'; '.join(differences)}). Pass resume=true to continue them with this config, "
-                "or overwrite=true to delete them and start over (or choose another output_dir).",
-                differences,
-            )
-        if differences:
-            warnings.warn(f"resuming {folder} with a changed config: {'; '.join(differences)}", stacklevel=2)
-        action = "resumed"
-    tmp = config_path.with_name(f".{RUN_CONFIG}.tmp")
+    if differences:
+        warnings.warn(f"resuming {folder} with a changed config: {'; '.join(differences)}", stacklevel=2)
+    config_path = folder / RUN_CONFIG
+    tmp = config_path.with_name(f".{RUN_CONFIG}.{os.getpid()}.tmp")  # one per process
     tmp.write_text(json.dumps(_as_json(config), indent=2, sort_keys=True) + "\n", encoding="utf-8")
     os.replace(tmp, config_path)
     return action

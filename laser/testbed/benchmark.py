@@ -2,7 +2,7 @@
 
 `run_methods` answers the split with engine presets and with two oracle crops centred on the evidence
 (the target box, and the anchor box of a relational question): `oracle` has LASER's crop size,
-`oracle_tight` is a square of 2.5x the target's side; `results_table` renders the
+`oracle_tight` is a square of `TIGHT_SIDE_FACTOR` (2.5) x the target's side; `results_table` renders the
 Markdown table with 95% intervals and the paired difference to vanilla.
 """
 
@@ -16,10 +16,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ..method.config import LaserConfig
+from ..method.config import CropConfig, LaserConfig
 from ..method.crop import crop_size
 from ..method.engine import LaserEngine
 from ..paths import assets_dir
+from ..run.loading import sample_seed
 from ..run.metrics import bootstrap_ci, normalize_answer
 
 SPLIT = "testbed/eval.jsonl"
@@ -43,30 +44,48 @@ def load_split(limit_per_cell: int | None = None, path: Path | None = None) -> l
     return chosen
 
 
-def oracle_box(meta: dict[str, Any], image_size: tuple[int, int], ratio: float = 0.5, min_side: int = 224):
-    """LASER's crop size centred on the evidence (target, plus the anchor of a relational question)."""
-    width, height = image_size
+TIGHT_SIDE_FACTOR = 2.5
+"""`oracle_tight`: the square's side in multiples of the target's longer side."""
+TIGHT_MIN_SIDE = 64
+"""`oracle_tight`: the square's smallest side in pixels (the model's input side, so never upsampled
+less than the full image is)."""
+TIGHT_PAIR_MARGIN = 1.2
+"""`oracle_tight`, relational questions: the square also covers target + anchor, their joint box's
+longer side times this."""
+
+
+def _evidence_box(meta: dict[str, Any]) -> tuple[int, int, int, int]:
+    """The target box, joined with the anchor box of a relational question."""
     x0, y0, x1, y1 = meta["target_box"]
     if "anchor_box" in meta:
         a = meta["anchor_box"]
         x0, y0, x1, y1 = min(x0, a[0]), min(y0, a[1]), max(x1, a[2]), max(y1, a[3])
-    cw, ch = crop_size(image_size, ratio, min_side)
+    return x0, y0, x1, y1
+
+
+def oracle_box(meta: dict[str, Any], image_size: tuple[int, int], crop: CropConfig | None = None):
+    """LASER's crop size (`crop.ratio`, `crop.min_side`; by default the `laser` preset's) centred on the
+    evidence (the target, plus the anchor of a relational question)."""
+    crop = crop or LaserConfig.preset("laser").crop
+    width, height = image_size
+    x0, y0, x1, y1 = _evidence_box(meta)
+    cw, ch = crop_size(image_size, crop.ratio, crop.min_side)
     cw, ch = min(width, max(cw, x1 - x0)), min(height, max(ch, y1 - y0))
     left = int(min(max(0, (x0 + x1) / 2 - cw / 2), width - cw))
     top = int(min(max(0, (y0 + y1) / 2 - ch / 2), height - ch))
     return left, top, left + cw, top + ch
 
 
-def tight_oracle_box(meta: dict[str, Any], image_size: tuple[int, int], factor: float = 2.5, min_side: int = 64):
-    """A square of `factor` x the evidence's side (at least `min_side`), centred on it, in the image."""
+def tight_oracle_box(meta: dict[str, Any], image_size: tuple[int, int]):
+    """A square of `TIGHT_SIDE_FACTOR` x the target's side (at least `TIGHT_MIN_SIDE`; for a relational
+    question at least `TIGHT_PAIR_MARGIN` x the target + anchor box), centred on the evidence, in the image."""
     width, height = image_size
-    x0, y0, x1, y1 = meta["target_box"]
-    side = factor * max(x1 - x0, y1 - y0)
+    tx0, ty0, tx1, ty1 = meta["target_box"]
+    side = TIGHT_SIDE_FACTOR * max(tx1 - tx0, ty1 - ty0)
+    x0, y0, x1, y1 = _evidence_box(meta)
     if "anchor_box" in meta:
-        a = meta["anchor_box"]
-        x0, y0, x1, y1 = min(x0, a[0]), min(y0, a[1]), max(x1, a[2]), max(y1, a[3])
-        side = max(side, 1.2 * max(x1 - x0, y1 - y0))
-    side = int(min(max(side, min_side), width, height))
+        side = max(side, TIGHT_PAIR_MARGIN * max(x1 - x0, y1 - y0))
+    side = int(min(max(side, TIGHT_MIN_SIDE), width, height))
     left = int(min(max(0, (x0 + x1) / 2 - side / 2), width - side))
     top = int(min(max(0, (y0 + y1) / 2 - side / 2), height - side))
     return left, top, left + side, top + side
@@ -110,7 +129,8 @@ def run_methods(
             if method in ORACLES:
                 boxes = [ORACLES[method](r["meta"], im.size) for r, im in zip(chunk, batch_images)]
                 batch_images = [im.crop(b) for im, b in zip(batch_images, boxes)]
-            preds = engine.answer_batch(batch_images, [r["question"] for r in chunk])
+            seeds = [sample_seed(0, r["sample_id"]) for r in chunk]  # as `laser predict` with seed 0
+            preds = engine.answer_batch(batch_images, [r["question"] for r in chunk], seeds)
             for r, p, b in zip(chunk, preds, boxes):
                 rows.append(
                     {

@@ -1,8 +1,9 @@
 """Quick evaluation helpers for the testbed model: full scene vs oracle crop.
 
-`oracle_crop(rec, size)` is a square crop around the target (at least 2.5x its side; for relational
-questions also covering the anchor box), clipped to the image. `first_token_eval` scores the greedy
-first answer token (every answer is one token) per family/size for both views.
+`oracle_crop(rec, size)` is a square crop around the target (`oracle_tight`'s 2.5x its side, without
+its 64 px floor; for relational questions also covering the anchor box), clipped to the image.
+`first_token_eval` scores the greedy first answer token (every answer is one token) per family/size
+for both views.
 """
 
 from __future__ import annotations
@@ -13,17 +14,18 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from laser.testbed.benchmark import TIGHT_PAIR_MARGIN, TIGHT_SIDE_FACTOR
 from testbed.model import prompt
 
 
 def oracle_crop(rec: dict, size: int) -> tuple[int, int, int, int]:
     m = rec["meta"]
     x0, y0, x1, y1 = m["target_box"]
-    side = 2.5 * max(x1 - x0, y1 - y0)
+    side = TIGHT_SIDE_FACTOR * max(x1 - x0, y1 - y0)
     if "anchor_box" in m:
         a = m["anchor_box"]
         x0, y0, x1, y1 = min(x0, a[0]), min(y0, a[1]), max(x1, a[2]), max(y1, a[3])
-        side = max(side, 1.2 * max(x1 - x0, y1 - y0))
+        side = max(side, TIGHT_PAIR_MARGIN * max(x1 - x0, y1 - y0))
     side = min(side, size)
     cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
     left = min(max(0.0, cx - side / 2), size - side)

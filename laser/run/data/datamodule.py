@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
+import signal
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -9,10 +12,24 @@ import lightning.pytorch as pl
 from torch.utils.data import DataLoader
 
 from ..metrics import DEFAULT_METRICS, METRICS  # noqa: F401  (METRICS re-exported)
-from .dataset import VQADataset, collate_samples
+from .dataset import CHOICE_MODES, VQADataset, collate_samples
 from .formats import READERS, default_image_root, read_annotations
 from .parsing import check_on_error
 from .samples import VQASample
+
+PR_SET_PDEATHSIG = 1  # prctl option: the signal a process gets when its parent dies (Linux)
+
+
+def die_with_parent(worker_id: int = 0) -> None:
+    """DataLoader `worker_init_fn`: on Linux the worker is killed when the process that started it dies,
+    so a `laser predict` killed with SIGKILL leaves no worker behind (an orphaned worker can otherwise
+    block for ever on a full result pipe that its sibling workers keep open). Elsewhere a no-op."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL))
+    except (OSError, AttributeError):
+        pass
 
 
 class VQADataModule(pl.LightningDataModule):
@@ -23,7 +40,8 @@ class VQADataModule(pl.LightningDataModule):
     the run (limited, not skipped: the ids a finished run must contain) and `errors` the
     annotation entries skipped with `on_error="skip"`. `image_root` defaults to the folder of
     the annotation file (the V* folder itself for vstar). `metric` is carried for the scorer;
-    `reader_options` go to the format's reader.
+    `reader_options` go to the format's reader. `choice_mode` says how multiple-choice samples are
+    answered (`VQADataset`).
     """
 
     def __init__(
@@ -38,6 +56,7 @@ class VQADataModule(pl.LightningDataModule):
         on_error: str = "raise",
         metric: str | None = None,
         reader_options: dict[str, Any] | None = None,
+        choice_mode: str = "generate",
     ) -> None:
         super().__init__()
         if format not in READERS:
@@ -51,6 +70,8 @@ class VQADataModule(pl.LightningDataModule):
         if limit is not None and limit < 1:
             raise ValueError(f"data.limit={limit}; expected a positive number of samples or null for all")
         check_on_error(on_error)
+        if choice_mode not in CHOICE_MODES:
+            raise ValueError(f"data.choice_mode={choice_mode!r}; expected one of {', '.join(CHOICE_MODES)}")
         metric = metric if metric is not None else DEFAULT_METRICS[format]
         if metric not in METRICS:
             raise ValueError(f"data.metric={metric!r}; expected one of {', '.join(METRICS)}")
@@ -64,6 +85,7 @@ class VQADataModule(pl.LightningDataModule):
         self.on_error = on_error
         self.metric = metric
         self.reader_options = dict(reader_options or {})
+        self.choice_mode = choice_mode
         self.samples: list[VQASample] | None = None
         self.errors: list[str] = []
         self.dataset: VQADataset | None = None
@@ -93,9 +115,14 @@ class VQADataModule(pl.LightningDataModule):
         sampler asserts every rank gets at least one item, which a resumed run with fewer pending
         samples than ranks would break, so such a dataset is padded with placeholder items
         (`padding=True`) for which `LaserModule` writes no record: each sample is written once.
+
+        With workers, each item also carries its image preprocessed by the model's image processor
+        (`image_features`), so that decoding and preprocessing images overlap the model's work.
         """
         self._require_setup()
-        self.dataset = VQADataset(self.samples, self.image_root, self.skip_ids)
+        self.dataset = VQADataset(
+            self.samples, self.image_root, self.skip_ids, self._image_preprocessor(), self.choice_mode
+        )
         world_size = int(getattr(self.trainer, "world_size", 1) or 1)
         self.dataset.pad_to(world_size)
         return DataLoader(
@@ -104,7 +131,18 @@ class VQADataModule(pl.LightningDataModule):
             shuffle=False,
             num_workers=self.num_workers,
             collate_fn=collate_samples,
+            worker_init_fn=die_with_parent,
         )
+
+    def _image_preprocessor(self) -> Any:
+        """The model side's per-image preprocessing (`LaserModule.image_preprocessor`), run in the
+        DataLoader workers so that it overlaps the model; None without workers or without a model that
+        offers one (the model side then preprocesses each image itself)."""
+        if self.num_workers == 0:
+            return None
+        module = getattr(getattr(self, "trainer", None), "lightning_module", None)
+        make = getattr(module, "image_preprocessor", None)
+        return make() if callable(make) else None
 
     def _require_setup(self) -> None:
         if self.samples is None:

@@ -7,7 +7,7 @@ record and move on (and the record still counts as done on resume).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,11 @@ from torch.utils.data import Dataset
 
 from ...method.images import convert_to_rgb
 from .samples import VQASample, format_question
+
+CHOICE_MODES = ("generate", "likelihood")
+"""How a multiple-choice sample is answered: `generate`: the options are in the prompt and the model
+generates a letter; `likelihood`: the prompt is the bare question and the model ranks the options by
+likelihood (`score_options` on the item; V* Bench's official evaluation)."""
 
 
 def load_image(path: str | Path) -> tuple[Image.Image | None, str | None]:
@@ -44,9 +49,10 @@ class VQADataset(Dataset):
     """Map-style dataset over `samples`, minus `skip_ids` (samples already predicted, for resume).
 
     Item `i` is a dict: `sample_id`, `question` (formatted with the options for multiple
-    choice), `answers`, `choices`, `meta`, `image` (PIL RGB or None) and `error` (None or why the
-    image is missing). Image paths are `image_root / sample.image`; an absolute `sample.image`
-    ignores the root.
+    choice; the bare question with `choice_mode="likelihood"`, which also sets `score_options`), `answers`, `choices`, `meta`, `image` (PIL RGB or None), `error` (None or why the
+    image is missing); with `preprocess`, also `image_features` (`preprocess(image)`: the model's image
+    preprocessing, run here so that DataLoader workers do it; None if it could not run). Image paths are `image_root / sample.image`; an
+    absolute `sample.image` ignores the root.
     """
 
     def __init__(
@@ -54,7 +60,13 @@ class VQADataset(Dataset):
         samples: Sequence[VQASample],
         image_root: str | Path | None = None,
         skip_ids: Iterable[str] | None = None,
+        preprocess: Callable[[Image.Image], Any] | None = None,
+        choice_mode: str = "generate",
     ) -> None:
+        if choice_mode not in CHOICE_MODES:
+            raise ValueError(f"choice_mode={choice_mode!r}; expected one of {', '.join(CHOICE_MODES)}")
+        self.preprocess = preprocess
+        self.choice_mode = choice_mode
         skip = set(skip_ids or ())
         self.samples: list[VQASample] = [s for s in samples if s.sample_id not in skip]
         self.image_root = Path(image_root) if image_root is not None else None
@@ -82,15 +94,31 @@ class VQADataset(Dataset):
             image, error = None, "question is empty"
         else:
             image, error = load_image(self.image_path(sample))
-        return {
+        ranked = self.choice_mode == "likelihood" and bool(sample.choices)
+        item = {
             "sample_id": sample.sample_id,
-            "question": format_question(sample),
+            "question": sample.question if ranked else format_question(sample),
             "answers": list(sample.answers),
             "choices": list(sample.choices) if sample.choices is not None else None,
             "meta": dict(sample.meta),
             "image": image,
             "error": error,
         }
+        if ranked:
+            item["score_options"] = True
+        if self.preprocess is not None:
+            item["image_features"] = self._features(image)
+        return item
+
+    def _features(self, image: Image.Image | None) -> Any:
+        """`preprocess(image)`, or None (no image, or it failed: the model side then preprocesses the
+        image itself and reports any error there)."""
+        if image is None:
+            return None
+        try:
+            return self.preprocess(image)
+        except Exception:
+            return None
 
 
 def collate_samples(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
