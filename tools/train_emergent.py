@@ -48,7 +48,8 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 import torch.nn.utils.parametrize as parametrize  # noqa: E402
 from testbed import views  # noqa: E402
-from testbed.model import answer_ids, build_config, build_processor, build_tokenizer, prompt_ids  # noqa: E402
+from testbed.batching import AnswerBatcher  # noqa: E402
+from testbed.model import build_config, build_processor, build_tokenizer  # noqa: E402
 from testbed.quick_eval import first_token_eval  # noqa: E402
 from transformers import LlavaForConditionalGeneration  # noqa: E402
 
@@ -154,33 +155,6 @@ def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
     return peak * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * p)))
 
 
-class Batcher:
-    """Views -> (input_ids, attention_mask, labels, pixel_values); labels only on the answer tokens."""
-
-    def __init__(self, tok, processor):
-        self.tok = tok
-        ip = processor.image_processor
-        self.mean = torch.tensor(ip.image_mean).view(1, 3, 1, 1)
-        self.std = torch.tensor(ip.image_std).view(1, 3, 1, 1)
-        self.cache: dict[str, list[int]] = {}
-
-    def __call__(self, d):
-        seqs, labs = [], []
-        for q, a in zip(d["questions"], d["answers"]):
-            if q not in self.cache:
-                self.cache[q] = prompt_ids(self.tok, q)
-            p, t = self.cache[q], answer_ids(self.tok, a)
-            seqs.append(p + t)
-            labs.append([-100] * len(p) + t)
-        n = max(len(s) for s in seqs)
-        pad = self.tok.pad_token_id
-        ids = torch.tensor([[pad] * (n - len(s)) + s for s in seqs])
-        labels = torch.tensor([[-100] * (n - len(s)) + lb for s, lb in zip(seqs, labs)])
-        mask = torch.tensor([[0] * (n - len(s)) + [1] * len(s) for s in seqs])
-        px = torch.from_numpy(d["pixels"]).permute(0, 3, 1, 2).float() / 255.0
-        return ids, mask, labels, (px - self.mean) / self.std
-
-
 def dev_records(n: int) -> tuple[list[dict], Path]:
     root = ROOT / "testbed_work/splits" / f"seed{DEV_SEED}"
     if not (root / "eval.jsonl").exists():
@@ -266,7 +240,7 @@ def main() -> None:
         for view, accs in res.items():
             log(f"dev step {step} {view}: " + " ".join(f"{k}={v[0]:.2f}({v[1]})" for k, v in sorted(accs.items())))
 
-    batcher = Batcher(tok, proc)
+    batcher = AnswerBatcher(tok, proc)
     agg: dict[str, float] = defaultdict(float)
     model.train()
     t0 = time.time()

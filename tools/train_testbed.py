@@ -50,7 +50,8 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from testbed.model import answer_ids, build_model, build_processor, build_tokenizer, prompt_ids  # noqa: E402
+from testbed.batching import AnswerBatcher  # noqa: E402
+from testbed.model import build_model, build_processor, build_tokenizer  # noqa: E402
 from testbed.quick_eval import first_token_eval  # noqa: E402
 from testbed.views import FAMILY_WEIGHTS, sample_views  # noqa: E402
 
@@ -63,33 +64,11 @@ def stage_for(progress: float) -> int | str:
     return "a1" if progress < 0.08 else (1 if progress < 0.25 else 2)
 
 
-class Batcher:
-    def __init__(self, tok, processor):
-        self.tok = tok
-        ip = processor.image_processor
-        self.mean = torch.tensor(ip.image_mean).view(1, 3, 1, 1)
-        self.std = torch.tensor(ip.image_std).view(1, 3, 1, 1)
-        self.cache: dict[str, list[int]] = {}
-
-    def ids(self, q):
-        if q not in self.cache:
-            self.cache[q] = prompt_ids(self.tok, q)
-        return self.cache[q]
+class Batcher(AnswerBatcher):
+    """`AnswerBatcher`'s tensors plus the auxiliary targets: digit and colour labels, attention targets."""
 
     def __call__(self, d):
-        seqs, labs = [], []
-        for q, a in zip(d["questions"], d["answers"]):
-            p, t = self.ids(q), answer_ids(self.tok, a)
-            seqs.append(p + t)
-            labs.append([-100] * len(p) + t)
-        L = max(len(s) for s in seqs)
-        pad = self.tok.pad_token_id
-        ids = torch.tensor([[pad] * (L - len(s)) + s for s in seqs])
-        labels = torch.tensor([[-100] * (L - len(s)) + lb for s, lb in zip(seqs, labs)])
-        mask = torch.tensor([[0] * (L - len(s)) + [1] * len(s) for s in seqs])
-        px = torch.from_numpy(d["pixels"]).permute(0, 3, 1, 2).float() / 255.0
-        px = (px - self.mean) / self.std
-        return (ids, mask, labels, px, torch.from_numpy(d["digit_labels"]), torch.from_numpy(d["color_labels"]),
+        return (*super().__call__(d), torch.from_numpy(d["digit_labels"]), torch.from_numpy(d["color_labels"]),
                 torch.from_numpy(d["attn_targets"]))
 
 
