@@ -88,7 +88,7 @@ class LaserModule(pl.LightningModule):
         ready = []
         for i, sample in enumerate(batch):
             if sample.get("error") is not None or sample.get("image") is None:
-                records[i] = self._record(sample, None, sample.get("error") or "no image")
+                records[i] = make_record(sample, None, sample.get("error") or "no image")
             else:
                 ready.append(i)
         if ready:
@@ -114,8 +114,6 @@ class LaserModule(pl.LightningModule):
             for i, answer in zip(members, run(self.engine, *args, seeds, features)):
                 answers[i] = answer
         return [make_record(s, a.prediction, a.error, a.retryable) for s, a in zip(samples, answers)]
-
-    _record = staticmethod(make_record)
 
 
 def load_kwargs(load: dict[str, Any], device: torch.device) -> dict[str, Any]:
