@@ -7,6 +7,7 @@ how prompts are written); it never re-implements the model. The engine knows not
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -71,6 +72,27 @@ class VisualLayout:
             out.append(values[..., start : start + n].reshape(*values.shape[:-1], *s.grid))
             start += n
         return out
+
+
+@dataclass
+class PixelView:
+    """One image of a sample as the vision tower reads it: processed, normalised pixels.
+
+    pixels: [C, H, W], a view into the inputs' pixel tensor (writes land there), or a copy that
+        `write_back()` puts back (families whose tensor is not laid out as images, e.g. flattened patches).
+    box: normalised (x0, y0, x1, y1) region of image `image_index` that `pixels` shows (may extend
+        outside [0, 1] where the processor padded the image).
+    """
+
+    image_index: int
+    box: Box
+    pixels: torch.Tensor
+    write_back: Callable[[], None] | None = None
+
+    def commit(self) -> None:
+        """Make edits of `pixels` part of the inputs (a no-op for a view)."""
+        if self.write_back is not None:
+            self.write_back()
 
 
 ImageInput = Image.Image | list[Image.Image]
@@ -205,6 +227,60 @@ class VisionLanguageAdapter(ABC):
             f"{self.name}: pixel_values has {pixels.shape[0]} rows for {batch} samples; "
             "the adapter must say which rows belong to which sample (override pixel_rows)"
         )
+
+    def pixel_views(self, inputs: BatchFeature, index: int) -> list[PixelView]:
+        """The processed images of sample `index` of `inputs` and the region of its images each shows,
+        so that a region of an image can be edited where the model reads it (the masked view,
+        docs/method.md "Views").
+
+        Default: one view per segment of `visual_layout(inputs, index)`, in order: the sample's rows of
+        `pixel_values` (`pixel_rows`) read as images [C, H, W] (a [tiles, C, H, W] row gives one per
+        tile; all-zero padding images after the segments' are ignored), each covered by its segment's
+        grid (H and W multiples of the grid) and showing the segment's box. Families whose pixels are
+        laid out otherwise (flattened patches, tiles that do not match the segments) override this.
+        """
+        rows = self.pixel_rows(inputs)
+        if list(rows) != ["pixel_values"]:
+            raise NotImplementedError(f"{self.name}: pixel tensors {sorted(rows)}; the adapter must override pixel_views")
+        counts = rows["pixel_values"]
+        start = sum(counts[:index])
+        part = inputs["pixel_values"][start : start + counts[index]]
+        segments = self.visual_layout(inputs, index).segments
+        if part.ndim < 4:
+            raise NotImplementedError(
+                f"{self.name}: pixel_values of shape {tuple(inputs['pixel_values'].shape)} are not images "
+                "[..., C, H, W]; the adapter must override pixel_views"
+            )
+        units = part.view(-1, *part.shape[-3:])
+        if units.shape[0] < len(segments) or bool(units[len(segments) :].any()):
+            raise NotImplementedError(
+                f"{self.name}: sample {index} has {units.shape[0]} pixel images for {len(segments)} layout "
+                "segments; the adapter must override pixel_views"
+            )
+        views = []
+        for unit, segment in zip(units, segments):
+            grid_rows, grid_cols = segment.grid
+            if unit.shape[-2] % grid_rows or unit.shape[-1] % grid_cols:
+                raise NotImplementedError(
+                    f"{self.name}: a {unit.shape[-2]}x{unit.shape[-1]} pixel image under a {grid_rows}x{grid_cols} grid; "
+                    "the adapter must override pixel_views"
+                )
+            views.append(PixelView(segment.image_index, segment.box, unit))
+        return views
+
+    def pixel_transform(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scale [C], offset [C]): an image's pixel value v in 0..255 becomes `v * scale + offset` in the
+        processed tensor (rescaling, then normalisation). Default: the image processor's
+        `rescale_factor`, `image_mean` and `image_std` (each applied when its `do_*` flag is set)."""
+        image_processor = getattr(self.processor, "image_processor", None)
+        if image_processor is None:
+            raise NotImplementedError(f"{self.name}: no image processor; the adapter must override pixel_transform")
+        scale = float(image_processor.rescale_factor) if getattr(image_processor, "do_rescale", True) else 1.0
+        if getattr(image_processor, "do_normalize", True):
+            mean = torch.tensor(image_processor.image_mean, dtype=torch.float64).flatten()
+            std = torch.tensor(image_processor.image_std, dtype=torch.float64).flatten()
+            return (scale / std).float(), (-mean / std).float()
+        return torch.full((3,), scale), torch.zeros(3)
 
     def position_ids(self, attention_mask: torch.Tensor, past_length: int = 0) -> torch.Tensor | None:
         """Position ids for a (possibly padded) chunk whose 2D mask covers cache + chunk.

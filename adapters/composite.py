@@ -309,6 +309,12 @@ class CompositeAdapter(VisionLanguageAdapter):
     ) -> BatchFeature:
         return prompted_inputs(self, images, questions, with_question)
 
+    def pixel_transform(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """v in 0..255 -> (v / 255 - mean) / std, as `CompositeProcessor.preprocess`."""
+        mean = torch.tensor(self.processor.mean, dtype=torch.float64)
+        std = torch.tensor(self.processor.std, dtype=torch.float64)
+        return (1 / (255 * std)).float(), (-mean / std).float()
+
     def decoder_layers(self) -> nn.ModuleList:
         lm = self.model.language_model
         decoder = lm.get_decoder() if hasattr(lm, "get_decoder") else lm.model

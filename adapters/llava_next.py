@@ -10,11 +10,12 @@ from __future__ import annotations
 from dataclasses import replace
 
 from transformers import BatchFeature
+from transformers.image_processing_utils import select_best_resolution
 
-from ._anyres import anyres_segments, base_segment
+from ._anyres import _box, anyres_segments, base_segment, pasted_region
 from ._common import PromptAdapter
 from ._registry import register_adapter
-from .base import VisualLayout, VisualSegment
+from .base import PixelView, VisualLayout, VisualSegment
 
 
 def remap(segments: list[VisualSegment], positions) -> list[VisualSegment]:
@@ -68,3 +69,29 @@ class LlavaNextAdapter(PromptAdapter):
             segments += remap(image_segments, positions[offset : offset + count])
             offset += count
         return VisualLayout(segments, image_sizes=list(sizes))
+
+    def pixel_views(self, inputs: BatchFeature, index: int) -> list[PixelView]:
+        """Per image its `pixel_values` patches: the base view (the layout's base box), then — when the
+        image is tiled — the tiles of the best-resolution canvas, row-major, each showing its part of the
+        canvas the image was pasted into (padding beyond the image included)."""
+        counts = self.pixel_rows(inputs)["pixel_values"]
+        start = sum(counts[:index])
+        part = inputs["pixel_values"][start : start + counts[index]]
+        sizes = inputs["laser_image_sizes"][index]
+        part = part.view(len(sizes), -1, *part.shape[-3:])  # [images, patches, C, H, W]
+        tile_px, _ = self.tile_geometry()
+        views = []
+        for i, size in enumerate(sizes):
+            segments, _ = self.image_segments(index, i, size, len(sizes))
+            views.append(PixelView(i, segments[0].box, part[i, 0]))
+            if len(segments) == 1:
+                continue
+            width, height = size
+            best_h, best_w = select_best_resolution([height, width], self.model.config.image_grid_pinpoints)
+            paste = pasted_region((height, width), (best_h, best_w))
+            tiles_w = best_w // tile_px
+            for t in range((best_h // tile_px) * tiles_w):
+                r, c = divmod(t, tiles_w)
+                rows, cols = (r * tile_px, (r + 1) * tile_px), (c * tile_px, (c + 1) * tile_px)
+                views.append(PixelView(i, _box(rows, cols, (1.0, 1.0), paste), part[i, 1 + t]))
+        return views

@@ -7,6 +7,7 @@ tokens in row-major order. Qwen2.5-VL and Qwen3-VL subclass this adapter (`qwen2
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -15,7 +16,15 @@ from transformers import BatchFeature
 
 from ._common import PromptAdapter
 from ._registry import register_adapter
-from .base import VisualLayout, VisualSegment
+from .base import PixelView, VisualLayout, VisualSegment
+
+
+def _store_frames(image: torch.Tensor, shaped: torch.Tensor) -> None:
+    """Write `image` [C, H, W] into an image's patch rows viewed as `shaped` [h/m, w/m, m, m, C, T, p, p],
+    every temporal frame alike."""
+    hm, wm, m, _, channels, _, patch, _ = shaped.shape
+    spatial = image.view(channels, hm, m, patch, wm, m, patch)
+    shaped.copy_(spatial.permute(1, 4, 2, 5, 0, 3, 6)[:, :, :, :, :, None].expand_as(shaped))
 
 
 @register_adapter
@@ -85,6 +94,30 @@ class Qwen2VLAdapter(PromptAdapter):
             rows.append(int(sum(per_image[start : start + len(sizes)])))
             start += len(sizes)
         return {"pixel_values": rows}
+
+    def pixel_views(self, inputs: BatchFeature, index: int) -> list[PixelView]:
+        """Each image of the sample rebuilt as [C, H, W] from its flattened patches (a copy; `commit`
+        writes it back). An image's rows are `t * h * w` patches in merge-window order (t, h / m, w / m,
+        m, m), each `C * T * p * p` values (T identical frames of a still image); frame 0 is read and
+        every frame written."""
+        image_processor = self.processor.image_processor
+        patch, frames = int(image_processor.patch_size), int(image_processor.temporal_patch_size)
+        pixels, grids, m = inputs["pixel_values"], inputs["image_grid_thw"].tolist(), self.merge
+        sizes = inputs["laser_image_sizes"]
+        first = sum(len(s) for s in sizes[:index])
+        start = sum(t * h * w for t, h, w in grids[:first])
+        views = []
+        for i in range(len(sizes[index])):
+            t, h, w = grids[first + i]
+            rows = pixels[start : start + t * h * w]
+            start += t * h * w
+            if t != 1:
+                raise ValueError(f"sample {index}, image {i}: temporal grid {t}; images have t = 1")
+            shaped = rows.view(h // m, w // m, m, m, -1, frames, patch, patch)  # [h/m, w/m, m, m, C, T, p, p]
+            image = shaped.permute(4, 5, 0, 2, 6, 1, 3, 7)[:, 0].reshape(-1, h * patch, w * patch).clone()
+            write_back = functools.partial(_store_frames, image, shaped)
+            views.append(PixelView(i, (0.0, 0.0, 1.0, 1.0), image, write_back))
+        return views
 
     # ----------------------------------------------------------------- forward inputs
     def prepare_model_inputs(self, inputs: BatchFeature) -> dict[str, Any]:

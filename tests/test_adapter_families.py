@@ -21,11 +21,13 @@ from conftest import random_image
 from laser.adapters import VisionLanguageAdapter, create_adapter, get_adapter_class, list_adapters
 from PIL import Image
 from tiny_models import TINY_BUILDERS, TINY_VARIANTS
+from transformers import BatchFeature
 
 from laser import LaserConfig, LaserEngine, list_presets
 from laser.method.attention import capture_attention, capture_full, model_tensors
 from laser.method.decoding import cache_kwarg, output_cache
 from laser.method.probe import AttentionProbe
+from laser.method.views import fill_cells
 
 FAMILIES = list_adapters() + sorted(TINY_VARIANTS)
 # (width, height) of the tall, wide and square test images
@@ -184,6 +186,57 @@ def test_layout_locality(family):
     adapter = adapter_for(family, vision_layers=0)
     for size in SIZES:
         check_locality(adapter, size)
+
+
+def check_masked_cells(adapter, size: tuple[int, int]) -> None:
+    """LASER's masked view on the processed pixels (`pixel_views`, `fill_cells`): fill the middle cell of
+    one segment of an image (one sample per segment): that cell's visual token changes and no other token
+    of its segment; other views of the image (a base view, a thumbnail) change over the cell's region
+    only (within one of their cells of it); nothing else changes."""
+    image = random_image(*size, seed=12)
+    n = len(adapter.visual_layout(adapter.build_inputs([image], ["What ?"]), 0).segments)
+    inputs = adapter.build_inputs([image] * (n + 1), ["What ?"] * (n + 1))
+    masked = BatchFeature({**inputs, **{key: inputs[key].clone() for key in adapter.pixel_rows(inputs)}})
+    layouts = [adapter.visual_layout(inputs, i) for i in range(n + 1)]
+    cells = []
+    for k, segment in enumerate(layouts[0].segments):
+        rows, cols = segment.grid
+        cell = (rows // 2) * cols + cols // 2
+        cells.append((cell, cell_boxes(segment)[cell]))
+        views = adapter.pixel_views(masked, k + 1)
+        fill_cells(views, [(segment.image_index, cells[-1][1])], "noise", adapter.pixel_transform(), torch.Generator())
+    for key, rows in adapter.pixel_rows(inputs).items():
+        assert torch.equal(masked[key][: rows[0]], inputs[key][: rows[0]]), "an unmasked sample's pixels changed"
+    features = visual_features(adapter, masked, layouts)
+    for k, (segment, (cell, (bx0, by0, bx1, by1))) in enumerate(zip(layouts[0].segments, cells)):
+        differs = (features[k + 1] - features[0]).abs().amax(-1) > 1e-5
+        start = 0
+        for j, other in enumerate(layouts[0].segments):
+            boxes = cell_boxes(other)
+            grid = differs[start : start + len(boxes)]
+            start += len(boxes)
+            if j == k:
+                expected = torch.zeros(len(boxes), dtype=torch.bool)
+                expected[cell] = True
+                assert torch.equal(grid, expected), f"{size} segment {k}: changed tokens\n{grid.view(other.grid).int()}"
+            elif other.image_index != segment.image_index:
+                assert not grid.any(), f"{size}: masking image {segment.image_index} changed image {other.image_index}"
+            else:
+                near = torch.tensor(
+                    [x1 + (x1 - x0) > bx0 and x0 - (x1 - x0) < bx1 and y1 + (y1 - y0) > by0 and y0 - (y1 - y0) < by1
+                     for x0, y0, x1, y1 in boxes]
+                )
+                assert not (grid & ~near).any(), f"{size} segment {k} -> {j}: tokens away from the cell changed"
+                sx0, sy0, sx1, sy1 = other.box
+                if sx0 < bx1 and bx0 < sx1 and sy0 < by1 and by0 < sy1:
+                    assert grid.any(), f"{size} segment {k} -> {j}: a view over the cell did not change"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_masked_cell_changes_only_its_token(family):
+    adapter = adapter_for(family, vision_layers=0)
+    for size in SIZES[:2]:
+        check_masked_cells(adapter, size)
 
 
 # ----------------------------------------------------------------- (c) passes, decoding, presets

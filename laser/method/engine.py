@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 from PIL import Image
+from transformers import BatchFeature
 
 from ..adapters.base import VisionLanguageAdapter
 from . import vaq as vaq_ops
@@ -23,7 +24,7 @@ from .prediction import Prediction
 from .preprocessing import ImageFeatures, ImagePreprocessor, processing_once
 from .probe import AttentionProbe
 from .scoring import OptionScores, continuation_log_probs, option_token_ids
-from .views import counterfactual_views, crop_view, diffusion_noise_inputs, stack_streams
+from .views import crop_view, diffusion_noise_inputs, fill_cells, ranked_cells, stack_streams
 
 
 @dataclass
@@ -429,14 +430,30 @@ class LaserEngine:
             paths.append(mode)
         return focused, regions, paths
 
-    def _negative_views(self, focused, regions, localisations, seeds, index, layout):
-        """Masked negative view of sample `index`; `layout` is its focused view's layout."""
+    def _with_masked_view(self, positive, members, repeats, regions, localisations, seeds, masked):
+        """Positive inputs followed by LASER's negative stream: the same processed inputs with the top
+        cells of each sample's focused view filled on the pixel tensors (docs/method.md, Views). A
+        sample's cells are filled once, on its first row, and copied to its repeated rows; `masked[i]`
+        gets its masked cells."""
         cf = self.config.counterfactual
-        generator = torch.Generator().manual_seed(int(seeds[index]) + 1)
-        return counterfactual_views(
-            focused[index], layout, regions[index], localisations[index].canvas,
-            cf.mask_ratio, cf.fill, generator,
-        )
+        rows = self.adapter.pixel_rows(positive)
+        if not rows:
+            raise ValueError("counterfactual.view=mask: the adapter reports no pixel tensor in its inputs")
+        negative = BatchFeature({**positive, **{key: positive[key].clone() for key in rows}})
+        transform = self.adapter.pixel_transform()
+        row = 0
+        for i, count in zip(members, repeats):
+            layout = self.adapter.visual_layout(positive, row)
+            cells = ranked_cells(layout, regions[i], localisations[i].canvas, cf.mask_ratio)
+            generator = torch.Generator().manual_seed(int(seeds[i]) + 1)
+            fill_cells(self.adapter.pixel_views(negative, row), cells, cf.fill, transform, generator)
+            for key, per_row in rows.items():
+                start, size = sum(per_row[:row]), per_row[row]
+                for k in range(1, count):
+                    negative[key][start + k * size : start + (k + 1) * size] = negative[key][start : start + size]
+            masked[i] = cells
+            row += count
+        return stack_streams(positive, negative)
 
     def _with_noise_view(self, positive, seeds: list[int]):
         """Positive inputs followed by VCD's negative stream: the same processed inputs with diffusion
@@ -473,15 +490,10 @@ class LaserEngine:
         qs = [questions[i] for i in members]
         if contrastive and self.config.counterfactual.view == "noise":
             return self._with_noise_view(self.adapter.build_inputs(rows(pos), rows(qs)), rows([seeds[i] for i in members]))
-        if contrastive:  # the masked view, on the focused views' grids (from one processor call)
-            neg = []
-            focus_inputs = self.adapter.build_inputs(pos, qs)
-            layouts = [self.adapter.visual_layout(focus_inputs, j) for j in range(len(members))]
-            for i, layout in zip(members, layouts):
-                views, cells = self._negative_views(focused, regions, localisations, seeds, i, layout)
-                neg.append(self._as_input(views))
-                masked[i] = cells
-            return self.adapter.build_inputs(rows(pos) + rows(neg), rows(qs) * 2)
+        if contrastive:  # the masked view, on the focused views' processed pixels
+            return self._with_masked_view(
+                self.adapter.build_inputs(rows(pos), rows(qs)), members, repeats, regions, localisations, seeds, masked
+            )
         return self.adapter.build_inputs(rows(pos), rows(qs))
 
     def _decode(self, images, focused, regions, paths, localisations, questions, seeds):

@@ -7,15 +7,17 @@ import math
 
 import numpy as np
 import torch
-from PIL import Image, ImageFilter
+import torch.nn.functional as F
+from PIL import Image
 from transformers import BatchFeature
 
-from ..adapters.base import Box, VisualLayout
+from ..adapters.base import Box, PixelView, VisualLayout
 from .canvas import integral_image
 from .crop import PixelBox
 
 BLUR_MIN_RADIUS = 2
-"""`counterfactual.fill: blur`: the Gaussian radius is half the masked cell's longer side, at least this (px)."""
+"""`counterfactual.fill: blur`: the Gaussian's standard deviation is half the filled rect's longer side, at least
+this (processed px)."""
 NOISE_BETA_START, NOISE_BETA_END = 1e-5, 0.5e-2
 NOISE_SIGMOID_SPAN = 6.0
 """VCD's sigmoid beta schedule: beta_t = sigmoid(linspace(-span, span, steps))_t * (end - start) + start."""
@@ -70,80 +72,108 @@ def cell_scores(
     return cells
 
 
-class _ChannelSums:
-    """Exact per-channel pixel sums of an RGB image, kept up to date across pastes, so the mean fill
-    of every cell does not re-read the whole image (the same means as `np.mean`: integer sums are
-    exact in float64)."""
-
-    def __init__(self, image: Image.Image):
-        self.count = image.width * image.height
-        self.sums = np.asarray(image, dtype=np.int64).reshape(-1, 3).sum(0)
-
-    def mean(self) -> np.ndarray:
-        return self.sums.astype(np.float64) / self.count
-
-    def replace(self, image: Image.Image, box: tuple[int, int, int, int], value: tuple[int, int, int]) -> None:
-        """Account for `box` of `image` (not pasted yet) becoming `value`."""
-        area = (box[2] - box[0]) * (box[3] - box[1])
-        self.sums += np.asarray(value, dtype=np.int64) * area - np.asarray(image.crop(box), dtype=np.int64).reshape(-1, 3).sum(0)
-
-
-def _fill(
-    image: Image.Image,
-    box: tuple[int, int, int, int],
-    fill: str,
-    generator: torch.Generator,
-    sums: _ChannelSums | None = None,
-) -> None:
-    width, height = box[2] - box[0], box[3] - box[1]
-    if fill == "mean":
-        if sums is None:
-            sums = _ChannelSums(image)
-        mean = tuple(int(round(v)) for v in sums.mean())
-        sums.replace(image, box, mean)
-        patch = Image.new("RGB", (width, height), mean)
-    elif fill == "blur":
-        patch = image.filter(ImageFilter.GaussianBlur(radius=max(BLUR_MIN_RADIUS, max(width, height) // 2))).crop(box)
-    elif fill == "noise":
-        values = torch.randint(0, 256, (height, width, 3), generator=generator, dtype=torch.uint8)
-        patch = Image.fromarray(values.numpy())
-    else:
-        raise ValueError(f"counterfactual.fill={fill!r}; expected mean, blur or noise")
-    image.paste(patch, box[:2])
-
-
-def counterfactual_views(
-    images: list[Image.Image],
-    layout: VisualLayout,
-    view_regions: list[Box],
-    map_canvas: torch.Tensor,
-    mask_ratio: float,
-    fill: str,
-    generator: torch.Generator,
-) -> tuple[list[Image.Image], list[tuple[int, Box]]]:
-    """Mask the top `mask_ratio` of the focused view's patch cells ranked by the map.
-
-    Returns the masked copies of the focused images and the masked cells (image index, normalised box).
-    """
-    table = integral_image(map_canvas)
-    cells = cell_scores(layout, view_regions, table)
+def ranked_cells(
+    layout: VisualLayout, view_regions: list[Box], map_canvas: torch.Tensor, mask_ratio: float
+) -> list[tuple[int, Box]]:
+    """The top `mask_ratio` of the focused view's patch cells (`cell_scores`; ties in layout order), best
+    first: (image index, normalised box in that focused image) each."""
+    cells = cell_scores(layout, view_regions, integral_image(map_canvas))
     count = min(len(cells), math.ceil(mask_ratio * len(cells))) if mask_ratio > 0 else 0
     order = sorted(range(len(cells)), key=lambda i: (-cells[i][2], i))[:count]
-    masked = [im.copy() for im in images]
-    sums = [_ChannelSums(im) if fill == "mean" and count else None for im in masked]
-    chosen = []
-    for i in order:
-        index, (x0, y0, x1, y1), _ = cells[i]
-        im = masked[index]
-        px = (
-            int(math.floor(x0 * im.width)),
-            int(math.floor(y0 * im.height)),
-            max(int(math.ceil(x1 * im.width)), int(math.floor(x0 * im.width)) + 1),
-            max(int(math.ceil(y1 * im.height)), int(math.floor(y0 * im.height)) + 1),
-        )
-        _fill(im, px, fill, generator, sums[index])
-        chosen.append((index, (x0, y0, x1, y1)))
-    return masked, chosen
+    return [(cells[i][0], cells[i][1]) for i in order]
+
+
+_EDGE_EPS = 1e-6  # a cell edge computed in float64 that lands within this of a pixel edge is that edge
+
+
+def view_rect(view: PixelView, box: Box) -> tuple[int, int, int, int] | None:
+    """Pixels (x0, y0, x1, y1) of `view.pixels` ([C, H, W]) that show `box` (normalised, of the view's
+    image): edges rounded outwards, at least one pixel; None if the view does not show the box."""
+    height, width = view.pixels.shape[-2:]
+    vx0, vy0, vx1, vy1 = view.box
+    x0, y0, x1, y1 = box
+    u0, u1 = (x0 - vx0) / (vx1 - vx0) * width, (x1 - vx0) / (vx1 - vx0) * width
+    v0, v1 = (y0 - vy0) / (vy1 - vy0) * height, (y1 - vy0) / (vy1 - vy0) * height
+    if u1 <= _EDGE_EPS or v1 <= _EDGE_EPS or u0 >= width - _EDGE_EPS or v0 >= height - _EDGE_EPS:
+        return None
+    px0 = min(max(math.floor(u0 + _EDGE_EPS), 0), width - 1)
+    py0 = min(max(math.floor(v0 + _EDGE_EPS), 0), height - 1)
+    px1 = max(min(math.ceil(u1 - _EDGE_EPS), width), px0 + 1)
+    py1 = max(min(math.ceil(v1 - _EDGE_EPS), height), py0 + 1)
+    return px0, py0, px1, py1
+
+
+def image_means(views: list[PixelView]) -> dict[int, torch.Tensor]:
+    """Per image index, the per-channel mean [C] of its processed pixels: over every view's pixels that
+    show the image (padding left out), weighted by pixel count."""
+    sums: dict[int, torch.Tensor] = {}
+    counts: dict[int, int] = {}
+    for view in views:
+        rect = view_rect(view, (0.0, 0.0, 1.0, 1.0))
+        if rect is None:
+            continue
+        x0, y0, x1, y1 = rect
+        part = view.pixels[:, y0:y1, x0:x1].double()
+        sums[view.image_index] = sums.get(view.image_index, 0) + part.sum(dim=(1, 2))
+        counts[view.image_index] = counts.get(view.image_index, 0) + part.shape[1] * part.shape[2]
+    return {i: (sums[i] / counts[i]).float() for i in sums}
+
+
+def gaussian_blur_rect(pixels: torch.Tensor, rect: tuple[int, int, int, int], sigma: float) -> torch.Tensor:
+    """`rect` (x0, y0, x1, y1) of `pixels` [C, H, W] after a Gaussian blur of standard deviation `sigma`
+    (px) of the whole image, edges extended: [C, y1 - y0, x1 - x0]. Only the rect's neighbourhood is read."""
+    x0, y0, x1, y1 = rect
+    height, width = pixels.shape[-2:]
+    reach = max(1, math.ceil(3 * sigma))
+    taps = torch.arange(-reach, reach + 1, dtype=torch.float64)
+    kernel = torch.exp(-0.5 * (taps / sigma) ** 2)
+    kernel = (kernel / kernel.sum()).to(torch.float32)
+    wx0, wy0, wx1, wy1 = max(x0 - reach, 0), max(y0 - reach, 0), min(x1 + reach, width), min(y1 + reach, height)
+    window = pixels[:, wy0:wy1, wx0:wx1].float()[None]
+    pad = (wx0 - (x0 - reach), (x1 + reach) - wx1, wy0 - (y0 - reach), (y1 + reach) - wy1)
+    window = F.pad(window, pad, mode="replicate")
+    channels = window.shape[1]
+    window = F.conv2d(window, kernel.view(1, 1, 1, -1).expand(channels, 1, 1, -1), groups=channels)
+    window = F.conv2d(window, kernel.view(1, 1, -1, 1).expand(channels, 1, -1, 1), groups=channels)
+    return window[0].to(pixels.dtype)
+
+
+def fill_cells(
+    views: list[PixelView],
+    cells: list[tuple[int, Box]],
+    fill: str,
+    transform: tuple[torch.Tensor, torch.Tensor],
+    generator: torch.Generator,
+) -> None:
+    """LASER's masked view on processed pixels: every view showing a cell (image index, normalised
+    box) gets the cell's pixels filled, in `cells` order (docs/method.md, Views), then is committed.
+
+    fill: `mean` — the image's per-channel mean of processed pixels (`image_means`, before any fill);
+    `noise` — uniform pixel values 0..255 drawn from `generator` ([h, w, C] per cell and view, in order)
+    and mapped through the processor's `transform` (scale, offset per channel); `blur` — a Gaussian blur
+    of the view (standard deviation half the filled rect's longer side, at least `BLUR_MIN_RADIUS` px).
+    """
+    if fill not in ("mean", "blur", "noise"):
+        raise ValueError(f"counterfactual.fill={fill!r}; expected mean, blur or noise")
+    means = image_means(views) if fill == "mean" and cells else {}
+    scale, offset = (t.float() for t in transform)
+    for index, box in cells:
+        for view in views:
+            rect = view_rect(view, box) if view.image_index == index else None
+            if rect is None:
+                continue
+            x0, y0, x1, y1 = rect
+            target = view.pixels[:, y0:y1, x0:x1]
+            if fill == "mean":
+                target.copy_(means[index].to(target.dtype)[:, None, None].expand_as(target))
+            elif fill == "noise":
+                values = torch.randint(0, 256, (y1 - y0, x1 - x0, target.shape[0]), generator=generator)
+                target.copy_((values.float() * scale + offset).permute(2, 0, 1))
+            else:
+                sigma = max(BLUR_MIN_RADIUS, max(x1 - x0, y1 - y0) // 2)
+                target.copy_(gaussian_blur_rect(view.pixels, rect, sigma))
+    for view in views:
+        view.commit()
 
 
 def diffusion_alpha_bar(step: int, steps: int) -> float:
