@@ -126,7 +126,8 @@ class LaserEngine:
         random views, so a sample's answer does not depend on its batch. `features` are the images'
         preprocessed features from `image_preprocessor()` (computed in DataLoader workers), if any.
 
-        Every distinct image (original, crop, negative view) goes through the image processor once."""
+        Every distinct image (original, crop) goes through the image processor once; the negative views
+        are made on the processed pixel tensors."""
         cfg = self.config
         if len(images) != len(questions):
             raise ValueError(f"answer_batch: {len(images)} images for {len(questions)} questions")
