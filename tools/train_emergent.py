@@ -51,12 +51,16 @@ from testbed import views  # noqa: E402
 from testbed.batching import AnswerBatcher  # noqa: E402
 from testbed.model import build_config, build_processor, build_tokenizer  # noqa: E402
 from testbed.quick_eval import first_token_eval  # noqa: E402
+from train_testbed import vision_pretrain  # noqa: E402
 from transformers import LlavaForConditionalGeneration  # noqa: E402
 
+from laser.testbed.scenes import COLOR_NAMES  # noqa: E402
 from laser.testbed.split import load_split, materialize_split  # noqa: E402
 
 EXPORT = ROOT / "laser/assets/testbed_emergent/model"
 ARCH = dict(text_hidden=96, text_layers=8, vision_hidden=192)
+# the "vit" tower: the shipped testbed's 3-layer CLIP ViT, pre-trained alone and then frozen
+VIT_ARCH = dict(text_hidden=96, text_layers=8, vision_hidden=96, vision_layers=3)
 FAMILY_WEIGHTS = {"reading": 0.45, "relational": 0.2, "existence": 0.14, "color": 0.07, "count": 0.05, "where": 0.09}
 # the first EARLY_SHARE of the steps: more existence / where questions, which need the image but no digit
 # reading (finding the box the question names is the skill every family shares)
@@ -67,6 +71,16 @@ IMAGE_GAIN = 1.0  # fixed pre-LayerNorm gain of the vision tower
 # pixel normalisation centred on the scenes' grey background (base 195-235) instead of CLIP's statistics:
 # the background then maps near zero and a patch's token is dominated by what is drawn in it
 IMAGE_MEAN, IMAGE_STD = [0.84, 0.84, 0.84], [0.25, 0.25, 0.25]
+
+
+def build_vit(tok) -> LlavaForConditionalGeneration:
+    """The "vit" tower variant: the testbed's 3-layer CLIP ViT (tokens mix across the image) under the
+    same 8-layer LM. Its tower is pre-trained alone (`vision_pretrain`: per-patch colour and box-pooled
+    digit labels, no language model, no question) and frozen before the LM is trained on answers only."""
+    model = LlavaForConditionalGeneration(build_config(tok, **VIT_ARCH))
+    gc = model.generation_config
+    gc.pad_token_id, gc.bos_token_id, gc.eos_token_id = tok.pad_token_id, tok.bos_token_id, tok.eos_token_id
+    return model
 
 
 def build_emergent(tok) -> LlavaForConditionalGeneration:
@@ -133,9 +147,13 @@ def plain_copy(model, tok):
     proj = model.model.multi_modal_projector
     for name in ("linear_1", "linear_2"):
         state[f"model.multi_modal_projector.{name}.weight"] = getattr(proj, name).weight.detach().clone()
-    out = build_emergent(tok)
+    out = BUILDERS[TOWER](tok)
     out.load_state_dict(state)
     return out
+
+
+BUILDERS = {"patch": build_emergent, "vit": build_vit}
+TOWER = "patch"  # set by --tower
 
 
 def stage_at(step: int, total: int):
@@ -180,7 +198,12 @@ def main() -> None:
     ap.add_argument("--eval-every", type=int, default=600)
     ap.add_argument("--eval-n", type=int, default=240, help="dev questions scored at each eval")
     ap.add_argument("--log-every", type=int, default=25)
+    ap.add_argument("--tower", choices=sorted(BUILDERS), default="patch",
+                    help="patch: per-patch tokens, trained with the LM; vit: pre-trained (--vision-steps) then frozen")
+    ap.add_argument("--vision-steps", type=int, default=3000, help="tower pre-training steps (--tower vit)")
     a = ap.parse_args()
+    global TOWER
+    TOWER = a.tower
     torch.set_num_threads(a.threads)
     run = Path(a.run)
     run.mkdir(parents=True, exist_ok=True)
@@ -200,16 +223,24 @@ def main() -> None:
     torch.manual_seed(a.seed)
     tok = build_tokenizer()
     proc = build_processor(tok)
-    proc.image_processor.image_mean, proc.image_processor.image_std = IMAGE_MEAN, IMAGE_STD
-    model = build_emergent(tok)
+    model = BUILDERS[TOWER](tok)
+    rng = random.Random(a.seed)
+    ck = run / "last.pt"
+    if TOWER == "patch":
+        proc.image_processor.image_mean, proc.image_processor.image_std = IMAGE_MEAN, IMAGE_STD
+        content_only_tokens(model)
+    elif not ck.exists():  # the vit tower: pre-train it alone (its own optimiser and heads), then freeze it
+        vh = model.config.vision_config.hidden_size
+        heads = torch.nn.ModuleDict({"digit": torch.nn.Linear(vh, 11), "color": torch.nn.Linear(vh, len(COLOR_NAMES) + 1),
+                                      "box_digit": torch.nn.Linear(vh, 10)})
+        vision_pretrain(model, heads, rng, a.vision_steps, log)
     fix_projector_norm(model)
-    content_only_tokens(model)
+    if TOWER == "vit":
+        model.model.vision_tower.requires_grad_(False)
     params = [p for n, p in model.named_parameters()
               if p.requires_grad and ".encoder.layers." not in n and "post_layernorm" not in n]
     opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=0.01, betas=(0.9, 0.98))
-    rng = random.Random(a.seed)
     step = 0
-    ck = run / "last.pt"
     if ck.exists():
         st = torch.load(ck, weights_only=False)
         model.load_state_dict(st["model"])
@@ -219,7 +250,7 @@ def main() -> None:
         step = st["step"]
         log(f"resumed from step {step}")
     else:
-        log(f"new run: {json.dumps(vars(a))}; arch {ARCH}; params {sum(p.numel() for p in params)}")
+        log(f"new run: {json.dumps(vars(a))}; arch {VIT_ARCH if TOWER == 'vit' else ARCH}; params {sum(p.numel() for p in params)}")
 
     def save_ckpt() -> None:
         torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "rng": rng.getstate(),
