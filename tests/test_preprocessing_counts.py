@@ -40,7 +40,8 @@ def counted(request):
 
 
 def _count(adapter, counter, monkeypatch, engine, image, question, **kwargs):
-    """(processor calls, images preprocessed, prediction) of answering one sample."""
+    """(processor calls, images preprocessed, prediction) of answering one sample; `counter.calls` counts
+    the image-processor invocations among them."""
     calls = []
     build = adapter.build_inputs
 
@@ -77,9 +78,13 @@ def test_each_distinct_image_preprocessed_once(counted, monkeypatch, preset, gat
     adapter, counter = counted
     config = LaserConfig.preset(preset, **{"decode.max_new_tokens": 2, "gate.depth": gate})
     engine = LaserEngine(adapter, config)
+    image_calls = counter.calls
     calls, images, pred = _count(adapter, counter, monkeypatch, engine, random_image(500, 300), "What is the color ?")
+    image_calls = counter.calls - image_calls
     assert images == _distinct_images(pred) <= 2, f"{preset} ({pred.path}): {images} images preprocessed"
-    # the original with and without the question (VAQ's a+ / a0 rows), then the focused view
+    assert image_calls == images, f"{preset} ({pred.path}): {image_calls} image-processor calls for {images} images"
+    # the original with and without the question (VAQ's a+ / a0 rows; the second one text only: its
+    # pixels come from the first), then the focused view
     assert calls <= 3, f"{preset} ({pred.path}): {calls} processor calls"
     if not config.localize:
         assert calls == 1, f"{preset} ({pred.path}): {calls} processor calls"
