@@ -3,30 +3,35 @@
     python tools/train_emergent.py --run testbed_work/emergent
 
 rebuilds `laser/assets/testbed_emergent/model` (the `model=testbed_emergent` preset) from nothing:
-same seed, same steps, same model; the LR schedule and the curriculum follow the step count, never the
-clock. Re-running the same command resumes from RUN/last.pt (written every `--ckpt-every` steps); the
-model is exported to `--export` every `--export-every` steps and at the end, so a partial model exists.
+same seed, same steps, same model (one thread); the LR schedules and the curricula follow the step
+count, never the clock. Re-running the same command resumes from RUN/last.pt (written every
+`--ckpt-every` steps); the model is exported to `--export` every `--export-every` steps and at the end,
+with the command line in `training_commands.txt`.
 
-What makes grounding necessary rather than taught:
-- The visual tokens are the CLIP tower's embedding output (`build_emergent`): each is a LayerNorm-ed
-  linear map of its own 8x8 patch, then the per-token LLaVA projector MLP. No visual token knows anything
-  outside its patch, so no token can carry "the red box holds a 3". The CLIP position embedding is fixed
-  at zero and the LayerNorm at gain 1 / bias 0 (`content_only_tokens`), the projector's weights keep their
-  initial norms during training (`fix_projector_norm`), and pixels are normalised around the scenes'
-  grey background (`IMAGE_MEAN`): each of these answers a way earlier runs made the image tokens
-  image-independent (see the functions' docstrings and the README).
-- The image comes before the question in the prompt, so the image tokens are processed without the
-  question; only the question / answer positions can pick the box the question names, by attending to it.
-- The loss is cross-entropy on the answer tokens only: no attention loss, no auxiliary vision loss, no
-  box or patch labels (the view sampler's labels are ignored).
+Two stages (the default `--tower vit`, the shipped checkpoint):
+1. The vision tower alone (`vision_pretrain` of tools/train_testbed.py, `--vision-steps`): the testbed's
+   3-layer CLIP ViT learns per-patch colour and box-pooled digit labels of generated views — a
+   pre-trained backbone, trained without the language model and without any question. It is then
+   frozen.
+2. The projector and an 8-layer Llama from scratch, on cross-entropy of the answer tokens only: no
+   attention loss and no label of where to look. The image comes before the question, so the visual
+   tokens are computed without the question; only the question / answer positions can pick the box the
+   question names, by attending to it.
+
+`--tower patch` is the per-patch variant of the ten earlier runs (README, "Grounding nobody taught"):
+each visual token is the CLIP tower's embedding of its own 8x8 patch (`build_emergent`,
+`content_only_tokens`, background-centred pixels `IMAGE_MEAN`), trained with the LM on the answer loss
+alone; its answers never came to depend on the image.
 
 Model: `LlavaForConditionalGeneration`, 64 px input, patch 8 -> 8x8 visual tokens, 8-layer Llama
-(hidden 96, 4 heads), the word-level tokenizer of `tools/testbed/model.py`.
+(hidden 96, 4 heads), the word-level tokenizer of `tools/testbed/model.py`; the projector's weights keep
+their initial norms during training (`fix_projector_norm`).
 Data: `tools/testbed/views.py` (random zooms of generated scenes, training seeds < 10,000,000; the
 evaluation splits use seeds >= 10,000,000). Curriculum by step: stage 0 (one or two big boxes) first,
 then stages 0/1/2 mixed, then mostly stage 2 (the evaluation distribution).
 Every `--eval-every` steps the first answer token is scored on questions of the dev split (generator
-seed 1, `testbed_work/splits/seed1`), full scene and tight oracle crop; logged, not used to pick a model.
+seed 1, `testbed_work/splits/seed1`), full scene and tight oracle crop; logged, not used to pick a model
+(the export is the last step's).
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ import argparse
 import json
 import math
 import random
+import shlex
 import sys
 import time
 from collections import defaultdict
@@ -198,7 +204,7 @@ def main() -> None:
     ap.add_argument("--eval-every", type=int, default=600)
     ap.add_argument("--eval-n", type=int, default=240, help="dev questions scored at each eval")
     ap.add_argument("--log-every", type=int, default=25)
-    ap.add_argument("--tower", choices=sorted(BUILDERS), default="patch",
+    ap.add_argument("--tower", choices=sorted(BUILDERS), default="vit",
                     help="patch: per-patch tokens, trained with the LM; vit: pre-trained (--vision-steps) then frozen")
     ap.add_argument("--vision-steps", type=int, default=3000, help="tower pre-training steps (--tower vit)")
     a = ap.parse_args()
@@ -260,6 +266,7 @@ def main() -> None:
     def export() -> None:
         plain_copy(model, tok).save_pretrained(a.export, safe_serialization=True)
         proc.save_pretrained(a.export)
+        (Path(a.export) / "training_commands.txt").write_text("python tools/train_emergent.py " + shlex.join(sys.argv[1:]) + "\n")
         log(f"exported step {step} to {a.export}")
 
     held, held_root = dev_records(a.eval_n)
