@@ -16,17 +16,10 @@ target box. Every `--eval-every` steps the model is scored (first-token accuracy
 eval split's odd-seeded scenes) and the best so far kept; it is exported to `--export` every
 `--export-every` steps and at the end.
 
-The shipped checkpoint (laser/assets/testbed/model, commit 60286c1) was NOT made by this version: it
-came from an earlier one whose LR schedule and curriculum followed wall-clock training time on a shared
-CPU (`--minutes`), in three runs of about 90 CPU-minutes in all; its step counts were not recorded, so it
-cannot be rebuilt exactly. Those commands, for the record (script as of commit 60286c1):
-  1. --run testbed_work/run1 --minutes 49 --vision-minutes 18 --batch 32 --warmup 200
-  2. --run testbed_work/run2 --init testbed_work/run1_final.pt --freeze-vision --lr 2e-3 --warmup 20
-     --minutes 22 --batch 32 --aux 0 --attn-aux 0.3 --stages 0,2,0,1
-     --families '{"reading": 0.55, "relational": 0.2, "existence": 0.12, "color": 0.05, "count": 0.0, "where": 0.08}'
-  3. --run testbed_work/run3 --init testbed_work/run2/last.pt --freeze-vision --lr 5e-4 --warmup 20
-     --minutes 20 --batch 32 --aux 0 --attn-aux 0.3 --attn-layers 1,2,3 --stages 0,2,0,1 --eval-every 600
-     --families (as in 2)
+The shipped checkpoint (laser/assets/testbed/model) is rebuilt from nothing by three runs of this script,
+`tools/testbed/rebuild_testbed.sh` (their exact command lines are in the checkpoint's
+`training_commands.txt`). An earlier checkpoint (commit 60286c1) came from a version whose schedule followed
+wall-clock time; it could not be rebuilt and was replaced.
 Every run now records its exact command line in RUN/commands.txt (after those of the run `--init`
 started from), and an export copies that file to `<export>/training_commands.txt`: a checkpoint made
 with this version says how to make it again.
