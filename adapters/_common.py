@@ -19,18 +19,27 @@ def as_image_list(images: ImageInput) -> list:
     return list(images) if isinstance(images, (list, tuple)) else [images]
 
 
+def check_questions(images: list, questions: list[str | None]) -> None:
+    """Raise unless there is one question (a string, or None for no question) per sample."""
+    if len(images) != len(questions):
+        raise ValueError(f"build_inputs: {len(images)} images for {len(questions)} questions")
+    for i, question in enumerate(questions):
+        if question is not None and not isinstance(question, str):
+            raise TypeError(f"build_inputs: questions[{i}] is a {type(question).__name__}; expected a string or None")
+
+
 def prompted_inputs(
     adapter: VisionLanguageAdapter,
     images: list[ImageInput],
-    questions: list[str],
+    questions: list[str | None],
     with_question: bool = True,
     nested_images: bool = False,
 ) -> BatchFeature:
-    """`build_inputs` of prompt-based adapters: `adapter.prompt(question or None, n_images)` per
-    sample, one left-padded processor call over the batch (images flattened, or one list per sample
-    with `nested_images`), and each sample's image sizes in `laser_image_sizes`."""
-    if len(images) != len(questions):
-        raise ValueError(f"build_inputs: {len(images)} images for {len(questions)} questions")
+    """`build_inputs` of prompt-based adapters: `adapter.prompt(question, n_images)` per sample (question
+    None without `with_question`, or where it is None), one left-padded processor call over the batch
+    (images flattened, or one list per sample with `nested_images`), and each sample's image sizes in
+    `laser_image_sizes`."""
+    check_questions(images, questions)
     per_sample = [as_image_list(im) for im in images]
     texts = [adapter.prompt(q if with_question else None, len(ims)) for q, ims in zip(questions, per_sample)]
     flat = per_sample if nested_images else [im for ims in per_sample for im in ims]
@@ -92,7 +101,7 @@ class PromptAdapter(VisionLanguageAdapter):
         return self.template.format(images=images, question=question_part, instruction=self.instruction)
 
     def build_inputs(
-        self, images: list[ImageInput], questions: list[str], *, with_question: bool = True
+        self, images: list[ImageInput], questions: list[str | None], *, with_question: bool = True
     ) -> BatchFeature:
         return prompted_inputs(self, images, questions, with_question, self.nested_images)
 

@@ -134,12 +134,14 @@ class VisionLanguageAdapter(ABC):
     def build_inputs(
         self,
         images: list[ImageInput],
-        questions: list[str],
+        questions: list[str | None],
         *,
         with_question: bool = True,
     ) -> BatchFeature:
-        """Left-padded model inputs for a batch; `with_question=False` removes the question text and
-        keeps the answer instruction. `questions` may hold a replacement prompt (ViCrop's generic one)."""
+        """Left-padded model inputs for a batch, in one processor call. A question of None gives that
+        sample's prompt without the question text (the answer instruction kept), so one batch may mix
+        prompts with and without their question; `with_question=False` is the shorthand for all None.
+        `questions` may hold a replacement prompt (ViCrop's generic one)."""
 
     @abstractmethod
     def decoder_layers(self) -> nn.ModuleList:
@@ -227,6 +229,36 @@ class VisionLanguageAdapter(ABC):
             f"{self.name}: pixel_values has {pixels.shape[0]} rows for {batch} samples; "
             "the adapter must say which rows belong to which sample (override pixel_rows)"
         )
+
+    def sample_rows(self, inputs: BatchFeature) -> dict[str, list[int]]:
+        """For each tensor or list of `inputs`, how many of its leading rows belong to each sample, in
+        sample order (what `laser.method.views.take_samples` needs to cut a batch into sample subsets).
+        Other values (scalars, 0-d tensors) are shared by every sample and not listed.
+
+        Default: the pixel tensors of `pixel_rows`; then any input with one row per sample (`input_ids`,
+        `attention_mask`, per-token keys, `laser_image_sizes` ...) or one per image (`image_grid_thw`,
+        `image_sizes` ...: images per sample from `laser_image_sizes`). An input with another row count
+        raises; a family with such an input overrides this.
+        """
+        batch = len(inputs["input_ids"])
+        images = [len(sizes) for sizes in inputs.get("laser_image_sizes", [])]
+        rows = dict(self.pixel_rows(inputs))
+        for key, value in inputs.items():
+            if key in rows or not isinstance(value, (torch.Tensor, list)):
+                continue
+            if isinstance(value, torch.Tensor) and value.ndim == 0:
+                continue
+            count = len(value)
+            if count == batch:
+                rows[key] = [1] * batch
+            elif images and count == sum(images):
+                rows[key] = images
+            else:
+                raise ValueError(
+                    f"{self.name}: input {key!r} has {count} rows for {batch} samples of {images} images; "
+                    "the adapter must say which rows belong to which sample (override sample_rows)"
+                )
+        return rows
 
     def pixel_views(self, inputs: BatchFeature, index: int) -> list[PixelView]:
         """The processed images of sample `index` of `inputs` and the region of its images each shows,

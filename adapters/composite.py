@@ -305,7 +305,7 @@ class CompositeAdapter(VisionLanguageAdapter):
         return f"USER: {images}{question_part}{self.instruction} ASSISTANT:"
 
     def build_inputs(
-        self, images: list[ImageInput], questions: list[str], *, with_question: bool = True
+        self, images: list[ImageInput], questions: list[str | None], *, with_question: bool = True
     ) -> BatchFeature:
         return prompted_inputs(self, images, questions, with_question)
 

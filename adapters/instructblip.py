@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from transformers import BatchFeature
 
+from ._common import check_questions
 from ._registry import register_adapter
 from .base import ImageInput, VisionLanguageAdapter, VisualLayout, VisualSegment
 
@@ -165,10 +166,11 @@ class InstructBlipAdapter(VisionLanguageAdapter):
         return f"{question}\n{self.instruction}" if question is not None else self.instruction
 
     def build_inputs(
-        self, images: list[ImageInput], questions: list[str], *, with_question: bool = True
+        self, images: list[ImageInput], questions: list[str | None], *, with_question: bool = True
     ) -> BatchFeature:
-        if len(images) != len(questions):
-            raise ValueError(f"build_inputs: {len(images)} images for {len(questions)} questions")
+        """LM prompt (query tokens, then the text; left-padded) and Q-Former text (right-padded) per
+        sample; a question of None (or `with_question=False`) leaves the instruction alone."""
+        check_questions(images, questions)
         if any(isinstance(im, (list, tuple)) for im in images):
             raise ValueError("instructblip takes one image per sample")
         texts = [self.prompt(q if with_question else None) for q in questions]

@@ -27,7 +27,7 @@ from laser import LaserConfig, LaserEngine, list_presets
 from laser.method.attention import capture_attention, capture_full, model_tensors
 from laser.method.decoding import cache_kwarg, output_cache
 from laser.method.probe import AttentionProbe
-from laser.method.views import fill_cells
+from laser.method.views import fill_cells, take_samples
 
 FAMILIES = list_adapters() + sorted(TINY_VARIANTS)
 # (width, height) of the tall, wide and square test images
@@ -256,6 +256,71 @@ def test_prefix_reuse_equals_full_prefill(family):
     assert reused.prefix_reused != adapter.question_dependent_visual_tokens
     torch.testing.assert_close(reused.a_zero, full.a_zero, atol=1e-5, rtol=0)
     torch.testing.assert_close(reused.a_plus, full.a_plus, atol=1e-5, rtol=0)
+
+
+def assert_same_inputs(got, expected, what: str) -> None:
+    assert got.keys() == expected.keys(), what
+    for key, value in expected.items():
+        if isinstance(value, torch.Tensor):
+            assert got[key].dtype == value.dtype and torch.equal(got[key], value), f"{what}: {key}"
+        else:
+            assert got[key] == value, f"{what}: {key}"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_mixed_prompts_in_one_build_split_into_the_separate_builds(family):
+    """VAQ's a+ prompts and baseline prompts (no question: None; or a generic prompt) of the same images
+    in ONE `build_inputs` call, cut apart with `take_samples` by the adapter's `sample_rows`, equal the two
+    separate calls exactly: the shorter prompts' extra padding columns are trimmed (left padding of the LM
+    prompt, right padding of a Q-Former's text), per-image and pixel rows follow their samples."""
+    adapter = adapter_for(family)
+    images = sample_images(seed=5)
+    if adapter.supports_multi_image:  # per-image rows of a sample with two images
+        images[0] = [images[0], random_image(40, 30, seed=9)]
+    n, generic = len(images), ["Write a general description of the image."] * len(images)
+    with_question = adapter.build_inputs(images, QUESTIONS)
+    for baseline, expected in (
+        ([None] * n, adapter.build_inputs(images, QUESTIONS, with_question=False)),
+        (generic, adapter.build_inputs(images, generic)),
+    ):
+        both = adapter.build_inputs(images + images, QUESTIONS + baseline)
+        rows = adapter.sample_rows(both)
+        assert_same_inputs(take_samples(both, rows, range(n)), with_question, f"a+ rows, baseline {baseline[0]}")
+        assert_same_inputs(take_samples(both, rows, range(n, 2 * n)), expected, f"a0 rows, baseline {baseline[0]}")
+
+
+def test_sample_rows_names_an_input_it_cannot_assign():
+    adapter = adapter_for("llava")
+    inputs = adapter.build_inputs(sample_images(), QUESTIONS)
+    inputs["extra_rows"] = torch.zeros(5, 2)
+    with pytest.raises(ValueError, match="'extra_rows' has 5 rows for 3 samples"):
+        adapter.sample_rows(inputs)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("baseline", ["remove", "generic"])
+def test_engine_attention_rows_equal_two_separate_builds(family, baseline):
+    """The engine's one build of the a+ and a0 prompts gives exactly the attention rows of the two
+    separate builds (the engine's inputs before issue 14's single call)."""
+    adapter = adapter_for(family)
+    config = LaserConfig.preset("laser", **{"vaq.baseline": baseline})
+    engine = LaserEngine(adapter, config)
+    images = sample_images(seed=3)
+    try:
+        with torch.no_grad():
+            got = engine._attend(images, QUESTIONS)
+            reference = adapter.build_inputs(
+                images, [config.vaq.generic_prompt] * len(images) if baseline == "generic" else QUESTIONS,
+                with_question=baseline == "generic",
+            )
+            expected = capture_attention(
+                adapter, engine.probe, adapter.build_inputs(images, QUESTIONS), reference, config.prefix_reuse
+            )
+    finally:
+        engine.probe.remove()
+    assert got.prefix_reused == expected.prefix_reused
+    assert torch.equal(got.a_plus, expected.a_plus) and torch.equal(got.a_zero, expected.a_zero)
+    assert torch.equal(got.valid, expected.valid)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -11,7 +11,7 @@ from PIL import Image
 from transformers import BatchFeature
 
 from laser.method.images import to_rgb
-from laser.method.views import fill_cells, ranked_cells
+from laser.method.views import fill_cells, ranked_cells, take_samples
 
 UNIT = (torch.full((3,), 1 / 255), torch.zeros(3))  # a processor that only rescales to [0, 1]
 WHOLE = (0.0, 0.0, 1.0, 1.0)
@@ -161,3 +161,32 @@ def test_to_rgb_converts_every_mode(mode):
 def test_to_rgb_rejects_non_images():
     with pytest.raises(TypeError, match="images\\[2\\]"):
         to_rgb("picture.png", "images[2]")
+
+
+def test_take_samples_picks_rows_and_trims_shared_padding():
+    """Rows per sample of each input; the columns padding in every chosen row are cut, left (the LM prompt)
+    and right (`qformer_` keys, under their own mask: the longest prefix wins over `attention_mask`)."""
+    mask = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1], [0, 1, 1, 1]])
+    ids = torch.arange(12).view(3, 4) * mask
+    q_mask = torch.tensor([[1, 1, 0, 0], [1, 0, 0, 0], [1, 1, 1, 0]])  # right-padded, as wide as `ids`
+    inputs = BatchFeature({
+        "input_ids": ids, "attention_mask": mask, "token_type_ids": mask * 2,
+        "qformer_input_ids": q_mask * 5, "qformer_attention_mask": q_mask,
+        "pixel_values": torch.arange(6.0).view(6, 1), "laser_image_sizes": [[(1, 1)], [(2, 2)], [(3, 3)]],
+        "shared": 7,
+    })
+    rows = {key: [1, 1, 1] for key in inputs if key not in ("pixel_values", "shared")}
+    rows["pixel_values"] = [1, 2, 3]
+    out = take_samples(inputs, rows, [2, 0])
+    assert torch.equal(out["input_ids"], torch.tensor([[0, 9, 10, 11], [0, 0, 2, 3]])[:, 1:])
+    assert torch.equal(out["attention_mask"], torch.tensor([[1, 1, 1], [0, 1, 1]]))
+    assert torch.equal(out["token_type_ids"], out["attention_mask"] * 2)
+    assert torch.equal(out["qformer_attention_mask"], torch.tensor([[1, 1, 1], [1, 1, 0]]))
+    assert torch.equal(out["qformer_input_ids"], out["qformer_attention_mask"] * 5)
+    assert out["pixel_values"].flatten().tolist() == [3.0, 4.0, 5.0, 0.0]
+    assert out["laser_image_sizes"] == [[(3, 3)], [(1, 1)]] and out["shared"] == 7
+    first_two = take_samples(inputs, rows, [0, 1])  # consecutive samples: views, nothing trimmed
+    assert first_two["pixel_values"].data_ptr() == inputs["pixel_values"].data_ptr()
+    assert first_two["input_ids"].shape == (2, 4)
+    with pytest.raises(ValueError, match="indices"):
+        take_samples(inputs, rows, [3])

@@ -24,7 +24,7 @@ from .prediction import Prediction
 from .preprocessing import ImageFeatures, ImagePreprocessor, processing_once
 from .probe import AttentionProbe
 from .scoring import OptionScores, continuation_log_probs, option_token_ids
-from .views import crop_view, diffusion_noise_inputs, fill_cells, ranked_cells, stack_streams
+from .views import crop_view, diffusion_noise_inputs, fill_cells, ranked_cells, stack_streams, take_samples
 
 
 @dataclass
@@ -289,22 +289,25 @@ class LaserEngine:
     def _attend(
         self, images: list[Image.Image], questions: list[str], tiles: list[list[PixelBox]] | None = None
     ) -> AttentionRows:
-        """a+ / a0 rows, one per tile of each image (`tiles`; one whole-image tile each by default)."""
+        """a+ / a0 rows, one per tile of each image (`tiles`; one whole-image tile each by default).
+
+        The with-question prompts and the baseline prompts (no question, or the generic prompt) of the
+        images are built in one `build_inputs` call and split back into the two batches (`take_samples`)."""
         cfg, adapter = self.config, self.adapter
         if tiles is not None:
             whole = [[(0, 0, im.width, im.height)] for im in images]
             if tiles != whole:
                 questions = [q for q, boxes in zip(questions, tiles) for _ in boxes]
                 images = [im.crop(box) for im, boxes in zip(images, tiles) for box in boxes]
-        inputs_q = adapter.build_inputs(images, questions, with_question=True)
+        n = len(images)
+        if cfg.vaq.map == "raw":
+            inputs_q, inputs_0 = adapter.build_inputs(images, questions), None
+        else:
+            baseline = [cfg.vaq.generic_prompt if cfg.vaq.baseline == "generic" else None] * n
+            both = adapter.build_inputs(images + images, questions + baseline)
+            rows = adapter.sample_rows(both)
+            inputs_q, inputs_0 = take_samples(both, rows, range(n)), take_samples(both, rows, range(n, 2 * n))
         self._check_context(inputs_q)
-        inputs_0 = None
-        if cfg.vaq.map != "raw":
-            if cfg.vaq.baseline == "generic":
-                generic = [cfg.vaq.generic_prompt] * len(images)
-                inputs_0 = adapter.build_inputs(images, generic, with_question=True)
-            else:
-                inputs_0 = adapter.build_inputs(images, questions, with_question=False)
         return capture_attention(adapter, self.probe, inputs_q, inputs_0, cfg.prefix_reuse)
 
     def static_layer(self) -> int:

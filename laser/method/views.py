@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -252,3 +253,69 @@ def stack_streams(first: BatchFeature, second: BatchFeature) -> BatchFeature:
         else:
             raise ValueError(f"stack_streams: cannot stack input {key!r} of type {type(value).__name__}")
     return BatchFeature(out)
+
+
+def trim_padding(inputs: dict) -> dict:
+    """`inputs` without the columns that are padding in every row: for each 2-D padding mask
+    (`attention_mask`, or `<p>attention_mask` such as `qformer_attention_mask`), its leading and trailing
+    columns that are 0 in every row are cut from the mask and from every tensor named `<p>...` whose first
+    two dims are the mask's (`input_ids`, `token_type_ids`, `mm_token_type_ids` ...); a tensor goes with
+    the mask of the longest prefix it matches. So left and right padding alike."""
+    suffix = "attention_mask"
+    masks = {
+        key[: -len(suffix)]: value for key, value in inputs.items()
+        if key.endswith(suffix) and isinstance(value, torch.Tensor) and value.ndim == 2
+    }
+    spans = {}
+    for prefix, mask in masks.items():
+        used = mask.bool().any(dim=0).nonzero().flatten().tolist()
+        if used and (used[0] > 0 or used[-1] < mask.shape[1] - 1):
+            spans[prefix] = (used[0], used[-1] + 1)
+    if not spans:
+        return dict(inputs)
+    out = {}
+    for key, value in inputs.items():
+        owners = [
+            p for p in masks
+            if key.startswith(p) and isinstance(value, torch.Tensor) and value.shape[:2] == masks[p].shape
+        ]
+        owner = max(owners, key=len) if owners else None
+        if owner in spans:
+            start, end = spans[owner]
+            value = value[:, start:end]
+        out[key] = value
+    return out
+
+
+def take_samples(inputs: BatchFeature, rows: dict[str, list[int]], indices: Sequence[int]) -> BatchFeature:
+    """Samples `indices` of a batch, in that order, as a batch of their own: the inverse of joining prompts
+    into one processor call (e.g. VAQ's with- and without-question prompts of the same images).
+
+    rows: how many leading rows of each input belong to each sample (`adapter.sample_rows(inputs)`); inputs
+    not listed are shared and kept whole. A run of consecutive samples is a view of `inputs`' tensors, other
+    selections a copy. Columns that are padding in every chosen row are then cut (`trim_padding`), so the
+    result equals a processor call on those samples alone wherever the processor pads only to the batch's
+    longest sequence; padding along other dims (images, tiles) stays as the whole batch had it.
+    """
+    indices = list(indices)
+    if not indices:
+        raise ValueError("take_samples: no sample indices")
+    out = {}
+    for key, value in inputs.items():
+        counts = rows.get(key)
+        if counts is None:
+            out[key] = value
+            continue
+        if any(not 0 <= i < len(counts) for i in indices):
+            raise ValueError(f"take_samples: indices {indices} outside the {len(counts)} samples of {key!r}")
+        starts = [0]
+        for count in counts:
+            starts.append(starts[-1] + count)
+        spans = [(starts[i], starts[i + 1]) for i in indices]
+        if isinstance(value, list):
+            out[key] = [item for start, end in spans for item in value[start:end]]
+        elif all(end == spans[j + 1][0] for j, (_, end) in enumerate(spans[:-1])):
+            out[key] = value[spans[0][0] : spans[-1][1]]
+        else:
+            out[key] = torch.cat([value[start:end] for start, end in spans])
+    return BatchFeature(trim_padding(out))
