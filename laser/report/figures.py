@@ -17,6 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from .runs import Run, vanilla_for  # noqa: E402
 from .tables import path_counts  # noqa: E402
@@ -134,9 +135,11 @@ def vaq_figure(runs: Sequence[Run], path: Path) -> bool:
             ax.grid(alpha=0.3)
             ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False)
             if depth > 1:
-                ax.secondary_xaxis(
+                top_axis = ax.secondary_xaxis(
                     "top", functions=(lambda v, d=depth: v * (d - 1), lambda v, d=depth: v / (d - 1))
-                ).tick_params(labelsize=8)
+                )
+                top_axis.xaxis.set_major_locator(MaxNLocator(integer=True))  # layer indices are whole
+                top_axis.tick_params(labelsize=8)
         _fitted_suptitle(
             fig, "Mean visual attention quotient per layer (band: 95% interval of the mean; dot: highest mean)"
         )
