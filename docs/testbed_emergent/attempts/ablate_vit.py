@@ -1,5 +1,7 @@
 """Throwaway ablation: the original testbed architecture (CLIP 3 layers, tokens mix) with the same LM and
-answer-only loss, to see whether *any* tower gets the image used within 600 steps."""
+answer-only loss, to see whether *any* tower gets the image used within 600 steps. It patched
+tools/train_emergent.py as of commit 12bcf08 (`git show 12bcf08:tools/train_emergent.py`); today that
+script has this variant, pre-trained and frozen, as `--tower vit`."""
 import sys
 
 sys.path.insert(0, "tools")
