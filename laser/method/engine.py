@@ -500,17 +500,26 @@ class LaserEngine:
             )
         return self.adapter.build_inputs(rows(pos), rows(qs))
 
+    def _streams(self, paths, focused, regions, localisations, questions, seeds, masked, repeats_of=None):
+        """(members, contrastive, inputs) for each decoding path that has samples: the model inputs of
+        its members (`_stream_inputs`; each member's row repeated `repeats_of(i)` times if given)."""
+        for path, members in self._path_groups(paths).items():
+            if not members:
+                continue
+            contrastive = path == "contrastive"
+            repeats = [repeats_of(i) for i in members] if repeats_of is not None else None
+            inputs = self._stream_inputs(
+                members, contrastive, focused, regions, localisations, questions, seeds, masked, repeats
+            )
+            yield members, contrastive, inputs
+
     def _decode(self, images, focused, regions, paths, localisations, questions, seeds):
         cfg = self.config
         n = len(images)
         answers: list[tuple[list[int], str] | None] = [None] * n
         masked: list[list | None] = [None] * n
         fallbacks: list[str | None] = [None] * n
-        for path, members in self._path_groups(paths).items():
-            if not members:
-                continue
-            contrastive = path == "contrastive"
-            inputs = self._stream_inputs(members, contrastive, focused, regions, localisations, questions, seeds, masked)
+        for members, contrastive, inputs in self._streams(paths, focused, regions, localisations, questions, seeds, masked):
             self._check_context(inputs, members * (2 if contrastive else 1))
             model_inputs = self.adapter.prepare_model_inputs(model_tensors(inputs))
             ids, reasons = generate(
@@ -529,14 +538,10 @@ class LaserEngine:
         scored: list[list[list[float]] | None] = [None] * n
         masked: list[list | None] = [None] * n
         fallbacks: list[str | None] = [None] * n
-        for path, members in self._path_groups(paths).items():
-            if not members:
-                continue
-            contrastive = path == "contrastive"
-            repeats = [len(continuations[i]) for i in members]
-            inputs = self._stream_inputs(
-                members, contrastive, focused, regions, localisations, questions, seeds, masked, repeats
-            )
+        streams = self._streams(
+            paths, focused, regions, localisations, questions, seeds, masked, repeats_of=lambda i: len(continuations[i])
+        )
+        for members, contrastive, inputs in streams:
             rows = [(i, ids) for i in members for ids in continuations[i]]
             owners = [i for i, _ in rows] * (2 if contrastive else 1)
             self._check_context(inputs, owners, [len(ids) for _, ids in rows] * (2 if contrastive else 1))
