@@ -1,6 +1,7 @@
 """Deterministic fine-detail scenes: coloured boxes holding large digits on a cluttered background.
 
-`make_scene(seed)` places 3-6 square boxes of mixed sizes (unique colours) on a 512 px canvas;
+`make_scene(seed)` places 3-6 square boxes of mixed sizes (unique colours, distinct digits, so the
+question decides the answer) on a 512 px canvas;
 `render_scene(scene)` draws them (grey lines + speckle behind, a thick bitmap digit inside each box);
 `make_questions(scene, rng)` asks `existence` ("Is there a green box?"), `reading` ("What digit is in
 the red box?") and `relational` ("What digit is in the box left of the blue box?") questions. Each
@@ -84,9 +85,10 @@ def make_scene(seed: int, size: int = SCENE_SIZE, n_boxes: int | None = None) ->
     rng = random.Random(seed)
     n = n_boxes if n_boxes is not None else rng.randint(3, 6)
     colors = rng.sample(COLOR_NAMES, n)
+    digits = rng.sample(range(10), n)  # distinct: two questions about two boxes have different answers
     scale = size / SCENE_SIZE
     placed: list[Box] = []
-    for color in colors:
+    for color, digit in zip(colors, digits):
         for _ in range(200):
             bucket = rng.choice(("small", "medium", "large"))
             lo, hi = SIDE_RANGES[bucket]
@@ -94,7 +96,7 @@ def make_scene(seed: int, size: int = SCENE_SIZE, n_boxes: int | None = None) ->
             x0, y0 = rng.randint(4, size - side - 4), rng.randint(4, size - side - 4)
             cand = (x0, y0, x0 + side, y0 + side)
             if not any(_overlaps(cand, b.xyxy, round(10 * scale)) for b in placed):
-                placed.append(Box(color, rng.randint(0, 9), *cand))
+                placed.append(Box(color, digit, *cand))
                 break
     return Scene(seed=seed, size=size, boxes=placed)
 

@@ -16,7 +16,7 @@ PATCH = 8
 WORDS = (
     "user assistant answer the question using a single word or phrase is there box boxes what digit in "
     "left right of above below top bottom yes no color colour with how many are where which number "
-    "image this an and it to at on side count shape square"
+    "image this an and it to at on side count shape square write general description"
 ).split()
 PUNCT = [":", ".", "?", ",", "!", "'", "-"]
 

@@ -1,5 +1,6 @@
 """Training views for the testbed model: random zoomed crops of generated scenes (and whole scenes)
-resized to the model input, one question per view, plus dense per-patch labels (digit and colour
+resized to the model input, one question per view (a reading view is often asked a second time about
+another box of the same view: the same pixels, a different answer, so only the question decides), plus dense per-patch labels (digit and colour
 under each patch centre) used as an auxiliary loss on the vision tower.
 
 `sample_views(rng, n, stage)` -> dict(pixels uint8 [n,S,S,3], questions, answers, families,
@@ -41,6 +42,8 @@ STAGES = {
 }
 FAMILY_WEIGHTS = {"reading": 0.38, "relational": 0.22, "existence": 0.14, "color": 0.1, "count": 0.06, "where": 0.1}
 PAIR_CROP = 0.25  # share of zoomed views framed around a box pair (for relational questions)
+PAIR_QUESTIONS = 0.6  # share of reading views asked a second time, about another box (a different answer)
+SMALL_VIEW_SHARE = 0.15  # share of reading targets drawn among all boxes in view, small ones included
 
 
 def _crop_for(rng: random.Random, scene: Scene, stage: dict) -> tuple[float, float, float]:
@@ -127,16 +130,35 @@ def _bucket(vbox) -> str:
     return "small" if side < 6 else ("medium" if side < 12 else "large")
 
 
+def _reading_target(rng: random.Random, inn, exclude=None):
+    """A reading target drawn independently of its size: uniform over the boxes fully in view that are
+    at least medium at the model input (SMALL_VIEW_SHARE of the time over all of them, small included:
+    a small box is not readable, and its digit is never another box's, since a scene's digits differ)."""
+    pool = [v for v in inn if v[0] is not exclude]
+    if rng.random() >= SMALL_VIEW_SHARE:
+        pool = [v for v in pool if _bucket(v[1]) != "small"] or pool
+    return rng.choice(pool) if pool else None
+
+
+def _partner(rng: random.Random, q, vboxes):
+    """A second reading question on the same view about another box (a different digit), or None."""
+    if q[0] != "reading":
+        return None
+    inn = [v for v in vboxes if v[2] == "in"]
+    first = next((v for v in inn if v[1] is q[4]), None)
+    v = _reading_target(rng, inn, exclude=first[0] if first else None)
+    if v is None:
+        return None
+    return "reading", f"What digit is in the {v[0].color} box?", str(v[0].digit), _bucket(v[1]), v[1]
+
+
 def _question(rng: random.Random, vboxes, scene: Scene):
     """(family, question, answer, size, target box in view px or None) for one view, or None when nothing is well-defined."""
     inn = [v for v in vboxes if v[2] == "in"]
     partial = [v for v in vboxes if v[2] == "partial"]
     fam = rng.choices(list(FAMILY_WEIGHTS), weights=list(FAMILY_WEIGHTS.values()))[0]
     if fam == "reading" and inn:
-        # prefer readable targets: small ones are resampled most of the time
-        v = rng.choice(inn)
-        if _bucket(v[1]) == "small" and rng.random() < 0.7:
-            v = max(inn, key=lambda t: t[1][2] - t[1][0])
+        v = _reading_target(rng, inn)
         return "reading", f"What digit is in the {v[0].color} box?", str(v[0].digit), _bucket(v[1]), v[1]
     if fam == "relational" and len(inn) >= 2:
         sub = Scene(scene.seed, scene.size, [v[0] for v in inn + partial])
@@ -168,8 +190,8 @@ def _question(rng: random.Random, vboxes, scene: Scene):
         if max(abs(dx), abs(dy)) > 0.2 * MODEL_INPUT and abs(abs(dx) - abs(dy)) > 0.1 * MODEL_INPUT:
             ans = ("right" if dx > 0 else "left") if abs(dx) > abs(dy) else ("bottom" if dy > 0 else "top")
             return "where", f"Where is the {v[0].color} box?", ans, _bucket(v[1]), v[1]
-    if inn:  # fallback: reading
-        v = max(inn, key=lambda t: t[1][2] - t[1][0])
+    if inn:  # fallback: reading, about any box (never a rule that prefers the largest)
+        v = _reading_target(rng, inn)
         return "reading", f"What digit is in the {v[0].color} box?", str(v[0].digit), _bucket(v[1]), v[1]
     return None
 
@@ -192,17 +214,21 @@ def sample_views(rng: random.Random, n: int, stage: int = 2, views_per_scene: in
             if q is None:
                 continue
             view = img.resize((MODEL_INPUT, MODEL_INPUT), Image.BICUBIC, box=(x0, y0, x0 + side, y0 + side), reducing_gap=3.0)
-            pix[i] = np.asarray(view)
             d, c = _patch_labels(vboxes)
-            for b, vb, vis in vboxes:
-                if vis == "in" and min(vb[2] - vb[0], vb[3] - vb[1]) >= READABLE_MIN:
-                    box_rows.append((i, b.digit, _patch_mask(vb)))
-            digits.append(d)
-            colors.append(c)
-            for key, val in zip(("families", "questions", "answers", "sizes"), q[:4]):
-                out[key].append(val)
-            attn_t.append(_patch_mask(q[4]))
-            i += 1
+            second = _partner(rng, q, vboxes) if rng.random() < PAIR_QUESTIONS else None
+            for qq in (q, second):
+                if qq is None or i >= n:
+                    continue
+                pix[i] = np.asarray(view)
+                for b, vb, vis in vboxes:
+                    if vis == "in" and min(vb[2] - vb[0], vb[3] - vb[1]) >= READABLE_MIN:
+                        box_rows.append((i, b.digit, _patch_mask(vb)))
+                digits.append(d)
+                colors.append(c)
+                for key, val in zip(("families", "questions", "answers", "sizes"), qq[:4]):
+                    out[key].append(val)
+                attn_t.append(_patch_mask(qq[4]))
+                i += 1
     out["pixels"] = pix
     out["digit_labels"] = np.stack(digits)
     out["color_labels"] = np.stack(colors)
