@@ -86,3 +86,80 @@ def test_run_id_comes_from_the_launcher_environment():
     assert run_id_from_environment({"LASER_RUN_ID": "x", "SLURM_JOB_ID": "42"}) == "x"
     assert run_id_from_environment({"MASTER_ADDR": "n0", "MASTER_PORT": "29500", "NODE_RANK": "1"}) == "ddp-n0:29500"
     assert run_id_from_environment({}) is None
+
+
+RACE = """
+import json, os, sys, time
+from laser.run.claim import FolderClaim, FolderClaimedError
+root, rounds, ranks = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+
+def attempt(folder, run_id):
+    try:
+        return {"owner": FolderClaim(folder, run_id).acquire().owner}
+    except FolderClaimedError as err:
+        return {"refused": str(err)}
+
+out = []
+for round_ in range(rounds):
+    folder, start, children = f"{root}/r{round_}", time.time() + 0.3, []
+    for rank in range(ranks):  # forked from one parent, so all start at once
+        read, write = os.pipe()
+        go_read, go_write = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            while time.time() < start:
+                pass
+            os.write(write, json.dumps(attempt(folder, "run-a")).encode() + b"\\n")
+            os.read(go_read, 1)  # hold the claim (alive) until the parent has tried a second run
+            os._exit(0)
+        os.close(write)
+        children.append((pid, os.fdopen(read), go_write))
+    results = [json.loads(handle.readline()) for _, handle, _ in children]
+    second = attempt(folder, "run-b")  # while run-a's ranks are alive
+    for pid, handle, go in children:
+        os.write(go, b"x")  # (a byte, not EOF: the later children hold copies of the earlier pipes)
+        os.waitpid(pid, 0)
+        os.close(go)
+        handle.close()
+    out.append({"ranks": results, "second_run": second})
+print(json.dumps(out))
+"""
+
+
+def test_many_ranks_of_one_run_racing_for_a_folder_all_join_and_a_second_run_is_refused(tmp_path):
+    result = subprocess.run([sys.executable, "-c", RACE, str(tmp_path), "20", "8"], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rounds = json.loads(result.stdout)
+    for r in rounds:
+        assert all("owner" in rank for rank in r["ranks"]), r  # no rank took its own run's claim for another's
+        assert sum(rank["owner"] for rank in r["ranks"]) == 1  # exactly one created it
+        assert "run-a" in r["second_run"]["refused"]  # another run is still refused
+
+
+def test_a_claim_being_written_is_read_once_whole_not_taken_for_another_run(tmp_path):
+    (tmp_path / CLAIM_FILE).write_text("")  # created, contents not yet written (an O_EXCL writer mid-write)
+
+    def finish():
+        time.sleep(0.3)
+        plant(tmp_path, run_id="run-a")
+
+    writer = threading.Thread(target=finish)
+    writer.start()
+    joined = FolderClaim(tmp_path, "run-a").acquire()  # waits for the contents instead of giving up
+    writer.join()
+    assert not joined.owner
+
+
+def test_a_new_claim_is_never_visible_empty(tmp_path, monkeypatch):
+    seen = []
+    real_link = os.link
+
+    def link(src, dst, *a, **k):  # the moment the claim appears, it already holds the whole record
+        real_link(src, dst, *a, **k)
+        seen.append(read_claim(tmp_path))
+
+    monkeypatch.setattr(claim_module.os, "link", link)
+    FolderClaim(tmp_path, "run-a").acquire().release()
+    assert [c.run_id for c in seen] == ["run-a"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no temporary file left behind

@@ -99,7 +99,9 @@ class VaqConfig:
 
     select: str = option("vaq", "vaq: l* = argmax VAQ[l] | fixed: adapter.default_layer (or vaq.layer)")
     layer: int | None = option(None, "the layer for select=fixed; null: the adapter's default_layer")
-    layers: list[int] | None = option(None, "candidate layers for the argmax; null: every decoder layer")
+    layers: list[int] | None = option(
+        None, "candidate layers for the argmax; null: every decoder layer but layer 0 (docs/method.md, VAQ)"
+    )
     top_heads: int = option(8, "K: VAQ[l] = mean of the top-K heads' ||c[l,h]||_2")
     map: str = option(
         "contrastive", "contrastive: relu(a+ - a0) | ratio: mean_h(a+) / mean_h(a0) (ViCrop) | raw: a+"

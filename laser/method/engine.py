@@ -23,6 +23,7 @@ from .images import to_rgb
 from .prediction import Prediction
 from .preprocessing import ImageFeatures, ImagePreprocessor, processing_once
 from .probe import AttentionProbe
+from .seeding import content_seed
 from .scoring import OptionScores, continuation_log_probs, option_token_ids
 from .views import crop_view, diffusion_noise_inputs, fill_cells, ranked_cells, stack_streams, take_samples
 
@@ -122,8 +123,10 @@ class LaserEngine:
         seeds: Sequence[int] | None = None,
         features: Sequence[ImageFeatures | None] | None = None,
     ) -> list[Prediction]:
-        """Answers for a batch; `seeds` (one per sample, default `config.seed`) drive sampling and
-        random views, so a sample's answer does not depend on its batch. `features` are the images'
+        """Answers for a batch; `seeds` (one per sample) drive sampling and random views. Without them
+        each sample's seed comes from `config.seed` and the sample itself (`seeding.content_seed`: its
+        pixels and question), so a sample's answer does not depend on its batch or its position in it,
+        and different samples get independent streams. `features` are the images'
         preprocessed features from `image_preprocessor()` (computed in DataLoader workers), if any.
 
         Every distinct image (original, crop) goes through the image processor once; the negative views
@@ -135,7 +138,7 @@ class LaserEngine:
             return []
         converted = [to_rgb(im, f"images[{i}]") for i, im in enumerate(images)]
         questions = [self._check_question(q, i) for i, q in enumerate(questions)]
-        seeds = list(seeds) if seeds is not None else [cfg.seed] * len(converted)
+        seeds = self._seeds(seeds, converted, questions)
         timer = StageTimer(self.adapter.device)
         start = timer.now()
         with self._preprocessed(images, converted, features):
@@ -182,7 +185,7 @@ class LaserEngine:
             if len(opts) < 2:
                 raise ValueError(f"options[{i}] has {len(opts)} option(s); expected at least 2")
         continuations = [option_token_ids(self.adapter.tokenizer, opts, i) for i, opts in enumerate(options)]
-        seeds = list(seeds) if seeds is not None else [cfg.seed] * len(converted)
+        seeds = self._seeds(seeds, converted, questions)
         timer = StageTimer(self.adapter.device)
         start = timer.now()
         with self._preprocessed(images, converted, features):
@@ -210,6 +213,14 @@ class LaserEngine:
                 )
             )
         return out
+
+    def _seeds(self, seeds: Sequence[int] | None, images: list[Image.Image], questions: list[str]) -> list[int]:
+        if seeds is None:
+            return [content_seed(self.config.seed, im, q) for im, q in zip(images, questions)]
+        seeds = [int(s) for s in seeds]
+        if len(seeds) != len(images):
+            raise ValueError(f"seeds: {len(seeds)} seeds for {len(images)} samples")
+        return seeds
 
     def _outcome(self, loc, path, fallback, masked_cells, per_sample) -> dict:
         """The `Prediction` fields every answer shares: layer, VAQ, box, path, timings, fallback, map."""

@@ -44,11 +44,19 @@ def layer_scores(scores: torch.Tensor, k: int) -> torch.Tensor:
     return scores.topk(k, dim=-1).values.mean(dim=-1)
 
 
+def default_candidates(num_layers: int) -> list[int]:
+    """The candidate layers when `vaq.layers` is null: every decoder layer but layer 0 (docs/method.md,
+    VAQ: at layer 0 the last prompt token's query is its own embedding and the visual keys do not depend
+    on the question, so its contrast measures RoPE distances and softmax mass, not the question); a
+    one-layer model keeps its only layer."""
+    return list(range(1, num_layers)) if num_layers > 1 else [0]
+
+
 def select_layer(vaq: torch.Tensor, candidates: list[int] | None = None) -> torch.Tensor:
-    """l* = argmax VAQ[l] over candidate layers (all when None): [batch] long."""
+    """l* = argmax VAQ[l] over candidate layers (`default_candidates` when None): [batch] long."""
     num_layers = vaq.shape[-1]
     if candidates is None:
-        return vaq.argmax(dim=-1)
+        candidates = default_candidates(num_layers)
     bad = [layer for layer in candidates if not -num_layers <= layer < num_layers]
     if bad or not candidates:
         raise ValueError(f"vaq.layers={candidates} outside the model's {num_layers} decoder layers")

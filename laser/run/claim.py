@@ -88,6 +88,21 @@ def read_claim(folder: str | Path) -> ClaimInfo | None:
         return ClaimInfo("unreadable", "?", -1, mtime, mtime, "?")
 
 
+SETTLE_SECONDS = 2.0
+"""How long a reader retries a claim it cannot read before judging it (its writer may be mid-write)."""
+
+
+def read_settled_claim(folder: str | Path, settle: float = SETTLE_SECONDS) -> ClaimInfo | None:
+    """`read_claim`, retried for up to `settle` seconds while the claim is unreadable: a claim being
+    written is never mistaken for another run's."""
+    deadline = time.monotonic() + settle
+    while True:
+        claim = read_claim(folder)
+        if claim is None or claim.run_id != "unreadable" or time.monotonic() >= deadline:
+            return claim
+        time.sleep(0.02)
+
+
 def process_alive(pid: int) -> bool:
     if pid <= 0:
         return False
@@ -137,7 +152,7 @@ class FolderClaim:
                 self.owner = True
                 self._start_heartbeat()
                 return self
-            holder = read_claim(self.folder)
+            holder = read_settled_claim(self.folder)
             if holder is None:
                 continue  # released between our attempt and the read: try again
             stale = is_stale(holder, self.stale_after)
@@ -158,6 +173,26 @@ class FolderClaim:
         return ClaimInfo(self.run_id, socket.gethostname(), os.getpid(), now, now, " ".join(sys.argv)[:500])
 
     def _try_create(self) -> bool:
+        """Create the claim whole: the JSON goes to a private file first, which is then hard-linked into
+        place (a link fails if the claim exists, so creation stays exclusive), so no reader ever sees a
+        claim without its contents. Where the file system has no hard links, O_EXCL + write (readers then
+        retry a claim that is still empty, `read_settled_claim`)."""
+        tmp = self.path.with_name(f"{CLAIM_FILE}.{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}.new")
+        with tmp.open("w", encoding="utf-8") as handle:
+            json.dump(asdict(self._info()), handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(tmp, self.path)
+        except FileExistsError:
+            return False
+        except OSError:  # no hard links here (some network file systems)
+            return self._try_create_exclusive()
+        finally:
+            tmp.unlink(missing_ok=True)
+        return True
+
+    def _try_create_exclusive(self) -> bool:
         try:
             fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:

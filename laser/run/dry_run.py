@@ -72,7 +72,9 @@ def trainer_plan(cfg: DictConfig) -> dict[str, Any]:
     """
     import lightning.pytorch as pl
 
-    kwargs = {k: v for k, v in OmegaConf.to_container(cfg.trainer).items() if v is not None}
+    from .predict import trainer_kwargs
+
+    kwargs = trainer_kwargs(cfg)
     quiet = logging.getLogger("lightning.pytorch")
     level = quiet.level
     quiet.setLevel(logging.WARNING)  # "GPU available: ..." lines

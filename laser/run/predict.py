@@ -42,10 +42,26 @@ class Launch:
     kind: str
     main: bool
     independent: bool
+    lightning_detects: bool = True
+    """False for an `srun` step Lightning takes for interactive use (`in_srun_step`): the Trainer is then
+    given the SLURM environment explicitly (`trainer_plugins`)."""
+
+
+def in_srun_step(environ: dict[str, str] | None = None) -> bool:
+    """One of several tasks of an `srun` step (`SLURM_STEP_ID`, `SLURM_PROCID`, `SLURM_NTASKS` > 1),
+    whatever the job's name. Inside an `salloc` shell SLURM names the job `bash`, which Lightning reads
+    as "interactive, not SLURM-managed"; yet `srun` started every task, so each is one rank."""
+    env = os.environ if environ is None else environ
+    try:
+        ntasks = int(env.get("SLURM_NTASKS") or 1)
+    except ValueError:
+        return False
+    return bool(env.get("SLURM_STEP_ID")) and env.get("SLURM_PROCID") is not None and ntasks > 1
 
 
 def detect_launch(num_nodes: int = 1) -> Launch:
-    """This process's `Launch`, from the same cluster environments, in the same order, as Lightning."""
+    """This process's `Launch`, from the same cluster environments, in the same order, as Lightning; the
+    tasks of an `srun` step are SLURM-managed even where Lightning would not say so (`in_srun_step`)."""
     from lightning.fabric.plugins.environments import (
         LightningEnvironment,
         LSFEnvironment,
@@ -60,12 +76,34 @@ def detect_launch(num_nodes: int = 1) -> Launch:
         ("lsf", LSFEnvironment),
         ("mpi", MPIEnvironment),
     ):
-        if environment.detect():
+        detected = environment.detect()
+        if not detected and kind == "slurm" and in_srun_step():
+            return Launch("slurm", int(os.environ["SLURM_PROCID"]) == 0, True, lightning_detects=False)
+        if detected:
             env = environment()
             return Launch(kind, env.global_rank() == 0, env.world_size() > 1)
     env = LightningEnvironment()  # Lightning's launcher gives its workers LOCAL_RANK > 0
     main = env.local_rank() == 0 and env.node_rank() == 0
     return Launch("lightning", main, num_nodes > 1 or env.node_rank() > 0)
+
+
+def trainer_kwargs(cfg: DictConfig, launch: Launch | None = None) -> dict[str, Any]:
+    """The `trainer.*` keys that are set, plus the cluster environment of `trainer_plugins`."""
+    kwargs = {k: v for k, v in OmegaConf.to_container(cfg.trainer).items() if v is not None}
+    plugins = trainer_plugins(launch or detect_launch(int(cfg.trainer.get("num_nodes") or 1)))
+    if plugins:
+        kwargs["plugins"] = [*(kwargs.get("plugins") or []), *plugins]
+    return kwargs
+
+
+def trainer_plugins(launch: Launch) -> list[Any]:
+    """The cluster environment the Trainer must be given: SLURM's for an `srun` step Lightning does not
+    detect by itself (each task is a rank; without it every task would launch its own workers)."""
+    if launch.kind == "slurm" and not launch.lightning_detects:
+        from lightning.fabric.plugins.environments import SLURMEnvironment
+
+        return [SLURMEnvironment()]
+    return []
 
 
 def is_launcher_rank() -> bool:
@@ -202,9 +240,8 @@ def _run(cfg: DictConfig, output_dir: Path, mode: str, launch: Launch, watch: An
             seed=int(cfg.seed),
             load=model_load_kwargs(cfg),
         )
-        trainer_cfg = OmegaConf.to_container(cfg.trainer)
         trainer = pl.Trainer(
-            **{k: v for k, v in trainer_cfg.items() if v is not None},
+            **trainer_kwargs(cfg, launch),
             callbacks=[SettledOutput(done), PredictionWriter(output_dir), StopWhenPreempted(watch)],
             logger=False,
             enable_checkpointing=False,
