@@ -406,3 +406,62 @@ def test_static_layer_is_rescaled_to_the_reference_depth(llava_adapter, monkeypa
     assert engine.static_layer() == 1
     qwen = tiny_adapter("qwen2_vl")  # Qwen2-VL: layer 12 of 28
     assert LaserEngine(qwen, LaserConfig.preset("vicrop")).static_layer() == round(12 / 28 * qwen.num_layers)
+
+
+def _tied_maps() -> dict[str, np.ndarray]:
+    """24 x 24 maps where several windows hold exactly the same mass."""
+    rng = np.random.default_rng(5)
+    maps = {"flat": np.ones((24, 24))}
+    for r, c in ((0, 0), (11, 12), (23, 5)):
+        one_hot = np.zeros((24, 24))
+        one_hot[r, c] = 1.0
+        maps[f"one-hot {r},{c}"] = one_hot
+    for k in range(3):
+        maps[f"integers {k}"] = rng.integers(0, 3, (24, 24)).astype(float)
+    twins = np.zeros((24, 24))
+    twins[3:6, 3:6] = twins[15:18, 15:18] = 1.0
+    maps["twin blobs"] = twins
+    return maps
+
+
+@pytest.fixture
+def tied_rows(monkeypatch):
+    """The engine's attention passes replaced by rows whose ViCrop map is `tied_rows["map"]` exactly:
+    a+ = the map normalised, the same in every head and layer; a0 flat."""
+    import laser.method.engine as engine_module
+    from laser.method.attention import AttentionRows, pad_positions
+
+    chosen: dict[str, np.ndarray] = {}
+
+    def capture(adapter, probe, inputs_q, inputs_0, prefix_reuse=True):
+        layouts = [adapter.visual_layout(inputs_q, i) for i in range(len(inputs_q["input_ids"]))]
+        _, valid = pad_positions(layouts)
+        shape = (len(layouts), adapter.num_layers, adapter.num_heads, valid.shape[1])
+        values = torch.from_numpy(chosen["map"].reshape(-1)).float()
+        a_plus = (values / values.sum()).expand(shape).clone()
+        a_zero = torch.full(shape, 1.0 / shape[-1])
+        return AttentionRows(a_plus, a_zero, valid, layouts, prefix_reused=False)
+
+    monkeypatch.setattr(engine_module, "capture_attention", capture)
+    return chosen
+
+
+def test_vicrop_box_on_tied_maps_follows_vicrop_first_in_order_rule(llava_adapter, tied_rows):
+    whole = LaserEngine(llava_adapter, LaserConfig.preset("vicrop", **{"crop.geometry": "whole"}))
+    kept = LaserEngine(llava_adapter, LaserConfig.preset("vicrop"))
+    checked = 0
+    for name, cells in _tied_maps().items():
+        tied_rows["map"] = cells
+        values = torch.from_numpy(cells).float()  # mean_h(a+) / mean_h(a0), in the rows' float32
+        ratio = ((values / values.sum()) / torch.tensor(1.0 / cells.size)).double().numpy()
+        for size in ((700, 500), (900, 560), (1000, 1000), (640, 480), (1300, 700)):
+            pred = whole.answer(random_image(*size, seed=1), "Is there a red box ?")
+            assert tuple(pred.box) == reference_box(ratio, size, 336), (name, size)
+            checked += 1
+        # the processor keeps the centre 336 x 336 of a 2:1 image: cells 12..35 of a 48-wide grid
+        grid = np.zeros((24, 48))
+        grid[:, 12:36] = ratio
+        pred = kept.answer(random_image(672, 336, seed=1), "Is there a red box ?")
+        assert tuple(pred.box) == reference_box(grid, (672, 336), 336), (name, "processor")
+        checked += 1
+    assert checked == 48

@@ -96,13 +96,20 @@ def placed_layout(layout: VisualLayout, region: Box = (0.0, 0.0, 1.0, 1.0), stre
     return VisualLayout(segments, layout.image_sizes)
 
 
+WEIGHT_GRID = 2.0**32
+"""Cell weights of `cell_masses` are rounded to multiples of 1 / WEIGHT_GRID."""
+
+
 def _overlaps(lo: float, hi: float, cells: int, bins: int) -> torch.Tensor:
     """[cells, bins]: the share of each of `cells` equal cells spanning [lo, hi] that falls in each of
     `bins` equal bins of [0, 1] (parts outside [0, 1] fall in none)."""
     src = lo + (hi - lo) * torch.arange(cells + 1, dtype=torch.float64) / cells
     dst = torch.arange(bins + 1, dtype=torch.float64) / bins
     inside = torch.minimum(src[1:, None], dst[None, 1:]) - torch.maximum(src[:-1, None], dst[None, :-1])
-    return inside.clamp(min=0) / ((hi - lo) / cells)
+    share = inside.clamp(min=0) / ((hi - lo) / cells)
+    # on the dyadic grid 2^-32: a share that is 1 (or 1/2, ...) up to float rounding becomes exactly that,
+    # so windows of equal mass tie exactly and ViCrop's first-in-order rule picks the same one as its code
+    return torch.round(share * WEIGHT_GRID) / WEIGHT_GRID
 
 
 def cell_masses(
