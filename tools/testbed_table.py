@@ -13,7 +13,7 @@ given against it.
 Writes `results.md` (per split: accuracy per family and size bucket with 95% bootstrap intervals,
 paired differences to vanilla and to the best static layer, the chosen layer per family with its hit
 rate, mean VAQ per layer per family, the share of crops that contain the target per method and per
-chosen layer), `results.json`, one run folder per method (`runs/<method>/`, or `seed<S>/runs/<method>/`
+chosen layer, and the question-use figures of `laser.testbed.question_use`), `results.json`, one run folder per method (`runs/<method>/`, or `seed<S>/runs/<method>/`
 with several splits; readable by `laser evaluate` and `laser compare`), `layer_profile.png` (mean VAQ
 per layer per question family) and `chosen_layers.png` (histogram of l* per family).
 """
@@ -46,6 +46,7 @@ from laser.testbed.benchmark import (  # noqa: E402
     results_table,
     run_methods,
 )
+from laser.testbed.question_use import layer_crop_hits, question_records, question_use, question_use_lines  # noqa: E402
 from laser.testbed.split import materialize_split  # noqa: E402
 
 METHODS = ["vanilla", "oracle", "oracle_tight", "vicrop", "vcd", "vcd_greedy", "laser", "laser_full", "laser_static"]
@@ -259,6 +260,17 @@ def main() -> None:
             report += ["### Where VAQ looks (`laser`)", "", layer_tables(results["laser"], adapter.num_layers), ""]
             layer_figures(results["laser"], adapter.num_layers, folder, label)
         report += ["### Crops that contain the target", "", containment_table(results), ""]
+        questions = question_records(records)
+        use = question_use(adapter, questions, root)
+        crops = layer_crop_hits(adapter, questions, root, range(adapter.num_layers))
+        report += ["### Does the model read the question?", "",
+                   f"One reading question per box of every scene ({len(questions.records)}), vanilla decoding; "
+                   f"{len(questions.pairs)} pairs of questions about two medium/large boxes of one scene (different "
+                   "digits). Per layer: how often the crop of `laser_static` at that layer holds the asked box's "
+                   "centre, and how often the crop made for the pair's other question holds it.", "",
+                   *question_use_lines(use, crops), ""]
+        summary.setdefault("question_use", {})[seed] = {k: v for k, v in use.items() if k != "answers"} | {
+            "layer_crops": crops}
         for method, rows in results.items():
             write_run(folder / "runs" / method, method, records, rows, model_ref, root, configs.get(method))
         summary["splits"][seed] = results
