@@ -56,3 +56,26 @@ def test_explicit_seeds_must_match_the_batch(llava_adapter, five_samples):
     engine = LaserEngine(llava_adapter, LaserConfig.preset("vanilla"))
     with pytest.raises(ValueError, match="1 seeds for 2 samples"):
         engine.answer_batch(images[:2], questions[:2], seeds=[1])
+
+
+def test_laser_predict_seeds_follow_the_sample_id_whatever_the_rank(monkeypatch):
+    from laser.method.prediction import Prediction
+    from laser.run.lightning import LaserModule
+    from laser.run.loading import sample_seed
+
+    seen = []
+
+    class Recorder:  # a stand-in engine: records the seeds it is given
+        config = LaserConfig.preset("vanilla")
+
+        def answer_batch(self, images, questions, seeds=None, features=None):
+            seen.append(list(seeds))
+            return [Prediction(answer="x", path="vanilla") for _ in images]
+
+    batch = [{"sample_id": sid, "image": random_image(32, 32, seed=i), "question": "What is it ?", "answers": ["x"]}
+             for i, sid in enumerate(("a", "b"))]
+    for rank in (0, 3):
+        module = LaserModule(model="unused", method="vanilla", seed=5, engine=Recorder())
+        monkeypatch.setattr(LaserModule, "global_rank", property(lambda self, rank=rank: rank))
+        module.predict_step(batch)
+    assert seen == [[sample_seed(5, "a"), sample_seed(5, "b")]] * 2

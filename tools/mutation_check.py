@@ -93,7 +93,7 @@ MUTANTS = (
     Mutant("per-rank-seeds", "sample seeds depend on the rank", "laser/run/lightning.py",
            'seeds = [sample_seed(self.seed, s["sample_id"]) for s in group]',
            'seeds = [sample_seed(self.seed + self.global_rank + 1, s["sample_id"]) for s in group]',
-           ("tests/test_batch_contract.py", "tests/test_devices.py")),
+           ("tests/test_seeding.py",)),
     Mutant("salloc-interactive", "srun steps inside salloc not seen as SLURM-managed", "laser/run/predict.py",
            'return bool(env.get("SLURM_STEP_ID")) and env.get("SLURM_PROCID") is not None and ntasks > 1',
            "return False", ("tests/test_cluster.py::test_detect_launch_follows_lightning_cluster_environments",)),

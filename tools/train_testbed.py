@@ -9,7 +9,8 @@ torch version give the same model on the same hardware (one thread), and a run r
 (model, optimiser, step, best score and both RNG states) continues where it stopped.
 
 Views: random zooms of generated scenes (curriculum: stage 0 one or two big boxes, stage 1 a few
-boxes, stage 2 the eval distribution). Loss: answer tokens only, plus an auxiliary per-patch
+boxes, stage 2 the eval distribution, alternating with stage "q", the same scenes framed so the question
+decides). Loss: answer tokens only, plus an auxiliary per-patch
 digit / colour loss on the vision tower (heads not exported), plus an attention loss: heads
 `--attn-heads` (default 0,1) of LM layers `--attn-layers` (default 1,2) attend from the last prompt token to the
 target box. Every `--eval-every` steps the model is scored (first-token accuracy on 240 questions of the
@@ -52,9 +53,14 @@ from laser.testbed.scenes import COLOR_NAMES  # noqa: E402
 from laser.testbed.split import load_split  # noqa: E402
 
 
-def stage_for(progress: float) -> int | str:
-    """Curriculum stage at `progress` = step / steps."""
-    return "a1" if progress < 0.08 else (1 if progress < 0.25 else 2)
+CURRICULUM_LATE = (2, "q")
+"""After the first quarter: the evaluation distribution and its question-deciding framing, alternately."""
+
+
+def stage_for(step: int, steps: int) -> int | str:
+    """Curriculum stage at `step` of `steps`."""
+    progress = step / steps
+    return "a1" if progress < 0.08 else (1 if progress < 0.25 else CURRICULUM_LATE[step % 2])
 
 
 class Batcher(AnswerBatcher):
@@ -126,6 +132,28 @@ def attention_loss(attentions, ids, labels, targets, image_token_id, layers=(1, 
     return total / len(layers)
 
 
+NAMING_WORDS = (*COLOR_NAMES, *(str(d) for d in range(10)), "left", "right", "above", "below")
+"""Question words that name the evidence: colours, digits, relations (`question_attention_loss`)."""
+
+
+def question_attention_loss(attentions, ids, labels, naming_ids, layers=(0,), heads=(0, 1)):
+    """-log(attention mass of the last prompt token on the question's naming words), for chosen
+    layers/heads: the last token reads which box is asked about before later layers look for it."""
+    first = (labels != -100).float().argmax(1) - 1  # last prompt position
+    naming = torch.isin(ids, naming_ids) & (labels == -100)  # naming words of the prompt (not the answer)
+    positions = torch.arange(ids.size(1))[None, :]
+    naming &= positions < first[:, None]
+    sup = naming.any(1)
+    if not sup.any():
+        return torch.zeros(())
+    total = 0.0
+    for layer in layers:
+        rows = attentions[layer][torch.arange(ids.size(0)), :, first][:, list(heads)]  # [B, h, L]
+        mass = (rows * naming[:, None, :]).sum(-1)
+        total = total - torch.log(mass[sup] + 1e-4).mean()
+    return total / len(layers)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--run", default=str(ROOT / "testbed_work/run1"))
@@ -138,6 +166,10 @@ def main():
     ap.add_argument("--attn-aux", type=float, default=0.3)
     ap.add_argument("--attn-layers", default="1,2", help="LM layers whose heads the attention loss supervises")
     ap.add_argument("--attn-heads", default="0,1", help="heads (in each supervised layer) the attention loss supervises")
+    ap.add_argument("--question-attn", type=float, default=0.0,
+                    help="weight of the question-attention loss: the last prompt token attends to the words naming the box")
+    ap.add_argument("--question-attn-layers", default="0", help="LM layers that loss supervises")
+    ap.add_argument("--question-attn-heads", default="2,3", help="heads (in each of those layers) it supervises")
     ap.add_argument("--init", default="", help="start a new run from this checkpoint's model/heads")
     ap.add_argument("--freeze-vision", action="store_true")
     ap.add_argument("--families", default="", help='JSON family weights, e.g. {"reading": 0.6, ...}')
@@ -208,6 +240,9 @@ def main():
     held = [r for r in eval_recs if int(r["meta"]["scene_seed"]) % 2 == 1][:240]
     img_root = ROOT / "laser/assets/testbed"
 
+    naming_ids = torch.tensor(tok.convert_tokens_to_ids(list(NAMING_WORDS)))
+    q_layers = tuple(int(x) for x in a.question_attn_layers.split(","))
+    q_heads = tuple(int(x) for x in a.question_attn_heads.split(","))
     attn_layers = tuple(int(x) for x in a.attn_layers.split(","))
     attn_heads = tuple(int(x) for x in a.attn_heads.split(","))
     cycle = [int(x) if x.isdigit() else x for x in a.stages.split(",")] if a.stages else None
@@ -242,13 +277,14 @@ def main():
     agg = defaultdict(float)
     t0 = time.time()
     while step < a.steps:
-        stage = cycle[step % len(cycle)] if cycle else stage_for(step / a.steps)
+        stage = cycle[step % len(cycle)] if cycle else stage_for(step, a.steps)
         d = sample_views(rng, a.batch, stage)
         t_data = time.time()
         ids, mask, labels, px, dl, cl, at = batcher(d)
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
-        out = model(input_ids=ids, attention_mask=mask, pixel_values=px, output_attentions=a.attn_aux > 0)
+        out = model(input_ids=ids, attention_mask=mask, pixel_values=px,
+                    output_attentions=a.attn_aux > 0 or a.question_attn > 0)
         logits = out.logits[:, :-1]
         lm = F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels[:, 1:].reshape(-1), ignore_index=-100)
         h = captured["h"][:, 1:]
@@ -256,7 +292,9 @@ def main():
         w = a.aux if step < 0.7 * a.steps else a.aux * 0.3
         att_l = attention_loss(out.attentions, ids, labels, at, model.config.image_token_id,
                                                  layers=attn_layers, heads=attn_heads) if a.attn_aux > 0 else torch.zeros(())
-        loss = lm + w * aux + a.attn_aux * att_l
+        q_l = question_attention_loss(out.attentions, ids, labels, naming_ids, q_layers, q_heads) \
+            if a.question_attn > 0 else torch.zeros(())
+        loss = lm + w * aux + a.attn_aux * att_l + a.question_attn * q_l
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -272,6 +310,7 @@ def main():
         agg["lm"] += lm.item()
         agg["aux"] += aux.item()
         agg["att"] += float(att_l)
+        agg["qatt"] += float(q_l)
         agg["data_s"] += t_data - t0
         agg["step_s"] += time.time() - t0
         agg["n"] += 1
@@ -281,7 +320,7 @@ def main():
             n = agg["n"]
             accs = " ".join(f"{k[4:]}={agg[k] / agg['n_' + k[4:]]:.2f}" for k in sorted(agg) if k.startswith("acc_"))
             log(f"step {step}/{a.steps} stage {stage} lr {lr_at(step):.2e} lm {agg['lm'] / n:.3f} aux {agg['aux'] / n:.3f} "
-                f"att {agg['att'] / n:.3f} train[{accs}] {agg['step_s'] / n:.2f}s/step (data {agg['data_s'] / n:.2f})")
+                f"att {agg['att'] / n:.3f} qatt {agg['qatt'] / n:.3f} train[{accs}] {agg['step_s'] / n:.2f}s/step (data {agg['data_s'] / n:.2f})")
             agg.clear()
         if step % a.eval_every == 0:
             evaluate_and_maybe_keep()

@@ -6,7 +6,8 @@ under each patch centre) used as an auxiliary loss on the vision tower.
 `sample_views(rng, n, stage)` -> dict(pixels uint8 [n,S,S,3], questions, answers, families,
 sizes, digit_labels [n,g*g], color_labels [n,g*g], attn_targets [n,g*g] float masks,
 box_view/box_digit/box_mask: one row per readable box for a box-pooled digit loss). Stage 0: one or two big boxes, stage 1: a few
-boxes, stage 2: the evaluation distribution (3-6 boxes, zoom 1x-10x, whole scenes).
+boxes, stage 2: the evaluation distribution (3-6 boxes, zoom 1x-10x, whole scenes), stage "q": the same
+scenes framed so that several readable boxes are in view, every reading view asked about two of them.
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ STAGES = {
     0: dict(boxes=(1, 3), zoom=(2.0, 4.5), full=0.0),
     1: dict(boxes=(2, 4), zoom=(1.7, 6.0), full=0.15),
     2: dict(boxes=(3, 6), zoom=(1.5, 10.0), full=0.25),
+    # the evaluation scenes framed so the question decides: whole scenes and crops around box pairs
+    # (several readable boxes in view), every reading view asked about two boxes; the language model's stage
+    "q": dict(boxes=(3, 6), zoom=(1.5, 10.0), full=0.4, pair=0.6, pairs=1.0),
     # grid-aligned warm-up for the ViT: a box spans exactly k x k patches, shifted by up to `jitter` px
     "a0": dict(boxes=(1, 3), aligned=(2, 3, 4), jitter=0, full=0.0, zoom=(2.0, 4.5)),
     "a1": dict(boxes=(2, 5), aligned=(2, 3, 4), jitter=4, full=0.0, zoom=(2.0, 4.5)),
@@ -63,7 +67,7 @@ def _crop_for(rng: random.Random, scene: Scene, stage: dict) -> tuple[float, flo
             if 0 <= x0 <= s - side and 0 <= y0 <= s - side:
                 return x0, y0, side
     lo, hi = stage["zoom"]
-    if len(scene.boxes) >= 2 and rng.random() < PAIR_CROP:
+    if len(scene.boxes) >= 2 and rng.random() < stage.get("pair", PAIR_CROP):
         a, b = rng.sample(scene.boxes, 2)
         ux0, uy0, ux1, uy1 = min(a.x0, b.x0), min(a.y0, b.y0), max(a.x1, b.x1), max(a.y1, b.y1)
         side = min(float(s), max(ux1 - ux0, uy1 - uy0) * rng.uniform(1.05, 2.0))
@@ -215,7 +219,7 @@ def sample_views(rng: random.Random, n: int, stage: int = 2, views_per_scene: in
                 continue
             view = img.resize((MODEL_INPUT, MODEL_INPUT), Image.BICUBIC, box=(x0, y0, x0 + side, y0 + side), reducing_gap=3.0)
             d, c = _patch_labels(vboxes)
-            second = _partner(rng, q, vboxes) if rng.random() < PAIR_QUESTIONS else None
+            second = _partner(rng, q, vboxes) if rng.random() < st.get("pairs", PAIR_QUESTIONS) else None
             for qq in (q, second):
                 if qq is None or i >= n:
                     continue
