@@ -31,6 +31,19 @@ def test_vocabulary_covers_split_and_prompts():
     assert answer_ids(tok, "7")[-1] == tok.eos_token_id and len(answer_ids(tok, "7")) == 2
 
 
+def test_shipped_tokenizers_know_vicrops_generic_prompt():
+    from transformers import AutoTokenizer
+
+    from laser.method.config import LaserConfig
+    from laser.paths import assets_dir
+
+    generic = LaserConfig.preset("vicrop").vaq.generic_prompt
+    for model in ("testbed", "testbed_emergent"):
+        tok = AutoTokenizer.from_pretrained(assets_dir() / model / "model")
+        ids = tok(prompt(generic))["input_ids"]
+        assert tok.unk_token_id not in ids, (model, tok.convert_ids_to_tokens(ids))
+
+
 def test_processor_expands_image_token():
     tok = build_tokenizer()
     proc = build_processor(tok)

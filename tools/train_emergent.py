@@ -13,7 +13,8 @@ Two stages (the default `--tower vit`, the shipped checkpoint):
    3-layer CLIP ViT learns per-patch colour and box-pooled digit labels of generated views — a
    pre-trained backbone, trained without the language model and without any question. It is then
    frozen.
-2. The projector and an 8-layer Llama from scratch, on cross-entropy of the answer tokens only: no
+2. The projector and an 8-layer Llama from scratch, on cross-entropy of the answer tokens (and, with
+   weight `--prompt-loss`, the next-token loss on the prompt's text, the question included): no
    attention loss and no label of where to look. The image comes before the question, so the visual
    tokens are computed without the question; only the question / answer positions can pick the box the
    question names, by attending to it.
@@ -163,13 +164,14 @@ TOWER = "patch"  # set by --tower
 
 
 def stage_at(step: int, total: int):
-    """Curriculum by step: stage 0 alone, then 0/1/2 mixed, then mostly the evaluation distribution."""
+    """Curriculum by step: stage 0 alone, then 0/1/q mixed, then mostly the evaluation scenes framed so
+    that the question decides (stage "q") and the evaluation distribution (stage 2)."""
     p = step / total
     if p < 0.12:
         return 0
     if p < 0.3:
-        return (0, 1, 2)[step % 3]
-    return (1, 2, 2, 2)[step % 4]
+        return (0, 1, "q")[step % 3]
+    return (1, "q", 2, "q")[step % 4]
 
 
 def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
@@ -191,7 +193,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", default=str(ROOT / "testbed_work/emergent"))
     ap.add_argument("--export", default=str(EXPORT))
-    ap.add_argument("--steps", type=int, default=4000)
+    ap.add_argument("--steps", type=int, default=5000)
     ap.add_argument("--batch", type=int, default=24)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--warmup", type=int, default=150)
@@ -204,6 +206,8 @@ def main() -> None:
     ap.add_argument("--eval-every", type=int, default=600)
     ap.add_argument("--eval-n", type=int, default=240, help="dev questions scored at each eval")
     ap.add_argument("--log-every", type=int, default=25)
+    ap.add_argument("--prompt-loss", type=float, default=0.5,
+                    help="weight of the next-token loss on the prompt's text (the question included)")
     ap.add_argument("--tower", choices=sorted(BUILDERS), default="vit",
                     help="patch: per-patch tokens, trained with the LM; vit: pre-trained (--vision-steps) then frozen")
     ap.add_argument("--vision-steps", type=int, default=3000, help="tower pre-training steps (--tower vit)")
@@ -292,6 +296,10 @@ def main() -> None:
             g["lr"] = lr_at(step, a.steps, a.lr, a.warmup)
         logits = model(input_ids=ids, attention_mask=mask, pixel_values=px).logits[:, :-1]
         loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels[:, 1:].reshape(-1), ignore_index=-100)
+        if a.prompt_loss > 0:  # the prompt's text tokens (not image, padding or answer) as next-token targets
+            text = ids.masked_fill((labels != -100) | (mask == 0) | (ids == model.config.image_token_id), -100)
+            loss = loss + a.prompt_loss * F.cross_entropy(
+                logits.reshape(-1, logits.size(-1)), text[:, 1:].reshape(-1), ignore_index=-100)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
