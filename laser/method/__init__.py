@@ -2,7 +2,7 @@
 
 1. `probe` — the attention probe: last-row softmax attention over visual tokens, without eager attention;
 2. `attention` — the two attention passes (with and without the question, prefix KV reused);
-3. `vaq` — visual attention quotient per layer and the chosen layer l*;
+3. `vaq` — VAQ (Visual Activation by Query) per layer and the chosen layer l*;
 4. `canvas` — the localisation map painted onto the image plane through the adapter's layout;
 5. `crop` — where to zoom (Con-ViCrop window; ViCrop's multi-scale windows);
 6. `views` — the focused view and the negative (counterfactual / noise) views;

@@ -141,7 +141,7 @@ def vaq_figure(runs: Sequence[Run], path: Path) -> bool:
                 top_axis.xaxis.set_major_locator(MaxNLocator(integer=True))  # layer indices are whole
                 top_axis.tick_params(labelsize=8)
         _fitted_suptitle(
-            fig, "Mean visual attention quotient per layer (band: 95% interval of the mean; dot: highest mean)"
+            fig, "Mean VAQ (visual activation by query) per layer (band: 95% interval of the mean; dot: highest mean)"
         )
         fig.tight_layout()
         _save(fig, path)

@@ -266,7 +266,7 @@ def _vaq_panel(ax, prediction: Any, num_layers: int, gate_depth: float | None) -
     ax.set_xticks(layers if len(vaq) <= 40 else layers[:: max(1, len(vaq) // 20)])
     ax.set_xlabel(f"decoder layer l  (L = {num_layers})")
     ax.set_ylabel("VAQ[l]")
-    ax.set_title("Visual attention quotient per layer")
+    ax.set_title("VAQ (visual activation by query) per layer")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(handles=handles, loc="upper left", frameon=False, fontsize=9)
 
