@@ -17,7 +17,6 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 from run_fixtures import predict_args, records_by_id, save_tiny_llava, write_dataset
@@ -82,18 +81,40 @@ print(json.dumps(codes))
 """
 
 MARK_TRAINER = """
-import sys
+import os, sys
+from pathlib import Path
 import lightning.pytorch as pl
+import laser.run.predict as predict
 
-real = pl.Trainer.__init__
+log, folder, rank = sys.argv[1], os.path.realpath(sys.argv[2]), os.environ["RANK"]
 
-def marked(self, *args, **kwargs):  # tells the test this process got as far as the Trainer
-    open(sys.argv[1], "w").close()
-    real(self, *args, **kwargs)
+def note(*words):  # one line per event, appended in the order the two processes do them
+    with open(log, "a") as f:
+        f.write(" ".join(words) + "\\n")
 
-pl.Trainer.__init__ = marked
+def watched(real):  # who lists the output folder
+    def listing(path=".", *args, **kwargs):
+        if isinstance(path, (str, os.PathLike)) and os.path.realpath(path) == folder:
+            note("list", rank)
+        return real(path, *args, **kwargs)
+    return listing
+
+os.listdir, os.scandir = watched(os.listdir), watched(os.scandir)
+Path.iterdir, Path.glob, Path.rglob = watched(Path.iterdir), watched(Path.glob), watched(Path.rglob)
+real_settle, real_init = predict.settle_output, pl.Trainer.__init__
+
+def settle(*args, **kwargs):  # when this rank is done with settling (rank 0) or checking (the others)
+    action = real_settle(*args, **kwargs)
+    note("settled", rank, action)
+    return action
+
+def marked(self, *args, **kwargs):  # this process got as far as the Trainer
+    note("trainer", rank)
+    real_init(self, *args, **kwargs)
+
+predict.settle_output, pl.Trainer.__init__ = settle, marked
 from laser.run.cli import main
-sys.exit(main(["predict", *sys.argv[2:]]))
+sys.exit(main(["predict", *sys.argv[3:]]))
 """
 
 
@@ -150,7 +171,7 @@ def test_eight_srun_tasks_one_settles_the_folder_and_none_crashes(data, tmp_path
 
 def test_ddp_overwrite_started_by_torchrun_writes_each_sample_once(data, tmp_path):
     root, model, annotations = data
-    out = tmp_path / "run"
+    out, log = tmp_path / "run", tmp_path / "events.txt"
     out.mkdir()
     stale = [{"sample_id": f"s{i:03d}", "prediction": "stale", "error": None} for i in range(4)]
     (out / "predictions.rank0.jsonl").write_text("".join(json.dumps(r) + "\n" for r in stale))
@@ -160,29 +181,44 @@ def test_ddp_overwrite_started_by_torchrun_writes_each_sample_once(data, tmp_pat
     )
     port = str(_free_port())
 
-    def start(rank: int, mark: Path) -> subprocess.Popen:
+    def start(rank: int) -> subprocess.Popen:
         env = _clean_env(
             TORCHELASTIC_RUN_ID="laser-test", RANK=str(rank), LOCAL_RANK=str(rank), GROUP_RANK="0",
             WORLD_SIZE="2", LOCAL_WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=port,
         )
-        return subprocess.Popen(
-            [sys.executable, "-c", MARK_TRAINER, str(mark), *args],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        )
+        with (tmp_path / f"rank{rank}.err").open("w") as err:  # a file: no pipe to fill while we wait
+            return subprocess.Popen([sys.executable, "-c", MARK_TRAINER, str(log), str(out), *args],
+                                    env=env, stdout=subprocess.DEVNULL, stderr=err)
 
-    first = start(1, tmp_path / "rank1_at_trainer")
-    deadline = time.monotonic() + 180
-    while first.poll() is None and not (tmp_path / "rank1_at_trainer").exists() and time.monotonic() < deadline:
-        time.sleep(0.2)  # rank 1 has read what it reads before the Trainer (or has given up)
-    second = start(0, tmp_path / "rank0_at_trainer")
+    def events() -> list[list[str]]:
+        return [line.split() for line in log.read_text().splitlines()] if log.exists() else []
+
+    def errors() -> str:
+        files = [tmp_path / f"rank{rank}.err" for rank in (1, 0)]
+        return "\n".join(f"{f.name}: {f.read_text()[-1500:]}" for f in files if f.exists())
+
+    first = start(1)
+    second = None
     try:
+        deadline = time.monotonic() + 300  # a bound on start-up, not a timing window: the test fails past it
+        while ["trainer", "1"] not in events() and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        # rank 1 is at the Trainer, waiting there for rank 0, which has not started yet
+        assert ["trainer", "1"] in events(), f"rank 1 never reached the Trainer:\n{errors()}"
+        assert first.poll() is None, f"rank 1 ended without rank 0:\n{errors()}"
+        second = start(0)
         codes = [first.wait(timeout=300), second.wait(timeout=300)]
     finally:
         for p in (first, second):
-            if p.poll() is None:
+            if p is not None and p.poll() is None:
                 p.kill()
-    errors = [p.stderr.read()[-1500:] for p in (first, second)]
-    assert codes == [0, 0], errors
+                p.wait()
+    assert codes == [0, 0], errors()
+    lines = events()
+    assert lines.count(["settled", "0", "overwritten"]) == 1, lines  # rank 0 deleted the old predictions
+    settled = lines.index(["settled", "0", "overwritten"])
+    assert lines.index(["trainer", "1"]) < lines.index(["trainer", "0"]) and lines.index(["trainer", "1"]) < settled
+    assert ["list", "1"] not in lines[:settled], lines  # rank 1 did not look into the folder before it was settled
     records = records_by_id(out)  # asserts each sample_id appears once
     assert sorted(records) == [f"s{i:03d}" for i in range(4)]
     assert all(r["prediction"] != "stale" and r["path"] == "direct" for r in records.values())

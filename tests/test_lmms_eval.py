@@ -16,7 +16,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -159,26 +158,52 @@ def test_two_processes_at_batch_4_answer_like_laser_predict(reference, two_proce
         assert records[sample_id]["question"] == expected["question"]  # the task's instruction was removed
 
 
+KILLED_AFTER = 2
+"""The killed run dies right after its 2nd answer is fsynced, of N_DOCS (8) at batch size 1."""
+
+KILL_AFTER_APPEND = """
+import sys
+from laser.run import writer
+
+real, appends = writer.RecordFile.append, 0
+
+def append(self, records):  # the test-only kill point of `laser predict` (writer.KILL_AFTER_BATCH_ENV),
+    global appends          # after each batch the lmms-eval model appends to its predictions file
+    real(self, records)
+    if records:
+        appends += 1
+        writer._test_kill_point(appends)
+
+writer.RecordFile.append = append
+from lmms_eval.cli.dispatch import main  # what the lmms-eval command runs
+sys.argv[0] = "lmms-eval"
+sys.exit(main())
+"""
+
+
 def test_killed_run_resumes_and_ends_like_an_uninterrupted_run(reference, two_processes, home):
+    from laser.run.writer import KILL_AFTER_BATCH_ENV
+
     output, logs = home / "killed", home / "killed_logs"
     command = lmms_eval_command() + lmms_args(output, logs, batch_size=1)
     env = lmms_env(home / "hf")
     records = output / "predictions.rank0.jsonl"
-    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if records.exists() and records.read_text().count("\n") >= 2:
-            break
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    stderr = home / "killed_stderr.txt"  # a file, not a pipe: nothing waits on what the killed process held
+    with stderr.open("w") as err:
+        code = subprocess.run(
+            [sys.executable, "-c", KILL_AFTER_APPEND, *lmms_args(output, logs, batch_size=1)], cwd=ROOT,
+            env={**env, KILL_AFTER_BATCH_ENV: str(KILLED_AFTER)}, stdout=subprocess.DEVNULL, stderr=err, timeout=400,
+        ).returncode  # fmt: skip
+    assert code == -signal.SIGKILL, stderr.read_text()[-3000:]
     before = [json.loads(line) for line in records.read_text().splitlines()]
-    assert 2 <= len(before) < N_DOCS, f"killed after {len(before)} of {N_DOCS} answers"
+    assert len(before) == KILLED_AFTER  # killed at exactly that point, every answer before it kept whole
     assert not list(logs.rglob("*_results.json"))  # lmms-eval itself saved nothing
 
-    run(command, env)
+    resumed = run(command, env)
+    assert f"{KILLED_AFTER} of {N_DOCS} documents already answered" in resumed.stdout  # lmms-eval logs to stdout
+    assert f"answering {N_DOCS - KILLED_AFTER}" in resumed.stdout
     after = lines_of(output)
-    assert after[: len(before)] == before  # kept, and only the missing documents were answered
+    assert after[:KILLED_AFTER] == before  # kept, and only the missing documents were answered
     assert len(after) == N_DOCS and len({r["sample_id"] for r in after}) == N_DOCS
     responses, score = logged_results(logs)
     uninterrupted_responses, uninterrupted_score = two_processes[1]

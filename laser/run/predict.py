@@ -132,12 +132,15 @@ def settle_output(output_dir: Path, config: dict[str, Any], mode: str, launch: L
 
     Rank 0 checks `config` against the folder's run config, deletes old predictions under
     `overwrite=true` and writes run_config.json; the other processes check read-only and get the
-    same error for a bad config (the folder is already claimed by this run, see `predict`). Returns the action."""
+    same error for a bad config (the folder is already claimed by this run, see `predict`). Returns the action.
+    Under `overwrite=true` there is nothing to refuse, so the others do not look into the folder at all:
+    rank 0 may be deleting the old predictions at that moment (a file listed, then gone before its stat)."""
     from .writer import run_config_action, write_run_config
 
     if launch.main:
         return write_run_config(output_dir, config, mode)
-    run_config_action(output_dir, config, mode)
+    if mode != "overwrite":
+        run_config_action(output_dir, config, mode)
     return "child"
 
 
