@@ -43,9 +43,11 @@ from laser.testbed.benchmark import (  # noqa: E402
     FAMILIES,
     crop_contains_target,
     load_split,
+    paired_difference_ci,
     results_table,
     run_methods,
 )
+from laser.run.metrics import bootstrap_ci  # noqa: E402
 from laser.testbed.question_use import layer_crop_hits, question_records, question_use, question_use_lines  # noqa: E402
 from laser.testbed.split import materialize_split  # noqa: E402
 
@@ -191,6 +193,46 @@ def containment_table(results: dict[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
+SUMMARY_PAIRS = (("laser", "vanilla"), ("laser", "laser_static"), ("laser", BEST_STATIC), ("laser_full", "laser_static"),
+                 ("vicrop", "vanilla"), ("oracle", "vanilla"), ("oracle_tight", "vanilla"))
+
+
+def summary_tables(splits: dict[int, dict[str, list[dict]]]) -> str:
+    """Markdown for the README: accuracy per method on every split (all questions, reading, small targets),
+    and the paired differences of `SUMMARY_PAIRS` on every split (all questions and small targets)."""
+    seeds = list(splits)
+
+    def acc(rows):
+        values = [float(r["correct"]) for r in rows]
+        low, high = bootstrap_ci(values, n=1000)
+        return f"{100 * np.mean(values):.1f} [{100 * low:.0f}, {100 * high:.0f}]"
+
+    head = " | ".join(f"seed {s}: all | seed {s}: reading | seed {s}: small targets" for s in seeds)
+    lines = [f"| method, accuracy % [95% CI] | {head} |", "|---|" + "---|" * (3 * len(seeds))]
+    for method in splits[seeds[0]]:
+        cells = []
+        for s in seeds:
+            rows = splits[s][method]
+            cells += [acc(rows), acc([r for r in rows if r["family"] == "reading"]),
+                      acc([r for r in rows if r["size"] == "small"])]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    head = " | ".join(f"seed {s}: all | seed {s}: small targets" for s in seeds)
+    lines += ["", f"| paired difference, points [95% CI] | {head} |", "|---|" + "---|" * (2 * len(seeds))]
+    for a, b in SUMMARY_PAIRS:
+        if a not in splits[seeds[0]] or b not in splits[seeds[0]]:
+            continue
+        cells = []
+        for s in seeds:
+            base = {r["sample_id"]: r for r in splits[s][b]}
+            for keep in (lambda r: True, lambda r: r["size"] == "small"):
+                chosen = [r for r in splits[s][a] if keep(r)]
+                mean, low, high = paired_difference_ci([r["correct"] for r in chosen],
+                                                       [base[r["sample_id"]]["correct"] for r in chosen])
+                cells.append(f"{100 * mean:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]")
+        lines.append(f"| {a} − {b} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def static_sweep(adapter, records: list[dict], root: Path) -> dict[int, float]:
     """Accuracy of `laser_static` at every decoder layer on the dev records."""
     configs = {f"static@{layer}": LaserConfig.preset("laser_static", **{"vaq.layer": layer}) for layer in range(adapter.num_layers)}
@@ -276,6 +318,7 @@ def main() -> None:
         summary["splits"][seed] = results
     text = "\n".join(report)
     (out / "results.md").write_text(text + "\n")
+    (out / "summary.md").write_text(f"<!-- {command} -->\n" + summary_tables(summary["splits"]) + "\n")
     (out / "results.json").write_text(json.dumps(summary, indent=1) + "\n")
     print(text)
     print(f"done in {time.perf_counter() - start:.0f} s -> {out}")
