@@ -24,6 +24,7 @@ from ..method.config import LaserConfig
 from ..method.engine import LaserEngine
 from ..run.loading import sample_seed
 from ..run.metrics import normalize_answer
+from .benchmark import crop_contains_target
 from .scenes import make_scene, size_bucket
 
 PAIR_SIZES = ("medium", "large")
@@ -125,11 +126,6 @@ def question_use(adapter, questions: QuestionSet, image_root: Path, batch_size: 
     }
 
 
-def _holds_centre(box, target) -> bool:
-    cx, cy = (target[0] + target[2]) / 2, (target[1] + target[3]) / 2
-    return box is not None and box[0] <= cx <= box[2] and box[1] <= cy <= box[3]
-
-
 def layer_crop_hits(adapter, questions: QuestionSet, image_root: Path, layers: Sequence[int],
                     batch_size: int = 32, method: str = "laser_static") -> dict[int, dict[str, Any]]:
     """Per layer l: `own`, the share of the paired questions whose crop from layer l's map (the
@@ -148,8 +144,8 @@ def layer_crop_hits(adapter, questions: QuestionSet, image_root: Path, layers: S
         for i, j in questions.pairs:
             for a, b in ((i, j), (j, i)):
                 target = questions.records[a]["meta"]["target_box"]
-                own.append(_holds_centre(boxes[where[a]], target))
-                other.append(_holds_centre(boxes[where[b]], target))
+                own.append(crop_contains_target({"box": boxes[where[a]], "target_box": target}, centre=True) is True)
+                other.append(crop_contains_target({"box": boxes[where[b]], "target_box": target}, centre=True) is True)
         out[int(layer)] = {"own": _share(own), "other": _share(other)}
     return out
 
