@@ -211,6 +211,9 @@ def main() -> None:
     ap.add_argument("--tower", choices=sorted(BUILDERS), default="vit",
                     help="patch: per-patch tokens, trained with the LM; vit: pre-trained (--vision-steps) then frozen")
     ap.add_argument("--vision-steps", type=int, default=3000, help="tower pre-training steps (--tower vit)")
+    ap.add_argument("--patch-digit", type=float, default=0.0,
+                    help="weight of the tower's per-patch digit loss in pre-training (--tower vit): each patch "
+                         "token then carries its box's colour and digit, and one attention hop can read it")
     a = ap.parse_args()
     global TOWER
     TOWER = a.tower
@@ -243,7 +246,7 @@ def main() -> None:
         vh = model.config.vision_config.hidden_size
         heads = torch.nn.ModuleDict({"digit": torch.nn.Linear(vh, 11), "color": torch.nn.Linear(vh, len(COLOR_NAMES) + 1),
                                       "box_digit": torch.nn.Linear(vh, 10)})
-        vision_pretrain(model, heads, rng, a.vision_steps, log)
+        vision_pretrain(model, heads, rng, a.vision_steps, log, patch_digit=a.patch_digit)
     fix_projector_norm(model)
     if TOWER == "vit":
         model.model.vision_tower.requires_grad_(False)

@@ -71,9 +71,14 @@ class Batcher(AnswerBatcher):
                 torch.from_numpy(d["attn_targets"]))
 
 
-def vision_aux(heads, h, d, cl):
-    """Box-pooled digit CE (mean of the box's patch features) + per-patch colour CE."""
+def vision_aux(heads, h, d, cl, patch_digit: float = 0.0):
+    """Box-pooled digit CE (mean of the box's patch features) + per-patch colour CE; with `patch_digit` > 0
+    also a per-patch digit CE (every patch of a readable box carries its box's digit, background "none"),
+    so that one patch token holds both its box's colour and its digit."""
     loss = F.cross_entropy(heads["color"](h).reshape(-1, len(COLOR_NAMES) + 1), cl.reshape(-1))
+    if patch_digit > 0:
+        dl = torch.from_numpy(d["digit_labels"]).reshape(-1)
+        loss = loss + patch_digit * F.cross_entropy(heads["digit"](h).reshape(-1, 11), dl, ignore_index=-100)
     if len(d["box_view"]):
         m = torch.from_numpy(d["box_mask"])
         feats = (h[torch.from_numpy(d["box_view"])] * m[..., None]).sum(1) / m.sum(1, keepdim=True).clamp(min=1)
@@ -81,7 +86,7 @@ def vision_aux(heads, h, d, cl):
     return loss
 
 
-def vision_pretrain(model, heads, rng, steps, log, batch=64):
+def vision_pretrain(model, heads, rng, steps, log, batch=64, patch_digit: float = 0.0):
     """Vision tower + aux heads only (cheap steps): learn to read large digits before the LM joins."""
     vt = model.model.vision_tower
     params = list(vt.parameters()) + list(heads.parameters())
@@ -96,7 +101,7 @@ def vision_pretrain(model, heads, rng, steps, log, batch=64):
         px = (torch.from_numpy(d["pixels"]).permute(0, 3, 1, 2).float() / 255.0 - ip_mean) / ip_std
         h = vt(px).last_hidden_state[:, 1:]
         cl = torch.from_numpy(d["color_labels"])
-        loss = vision_aux(heads, h, d, cl)
+        loss = vision_aux(heads, h, d, cl, patch_digit)
         for g in opt.param_groups:
             g["lr"] = 1.5e-3 * min(1.0, (step + 1) / 50) * (1.0 - 0.7 * frac)
         opt.zero_grad(set_to_none=True)
