@@ -53,7 +53,7 @@ def test_sampling_batch_equals_one_by_one_and_is_seeded(llava_adapter, five_samp
 
 
 # docs/method.md, Routing: contrastive when l*/L >= gate.depth (0-based l*), L = 4 decoder layers here.
-# With the default depth 0.5 the tiny model's l* (1-3) routes to contrastive; depth 1.0 makes every layer
+# With the default depth 0.5 an l* of 2 or 3 routes to contrastive and 1 to direct; depth 1.0 makes every layer
 # direct, so both sides of the gate are checked on the same samples.
 @pytest.mark.parametrize("depth", [0.5, 1.0])
 def test_laser_prediction_fields(llava_adapter, five_samples, depth):
