@@ -58,7 +58,7 @@ from testbed import views  # noqa: E402
 from testbed.batching import AnswerBatcher  # noqa: E402
 from testbed.model import build_config, build_processor, build_tokenizer  # noqa: E402
 from testbed.quick_eval import first_token_eval  # noqa: E402
-from train_testbed import vision_pretrain  # noqa: E402
+from train_testbed import NAMING_WORDS, question_attention_loss, vision_pretrain  # noqa: E402
 from transformers import LlavaForConditionalGeneration  # noqa: E402
 
 from laser.testbed.scenes import COLOR_NAMES  # noqa: E402
@@ -214,6 +214,11 @@ def main() -> None:
     ap.add_argument("--patch-digit", type=float, default=0.0,
                     help="weight of the tower's per-patch digit loss in pre-training (--tower vit): each patch "
                          "token then carries its box's colour and digit, and one attention hop can read it")
+    ap.add_argument("--question-attn", type=float, default=0.0,
+                    help="weight of the text-only question-attention loss of tools/train_testbed.py: the last prompt "
+                         "token reads the question's words naming the box (no label of where to look in the image)")
+    ap.add_argument("--question-attn-layers", default="0", help="LM layers that loss supervises")
+    ap.add_argument("--question-attn-heads", default="2,3", help="heads (in each of those layers) it supervises")
     a = ap.parse_args()
     global TOWER
     TOWER = a.tower
@@ -248,6 +253,11 @@ def main() -> None:
                                       "box_digit": torch.nn.Linear(vh, 10)})
         vision_pretrain(model, heads, rng, a.vision_steps, log, patch_digit=a.patch_digit)
     fix_projector_norm(model)
+    if a.question_attn > 0:
+        model.set_attn_implementation("eager")  # attention rows for the question-attention loss (export: sdpa)
+    q_layers = tuple(int(x) for x in a.question_attn_layers.split(","))
+    q_heads = tuple(int(x) for x in a.question_attn_heads.split(","))
+    naming_ids = torch.tensor(tok.convert_tokens_to_ids(list(NAMING_WORDS)))
     if TOWER == "vit":
         model.model.vision_tower.requires_grad_(False)
     params = [p for n, p in model.named_parameters()
@@ -297,12 +307,15 @@ def main() -> None:
         ids, mask, labels, px = batcher(d)
         for g in opt.param_groups:
             g["lr"] = lr_at(step, a.steps, a.lr, a.warmup)
-        logits = model(input_ids=ids, attention_mask=mask, pixel_values=px).logits[:, :-1]
+        out = model(input_ids=ids, attention_mask=mask, pixel_values=px, output_attentions=a.question_attn > 0)
+        logits = out.logits[:, :-1]
         loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels[:, 1:].reshape(-1), ignore_index=-100)
         if a.prompt_loss > 0:  # the prompt's text tokens (not image, padding or answer) as next-token targets
             text = ids.masked_fill((labels != -100) | (mask == 0) | (ids == model.config.image_token_id), -100)
             loss = loss + a.prompt_loss * F.cross_entropy(
                 logits.reshape(-1, logits.size(-1)), text[:, 1:].reshape(-1), ignore_index=-100)
+        if a.question_attn > 0:
+            loss = loss + a.question_attn * question_attention_loss(out.attentions, ids, labels, naming_ids, q_layers, q_heads)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
