@@ -138,8 +138,7 @@ def check_presets(adapter, images, new_tokens: int) -> list[tuple[str, bool, str
     ]
     out = []
     for preset in list_presets():
-        config = LaserConfig.preset(preset)
-        config.decode.max_new_tokens = new_tokens
+        config = LaserConfig.preset(preset, **{"decode.max_new_tokens": new_tokens})
         engine = LaserEngine(adapter, config)
         module = LaserModule(model="in memory", engine=engine, seed=0)
         start = time.perf_counter()

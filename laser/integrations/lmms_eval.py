@@ -26,11 +26,10 @@ question using a single word or phrase."): the adapter adds its own, so it appea
 
 from __future__ import annotations
 
-import copy
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 try:
     from lmms_eval.api.model import lmms
@@ -49,6 +48,9 @@ from ..paths import config_dir
 from ..run.answering import Answer, answer_samples, make_record
 from ..run.compose import resolve_path
 from ..run.loading import sample_seed
+
+if TYPE_CHECKING:
+    from ..method.engine import LaserEngine
 
 MANIFEST = ModelManifest(model_id="laser", simple_class_path="laser.integrations.lmms_eval.LaserLMM")
 """The payload of the `lmms_eval.models` entry point `laser` (pyproject.toml)."""
@@ -326,20 +328,18 @@ class LaserLMM(lmms):
 
         out_file = RecordFile(self.output_dir, self._rank) if self.output_dir is not None else None
         bar = tqdm(total=len(pending), disable=self._rank != 0, desc="LASER answering")
-        running = self.engine.config
         try:
             for group in groups.values():
-                self.engine.config = _with_decode(running, group["decode"])
+                engine = self.engine.with_config(_with_decode(self.engine.config, group["decode"]))
                 ids = group["ids"]
                 for start in range(0, len(ids), self.batch_size_per_process):
                     batch = [pending[i] for i in ids[start : start + self.batch_size_per_process]]
-                    made = self._answer(batch)
+                    made = self._answer(engine, batch)
                     if out_file is not None:
                         out_file.append(made)
                     records.update((r["sample_id"], r) for r in made)
                     bar.update(len(batch))
         finally:
-            self.engine.config = running
             bar.close()
             if out_file is not None:
                 out_file.close()
@@ -352,8 +352,9 @@ class LaserLMM(lmms):
             responses.append(apply_until(record.get("prediction") or "", groups[key]["until"]))
         return responses
 
-    def _answer(self, batch: list[tuple]) -> list[dict[str, Any]]:
-        """Records for a batch of pending items: documents without exactly one image fail alone."""
+    def _answer(self, engine: LaserEngine, batch: list[tuple]) -> list[dict[str, Any]]:
+        """Records for a batch of pending items, answered by `engine` (the method with the request's
+        generation arguments): documents without exactly one image fail alone."""
         samples, inputs, answers = [], [], []
         for sample_id, context, doc_to_visual, task, split, doc_id, _ in batch:
             question = strip_instruction(context, self.instructions)
@@ -369,7 +370,7 @@ class LaserLMM(lmms):
             inputs.append((len(answers) - 1, image, question, sample_seed(self.seed, sample_id)))
         if inputs:
             positions, images, questions, seeds = zip(*inputs)
-            for position, answer in zip(positions, answer_samples(self.engine, images, questions, seeds)):
+            for position, answer in zip(positions, answer_samples(engine, images, questions, seeds)):
                 answers[position] = answer
         return [make_record(s, a.prediction, a.error, a.retryable) for s, a in zip(samples, answers)]
 
@@ -404,8 +405,4 @@ def _with_decode(config: LaserConfig, decode: dict[str, Any]) -> LaserConfig:
     """`config` with the given `decode.*` values (the same object when there are none)."""
     if not decode:
         return config
-    changed = copy.deepcopy(config)
-    for key, value in decode.items():
-        setattr(changed.decode, key, value)
-    changed.validate()
-    return changed
+    return config.replace(**{f"decode.{key}": value for key, value in decode.items()})

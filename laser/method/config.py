@@ -93,7 +93,7 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
-@dataclass
+@dataclass(frozen=True)
 class VaqConfig:
     """Layer selection (VAQ) and the localisation map."""
 
@@ -119,7 +119,7 @@ class VaqConfig:
     )
 
 
-@dataclass
+@dataclass(frozen=True)
 class CropConfig:
     """Con-ViCrop: where the crop goes and what the model sees."""
 
@@ -140,7 +140,7 @@ class CropConfig:
     )
 
 
-@dataclass
+@dataclass(frozen=True)
 class CounterfactualConfig:
     """The counterfactual view contrastive decoding subtracts."""
 
@@ -151,7 +151,7 @@ class CounterfactualConfig:
     noise_steps: int = option(1000, "view=noise: steps T of the diffusion schedule")
 
 
-@dataclass
+@dataclass(frozen=True)
 class DecodeConfig:
     """Answer decoding: direct, or contrastive against the counterfactual view."""
 
@@ -167,14 +167,14 @@ class DecodeConfig:
     repetition_penalty: float | None = option(None, "penalise tokens already in prompt or answer; null: the model's")
 
 
-@dataclass
+@dataclass(frozen=True)
 class GateConfig:
     """The decode.mode=auto gate."""
 
     depth: float = option(0.5, "decode.mode=auto: contrastive when l*/L >= depth (0-based l*)")
 
 
-@dataclass
+@dataclass(frozen=True)
 class LaserConfig:
     """The method: a preset under configs/method/; every choice of docs/method.md.
 
@@ -266,6 +266,21 @@ class LaserConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def replace(self, **overrides: Any) -> LaserConfig:
+        """A new config with dotted-key overrides (`config.replace(**{"decode.mode": "direct"})`,
+        `config.replace(save_heatmap=True)`), checked like a preset's; this one is unchanged (configs are
+        frozen, so an engine's method never changes under it)."""
+        values = self.to_dict()
+        for key, value in overrides.items():
+            node, (*parents, leaf) = values, key.split(".")
+            for part in parents:
+                if not isinstance(node.get(part), dict):
+                    valid = [k.key for k in config_keys(LaserConfig)]
+                    raise ValueError(f"invalid method config: unknown key {key!r}{did_you_mean(key, valid)}")
+                node = node[part]
+            node[leaf] = value
+        return LaserConfig.from_dict(values)
 
 
 def list_presets() -> list[str]:

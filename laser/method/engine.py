@@ -6,7 +6,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from PIL import Image
@@ -23,8 +23,8 @@ from .images import to_rgb
 from .prediction import Prediction
 from .preprocessing import ImageFeatures, ImagePreprocessor, processing_once
 from .probe import AttentionProbe
-from .seeding import content_seed
 from .scoring import OptionScores, continuation_log_probs, option_token_ids
+from .seeding import content_seed
 from .views import crop_view, diffusion_noise_inputs, fill_cells, ranked_cells, stack_streams, take_samples
 
 
@@ -36,6 +36,37 @@ class Localisation:
     vaq: list[float]
     canvas: torch.Tensor  # [h, w] density over the original image
     box: tuple[int, int, int, int] | None
+
+
+FULL_REGION = (0.0, 0.0, 1.0, 1.0)
+
+
+@dataclass
+class SamplePlan:
+    """One sample's way through the engine, filled in stage by stage.
+
+    Given: `index` (position in the batch, for error messages), `image`, `question`, `seed` (its random
+    stream). Localisation: `localisation` (None without it, or after a fallback). Views: `views`, the
+    focused images it is answered on (the crop, or original + crop), `regions`, the part of the original
+    each view shows as fractions (x0, y0, x1, y1), and `path` ("direct", "contrastive" or "vanilla").
+    Decoding: `masked_cells` (the cells of the negative view, LASER's masked view only) and `fallback`
+    (why the sample fell back to a simpler path, if it did).
+    """
+
+    index: int
+    image: Image.Image
+    question: str
+    seed: int
+    localisation: Localisation | None = None
+    fallback: str | None = None
+    views: list[Image.Image] = field(default_factory=list)
+    regions: list[tuple[float, float, float, float]] = field(default_factory=list)
+    path: str = "direct"
+    masked_cells: list | None = None
+
+    def fall_back(self, reason: str | None) -> None:
+        """Keep the first fallback reason."""
+        self.fallback = self.fallback or reason
 
 
 def device_synchroniser(device: torch.device):
@@ -86,6 +117,13 @@ class LaserEngine:
             raise ValueError("counterfactual.view=mask needs localize=true (the mask comes from the map)")
         self.probe = AttentionProbe(adapter.attention_modules()).install()
 
+    def with_config(self, config: LaserConfig) -> LaserEngine:
+        """An engine running `config` with this engine's adapter and attention probe (this one is unchanged)."""
+        derived = LaserEngine.__new__(LaserEngine)
+        derived.adapter, derived.config, derived.probe = self.adapter, config, self.probe
+        config.validate()
+        return derived
+
     def _may_contrast(self) -> bool:
         return self.config.decode.mode in ("contrastive", "auto")
 
@@ -105,12 +143,13 @@ class LaserEngine:
         return ImagePreprocessor(memo.inner, call) if call is not None else None
 
     @contextmanager
-    def _preprocessed(self, images, converted, features) -> Iterator[None]:
+    def _preprocessed(self, images, plans: list[SamplePlan], features) -> Iterator[None]:
         """Within the block every distinct image goes through the image processor once; `features`
         (from `image_preprocessor()`, per image) stand for the processing of the images they were made of."""
         with processing_once(self.adapter.processor) as memo:
             if memo is not None and features is not None:
-                for original, image, feats in zip(images, converted, features):
+                for original, plan, feats in zip(images, plans, features):
+                    image = plan.image
                     if feats is not None and image is original:  # features of this very image
                         memo.add(image, feats.call, feats.features)
             yield
@@ -131,31 +170,22 @@ class LaserEngine:
 
         Every distinct image (original, crop) goes through the image processor once; the negative views
         are made on the processed pixel tensors."""
-        cfg = self.config
         if len(images) != len(questions):
             raise ValueError(f"answer_batch: {len(images)} images for {len(questions)} questions")
         if not len(images):
             return []
-        converted = [to_rgb(im, f"images[{i}]") for i, im in enumerate(images)]
-        questions = [self._check_question(q, i) for i, q in enumerate(questions)]
-        seeds = self._seeds(seeds, converted, questions)
+        plans = self._plans(images, questions, seeds)
         timer = StageTimer(self.adapter.device)
         start = timer.now()
-        with self._preprocessed(images, converted, features):
-            answers, localisations, fallbacks, paths, masked = self._run(converted, questions, seeds, timer)
-        total = timer.now() - start
-        per_sample = {k: v / len(images) for k, v in timer.seconds.items()}
-        per_sample["total"] = total / len(images)
-        predictions = []
-        for i, (ids, text) in enumerate(answers):
-            predictions.append(
-                Prediction(
-                    answer=text,
-                    token_ids=ids,
-                    **self._outcome(localisations[i], paths[i], fallbacks[i], masked[i], per_sample),
-                )
-            )
-        return predictions
+        with self._preprocessed(images, plans, features):
+            self._prepare(plans, timer)
+            with timer.stage("decode"):
+                answers = self._decode(plans)
+        per_sample = self._per_sample(timer, start, len(plans))
+        return [
+            Prediction(answer=text, token_ids=ids, **self._outcome(plan, per_sample))
+            for plan, (ids, text) in zip(plans, answers)
+        ]
 
     @torch.inference_mode()
     def score_options(
@@ -171,42 +201,34 @@ class LaserEngine:
         `answer_batch`, then each option's mean token log-likelihood on that view (on the contrastive
         path under the VAT scores). `choice` is the index of the highest score (the first on a tie).
         A batch equals scoring one by one; `seeds` and `features` as for `answer_batch`."""
-        cfg = self.config
         if not len(images) == len(questions) == len(options):
             raise ValueError(
                 f"score_options: {len(images)} images, {len(questions)} questions, {len(options)} option lists"
             )
         if not len(images):
             return []
-        converted = [to_rgb(im, f"images[{i}]") for i, im in enumerate(images)]
-        questions = [self._check_question(q, i) for i, q in enumerate(questions)]
         options = [list(opts) if not isinstance(opts, str) else [opts] for opts in options]
         for i, opts in enumerate(options):
             if len(opts) < 2:
                 raise ValueError(f"options[{i}] has {len(opts)} option(s); expected at least 2")
         continuations = [option_token_ids(self.adapter.tokenizer, opts, i) for i, opts in enumerate(options)]
-        seeds = self._seeds(seeds, converted, questions)
+        plans = self._plans(images, questions, seeds)
         timer = StageTimer(self.adapter.device)
         start = timer.now()
-        with self._preprocessed(images, converted, features):
-            localisations, fallbacks, focused, regions, paths = self._prepare(converted, questions, timer)
+        with self._preprocessed(images, plans, features):
+            self._prepare(plans, timer)
             with timer.stage("score"):
-                scored, masked, score_fallbacks = self._score(
-                    focused, regions, paths, localisations, questions, seeds, continuations
-                )
-        total = timer.now() - start
-        per_sample = {k: v / len(images) for k, v in timer.seconds.items()}
-        per_sample["total"] = total / len(images)
+                scored = self._score(plans, continuations)
+        per_sample = self._per_sample(timer, start, len(plans))
         out = []
-        for i, (log_probs, opts) in enumerate(zip(scored, options)):
+        for plan, log_probs, opts in zip(plans, scored, options):
             means = [sum(lp) / len(lp) for lp in log_probs]
             ranked = [m if m == m else float("-inf") for m in means]  # NaN ranks last
             choice = max(range(len(means)), key=lambda k: (ranked[k], -k))
-            fallback = fallbacks[i] or score_fallbacks[i]
             out.append(
                 OptionScores(
                     answer=opts[choice],
-                    **self._outcome(localisations[i], paths[i], fallback, masked[i], per_sample),
+                    **self._outcome(plan, per_sample),
                     choice=choice,
                     scores=means,
                     num_tokens=[len(lp) for lp in log_probs],
@@ -214,54 +236,57 @@ class LaserEngine:
             )
         return out
 
-    def _seeds(self, seeds: Sequence[int] | None, images: list[Image.Image], questions: list[str]) -> list[int]:
+    def _plans(self, images, questions, seeds: Sequence[int] | None) -> list[SamplePlan]:
+        """One checked plan per sample: RGB image, stripped question, seed (given, or from the content)."""
+        converted = [to_rgb(im, f"images[{i}]") for i, im in enumerate(images)]
+        questions = [self._check_question(q, i) for i, q in enumerate(questions)]
         if seeds is None:
-            return [content_seed(self.config.seed, im, q) for im, q in zip(images, questions)]
+            seeds = [content_seed(self.config.seed, im, q) for im, q in zip(converted, questions)]
         seeds = [int(s) for s in seeds]
-        if len(seeds) != len(images):
-            raise ValueError(f"seeds: {len(seeds)} seeds for {len(images)} samples")
-        return seeds
+        if len(seeds) != len(converted):
+            raise ValueError(f"seeds: {len(seeds)} seeds for {len(converted)} samples")
+        return [SamplePlan(i, im, q, s) for i, (im, q, s) in enumerate(zip(converted, questions, seeds))]
 
-    def _outcome(self, loc, path, fallback, masked_cells, per_sample) -> dict:
+    @staticmethod
+    def _per_sample(timer: StageTimer, start: float, n: int) -> dict[str, float]:
+        """Seconds per stage and in total, divided over the batch's `n` samples."""
+        total = timer.now() - start
+        per_sample = {k: v / n for k, v in timer.seconds.items()}
+        per_sample["total"] = total / n
+        return per_sample
+
+    def _outcome(self, plan: SamplePlan, per_sample: dict[str, float]) -> dict:
         """The `Prediction` fields every answer shares: layer, VAQ, box, path, timings, fallback, map."""
+        loc = plan.localisation
         return {
             "layer": loc.layer if loc else None,
             "vaq": loc.vaq if loc else None,
-            "box": list(loc.box) if loc and loc.box and path != "vanilla" else None,
-            "path": path,
+            "box": list(loc.box) if loc and loc.box and plan.path != "vanilla" else None,
+            "path": plan.path,
             "timings": dict(per_sample),
             "method": self.config.name,
-            "fallback": fallback,
+            "fallback": plan.fallback,
             "heatmap": loc.canvas if loc is not None and self.config.save_heatmap else None,
-            "masked_cells": masked_cells,
+            "masked_cells": plan.masked_cells,
         }
 
     # ----------------------------------------------------------------- stages
-    def _run(self, images, questions, seeds, timer: StageTimer):
-        """Every stage on the batch: (answers, localisations, fallbacks, paths, masked cells) per sample."""
-        localisations, fallbacks, focused, regions, paths = self._prepare(images, questions, timer)
-        with timer.stage("decode"):
-            answers, masked, decode_fallbacks = self._decode(
-                images, focused, regions, paths, localisations, questions, seeds
-            )
-        fallbacks = [a or b for a, b in zip(fallbacks, decode_fallbacks)]
-        return answers, localisations, fallbacks, paths, masked
-
-    def _prepare(self, images, questions, timer: StageTimer):
-        """The stages before decoding: (localisations, fallbacks, focused views, their regions, paths)."""
-        cfg = self.config
-        localisations: list[Localisation | None] = [None] * len(images)
-        fallbacks: list[str | None] = [None] * len(images)
-        if cfg.localize:
+    def _prepare(self, plans: list[SamplePlan], timer: StageTimer) -> None:
+        """The stages before decoding: each plan's localisation (or fallback), views, regions and path."""
+        if self.config.localize:
+            images = [plan.image for plan in plans]
             with timer.stage("attention"):
                 tiles = [self._tiles(image) for image in images]
-                rows = self._attend(images, questions, tiles)
+                rows = self._attend(images, [plan.question for plan in plans], tiles)
             with timer.stage("localise"):
                 localisations, fallbacks = self._localise(rows, images, tiles)
                 del rows
+            for plan, loc, reason in zip(plans, localisations, fallbacks):
+                plan.localisation = loc
+                plan.fall_back(reason)
         with timer.stage("views"):
-            focused, regions, paths = self._focus(images, localisations, fallbacks)
-        return localisations, fallbacks, focused, regions, paths
+            for plan in plans:
+                self._focus(plan)
 
     def _check_question(self, question: str, index: int) -> str:
         if not isinstance(question, str):
@@ -414,42 +439,32 @@ class LaserEngine:
             return place_multiscale_crop(cells, size, base, list(crop.scales))
         return place_crop(canvas, size, crop.ratio, crop.min_side)
 
-    def _focus(self, images, localisations, fallbacks):
-        """Focused images per sample, the original-image region each shows, and the decode path."""
-        cfg = self.config
-        focused, regions, paths = [], [], []
-        num_layers = self.adapter.num_layers
-        for i, image in enumerate(images):
-            loc = localisations[i]
-            if fallbacks[i] is not None:
-                focused.append([image])
-                regions.append([(0.0, 0.0, 1.0, 1.0)])
-                paths.append("vanilla")
-                continue
-            if loc is not None and loc.box is not None:
-                x0, y0, x1, y1 = loc.box
-                w, h = image.size
-                crop_region = (x0 / w, y0 / h, x1 / w, y1 / h)
-                if cfg.crop.input == "both" and self.adapter.supports_multi_image:
-                    focused.append([image, crop_view(image, loc.box)])
-                    regions.append([(0.0, 0.0, 1.0, 1.0), crop_region])
-                else:
-                    focused.append([crop_view(image, loc.box)])
-                    regions.append([crop_region])
+    def _focus(self, plan: SamplePlan) -> None:
+        """The plan's focused views, the original-image region each shows, and its decode path."""
+        cfg, image, loc = self.config, plan.image, plan.localisation
+        plan.views, plan.regions = [image], [FULL_REGION]
+        if plan.fallback is not None:
+            plan.path = "vanilla"
+            return
+        if loc is not None and loc.box is not None:
+            x0, y0, x1, y1 = loc.box
+            w, h = image.size
+            crop_region = (x0 / w, y0 / h, x1 / w, y1 / h)
+            if cfg.crop.input == "both" and self.adapter.supports_multi_image:
+                plan.views, plan.regions = [image, crop_view(image, loc.box)], [FULL_REGION, crop_region]
             else:
-                focused.append([image])
-                regions.append([(0.0, 0.0, 1.0, 1.0)])
-            mode = cfg.decode.mode
-            if mode == "auto":
-                mode = "contrastive" if loc is not None and loc.layer / num_layers >= cfg.gate.depth else "direct"
-            paths.append(mode)
-        return focused, regions, paths
+                plan.views, plan.regions = [crop_view(image, loc.box)], [crop_region]
+        mode = cfg.decode.mode
+        if mode == "auto":
+            deep = loc is not None and loc.layer / self.adapter.num_layers >= cfg.gate.depth
+            mode = "contrastive" if deep else "direct"
+        plan.path = mode
 
-    def _with_masked_view(self, positive, members, repeats, regions, localisations, seeds, masked):
+    def _with_masked_view(self, positive, members: list[SamplePlan], repeats: list[int]):
         """Positive inputs followed by LASER's negative stream: the same processed inputs with the top
         cells of each sample's focused view filled on the pixel tensors (docs/method.md, Views). A
-        sample's cells are filled once, on its first row, and copied to its repeated rows; `masked[i]`
-        gets its masked cells."""
+        sample's cells are filled once, on its first row, and copied to its repeated rows; each plan's
+        `masked_cells` gets its masked cells."""
         cf = self.config.counterfactual
         rows = self.adapter.pixel_rows(positive)
         if not rows:
@@ -457,16 +472,16 @@ class LaserEngine:
         negative = BatchFeature({**positive, **{key: positive[key].clone() for key in rows}})
         transform = self.adapter.pixel_transform()
         row = 0
-        for i, count in zip(members, repeats):
+        for plan, count in zip(members, repeats):
             layout = self.adapter.visual_layout(positive, row)
-            cells = ranked_cells(layout, regions[i], localisations[i].canvas, cf.mask_ratio)
-            generator = torch.Generator().manual_seed(int(seeds[i]) + 1)
+            cells = ranked_cells(layout, plan.regions, plan.localisation.canvas, cf.mask_ratio)
+            generator = torch.Generator().manual_seed(plan.seed + 1)
             fill_cells(self.adapter.pixel_views(negative, row), cells, cf.fill, transform, generator)
             for key, per_row in rows.items():
                 start, size = sum(per_row[:row]), per_row[row]
                 for k in range(1, count):
                     negative[key][start + k * size : start + (k + 1) * size] = negative[key][start : start + size]
-            masked[i] = cells
+            plan.masked_cells = cells
             row += count
         return stack_streams(positive, negative)
 
@@ -484,84 +499,73 @@ class LaserEngine:
         return images[0] if len(images) == 1 else images
 
     @staticmethod
-    def _path_groups(paths: list[str]) -> dict[str, list[int]]:
-        """Sample indices per decoding stream: direct (direct and vanilla) and contrastive."""
+    def _path_groups(plans: list[SamplePlan]) -> dict[str, list[SamplePlan]]:
+        """The plans of each decoding stream: direct (direct and vanilla) and contrastive."""
         return {
-            "direct": [i for i, p in enumerate(paths) if p in ("direct", "vanilla")],
-            "contrastive": [i for i, p in enumerate(paths) if p == "contrastive"],
+            "direct": [p for p in plans if p.path in ("direct", "vanilla")],
+            "contrastive": [p for p in plans if p.path == "contrastive"],
         }
 
-    def _stream_inputs(self, members, contrastive, focused, regions, localisations, questions, seeds, masked, repeats=None):
-        """Model inputs of the samples `members` on one path: their focused views (and for `contrastive`,
+    def _stream_inputs(self, members: list[SamplePlan], contrastive: bool, repeats: list[int] | None = None):
+        """Model inputs of the plans `members` on one path: their focused views (and for `contrastive`,
         rows [R, 2R), the negative views), each sample's row repeated `repeats[j]` times (default once),
-        in member order. A sample's negative view is made once, whatever its repeats; `masked[i]` gets
-        its masked cells."""
+        in member order. A sample's negative view is made once, whatever its repeats; each plan's
+        `masked_cells` gets its masked cells."""
         repeats = repeats if repeats is not None else [1] * len(members)
 
         def rows(values):
             return [v for v, r in zip(values, repeats) for _ in range(r)]
 
-        pos = [self._as_input(focused[i]) for i in members]
-        qs = [questions[i] for i in members]
+        positive = self.adapter.build_inputs(
+            rows([self._as_input(p.views) for p in members]), rows([p.question for p in members])
+        )
         if contrastive and self.config.counterfactual.view == "noise":
-            return self._with_noise_view(self.adapter.build_inputs(rows(pos), rows(qs)), rows([seeds[i] for i in members]))
+            return self._with_noise_view(positive, rows([p.seed for p in members]))
         if contrastive:  # the masked view, on the focused views' processed pixels
-            return self._with_masked_view(
-                self.adapter.build_inputs(rows(pos), rows(qs)), members, repeats, regions, localisations, seeds, masked
-            )
-        return self.adapter.build_inputs(rows(pos), rows(qs))
+            return self._with_masked_view(positive, members, repeats)
+        return positive
 
-    def _streams(self, paths, focused, regions, localisations, questions, seeds, masked, repeats_of=None):
-        """(members, contrastive, inputs) for each decoding path that has samples: the model inputs of
-        its members (`_stream_inputs`; each member's row repeated `repeats_of(i)` times if given)."""
-        for path, members in self._path_groups(paths).items():
+    def _streams(self, plans: list[SamplePlan], repeats_of=None):
+        """(members, contrastive, inputs) for each decoding path that has plans: the model inputs of its
+        members (`_stream_inputs`; each member's row repeated `repeats_of(plan)` times if given)."""
+        for path, members in self._path_groups(plans).items():
             if not members:
                 continue
             contrastive = path == "contrastive"
-            repeats = [repeats_of(i) for i in members] if repeats_of is not None else None
-            inputs = self._stream_inputs(
-                members, contrastive, focused, regions, localisations, questions, seeds, masked, repeats
-            )
-            yield members, contrastive, inputs
+            repeats = [repeats_of(p) for p in members] if repeats_of is not None else None
+            yield members, contrastive, self._stream_inputs(members, contrastive, repeats)
 
-    def _decode(self, images, focused, regions, paths, localisations, questions, seeds):
-        cfg = self.config
-        n = len(images)
-        answers: list[tuple[list[int], str] | None] = [None] * n
-        masked: list[list | None] = [None] * n
-        fallbacks: list[str | None] = [None] * n
-        for members, contrastive, inputs in self._streams(paths, focused, regions, localisations, questions, seeds, masked):
-            self._check_context(inputs, members * (2 if contrastive else 1))
+    def _decode(self, plans: list[SamplePlan]) -> list[tuple[list[int], str]]:
+        """(token ids, text) of each plan's answer on its views and path; decoding fallbacks go to the plans."""
+        answers: dict[int, tuple[list[int], str]] = {}
+        for members, contrastive, inputs in self._streams(plans):
+            indices = [p.index for p in members]
+            self._check_context(inputs, indices * (2 if contrastive else 1))
             model_inputs = self.adapter.prepare_model_inputs(model_tensors(inputs))
             ids, reasons = generate(
-                self.adapter, model_inputs, cfg.decode, contrastive=contrastive, seeds=[seeds[i] for i in members]
+                self.adapter, model_inputs, self.config.decode, contrastive=contrastive,
+                seeds=[p.seed for p in members],
             )
-            for j, i in enumerate(members):
-                answers[i] = (ids[j], self.adapter.decode_text(ids[j]))
-                fallbacks[i] = reasons[j]
-        return answers, masked, fallbacks
+            for plan, row_ids, reason in zip(members, ids, reasons):
+                answers[plan.index] = (row_ids, self.adapter.decode_text(row_ids))
+                plan.fall_back(reason)
+        return [answers[p.index] for p in plans]
 
-    def _score(self, focused, regions, paths, localisations, questions, seeds, continuations):
-        """Per sample the log-probability of each option's tokens on its focused view: one batch of
+    def _score(self, plans: list[SamplePlan], continuations) -> list[list[list[float]]]:
+        """Per plan the log-probability of each option's tokens on its focused views: one batch of
         (sample, option) rows per path (`scoring.continuation_log_probs`), the rows of a sample sharing
-        its views. Returns (log-probs per sample and option, masked cells, fallback reasons)."""
-        n = len(focused)
-        scored: list[list[list[float]] | None] = [None] * n
-        masked: list[list | None] = [None] * n
-        fallbacks: list[str | None] = [None] * n
-        streams = self._streams(
-            paths, focused, regions, localisations, questions, seeds, masked, repeats_of=lambda i: len(continuations[i])
-        )
-        for members, contrastive, inputs in streams:
-            rows = [(i, ids) for i in members for ids in continuations[i]]
-            owners = [i for i, _ in rows] * (2 if contrastive else 1)
-            self._check_context(inputs, owners, [len(ids) for _, ids in rows] * (2 if contrastive else 1))
+        its views; scoring fallbacks go to the plans."""
+        scored: dict[int, list[list[float]]] = {p.index: [] for p in plans}
+        for members, contrastive, inputs in self._streams(plans, lambda p: len(continuations[p.index])):
+            rows = [(p, ids) for p in members for ids in continuations[p.index]]
+            twice = 2 if contrastive else 1
+            self._check_context(inputs, [p.index for p, _ in rows] * twice, [len(ids) for _, ids in rows] * twice)
             model_inputs = self.adapter.prepare_model_inputs(model_tensors(inputs))
             log_probs, reasons = continuation_log_probs(
                 self.adapter, model_inputs, [ids for _, ids in rows], contrastive=contrastive,
                 alpha=self.config.decode.alpha,
             )
-            for (i, _), lp, reason in zip(rows, log_probs, reasons):
-                scored[i] = (scored[i] or []) + [lp]
-                fallbacks[i] = fallbacks[i] or reason
-        return scored, masked, fallbacks
+            for (plan, _), lp, reason in zip(rows, log_probs, reasons):
+                scored[plan.index].append(lp)
+                plan.fall_back(reason)
+        return [scored[p.index] for p in plans]

@@ -94,7 +94,7 @@ def explain(
     """The method's prediction (with its heatmap) and the vanilla answer on the same image."""
     from ..method.engine import LaserEngine
 
-    method.save_heatmap = True
+    method = method.replace(save_heatmap=True)
     seeds = None if seed is None else [seed]
     prediction = LaserEngine(adapter, method).answer_batch([image], [question], seeds)[0]
     if method.name == "vanilla":

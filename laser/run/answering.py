@@ -9,7 +9,6 @@ cache is emptied first, and a rerun answers the sample again).
 
 from __future__ import annotations
 
-import copy
 import gc
 import sys
 import traceback
@@ -157,13 +156,8 @@ def checked(engine: LaserEngine, image: Image.Image, question: str, seed: int, p
     running = engine.config
     if not running.localize and running.decode.mode == "direct":  # vanilla already: nothing to fall back to
         return Answer(None, f"NonFiniteLogits: {reason}; no answer")
-    vanilla = copy.deepcopy(running)
-    vanilla.localize, vanilla.crop.enabled, vanilla.decode.mode = False, False, "direct"
-    engine.config = vanilla
-    try:
-        retry = engine.answer_batch([image], [question], [seed])[0]
-    finally:
-        engine.config = running
+    vanilla = running.replace(localize=False, **{"crop.enabled": False, "decode.mode": "direct"})
+    retry = engine.with_config(vanilla).answer_batch([image], [question], [seed])[0]
     if (retry.fallback or "").startswith(NONFINITE_LOGITS):
         return Answer(None, f"NonFiniteLogits: {reason}, and {retry.fallback} with vanilla decoding")
     retry.path, retry.method = "vanilla", pred.method
