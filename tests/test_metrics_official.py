@@ -1,6 +1,6 @@
 """Each metric against the official rule of its benchmark, re-implemented here from the rule's definition
 (the published evaluation scripts: EvalAI/TextVQA, DocVQA ANLS, A-OKVQA, GQA + LLaVA, POPE + LLaVA,
-lmms-eval's POPE), on hand-made tricky cases; and `laser evaluate` on a POPE run (README, "Evaluation")."""
+lmms-eval's POPE), on hand-made tricky cases; and `laser evaluate` on a POPE run (docs/metrics.md)."""
 
 from __future__ import annotations
 
@@ -202,7 +202,7 @@ def test_aokvqa_multiple_choice_matches_official_on_option_texts() -> None:
     cases = [("dark red", 1), ("red", 1), ("B", 1), ("B", 3), ("blue", 2), ("Blue", 2)]
     records = [{"prediction": p, "answers": ["ABCD"[c]], "choices": CHOICES} for p, c in cases]
     official = [float(p == CHOICES[c]) for p, c in cases]
-    # "Blue" is no valid choice for the official script; ours reads it as option C (README)
+    # "Blue" is no valid choice for the official script; ours reads it as option C (docs/metrics.md)
     assert official == [1.0, 0.0, 0.0, 1.0, 1.0, 0.0]
     ours = [score([record], "choice", n_boot=1)["accuracy"] for record in records]
     assert ours[:5] == official[:5]  # "B" is the option text "B" (D), not the letter B
@@ -267,7 +267,7 @@ def test_gqa_matches_official() -> None:
 # ------------------------------------------------------------------ V*
 def test_vstar_accuracy_is_the_mean_over_all_questions() -> None:
     # V*'s script averages correctness over every question of both subsets (and prints each subset's
-    # mean); the option itself is chosen differently there (likelihood ranking, README).
+    # mean); the option itself is chosen differently there (likelihood ranking, docs/metrics.md).
     records = [
         {
             "prediction": "A",
@@ -480,9 +480,9 @@ def test_run_config_metric_selects_the_lmms_eval_convention(tmp_path: Path) -> N
     assert overall["accuracy"] == pytest.approx(POPE_EXACT["accuracy"])
 
 
-# ------------------------------------------------------------------ README
-def test_readme_lists_every_metric_with_its_official_script() -> None:
-    readme = (ROOT / "README.md").read_text()
-    table = readme.split("| metric | official script it matches | known differences |")[1].split("\n\n")[0]
+# ------------------------------------------------------------------ docs/metrics.md
+def test_the_metrics_page_lists_every_metric_with_its_official_script() -> None:
+    page = (ROOT / "docs" / "metrics.md").read_text()
+    table = page.split("| metric | official script it matches | known differences |")[1].split("\n\n")[0]
     rows = {m.group(1) for m in re.finditer(r"^\| `([a-z_]+)` ", table, re.M)}
     assert rows == set(METRICS)

@@ -1,5 +1,5 @@
 """The shipped emergent-grounding testbed checkpoint (`model=testbed_emergent`): present, small, deep, and it
-reads large digits of the shipped split (answer-only training; README, "Grounding nobody taught")."""
+reads large digits of the shipped split (answer-only training; docs/testbed.md, "Grounding nobody taught")."""
 
 import pytest
 import torch

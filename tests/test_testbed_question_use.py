@@ -11,7 +11,7 @@ from laser.testbed.scenes import make_scene
 
 ROOT = assets_dir() / "testbed"
 SCENES = 40  # the first scenes of the shipped split
-# the full-split bars are >= 90% of pairs answered differently and <= 15% largest-box answers (README);
+# the full-split bars are >= 90% of pairs answered differently and <= 15% largest-box answers (measured: docs/testbed/question_use.md);
 # on this subset of about 70 pairs the bounds leave room for sampling error
 DIFFER_MIN = 0.8
 LARGEST_MAX = 0.25

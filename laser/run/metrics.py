@@ -1,7 +1,7 @@
 """Benchmark metrics over prediction records, each computing what its benchmark's official evaluation does.
 
 `score(records, metric)` is the entry point; the per-answer functions are exposed for tests and for
-analyses that need per-sample values. The metrics (README "Evaluation" has the table of official
+analyses that need per-sample values. The metrics (docs/metrics.md has the table of official
 scripts and known differences):
 
 - `vqa`: TextVQA/VQA soft accuracy, EvalAI answer processing (`normalize_answer`) and the average of
