@@ -219,6 +219,10 @@ def main() -> None:
                          "token reads the question's words naming the box (no label of where to look in the image)")
     ap.add_argument("--question-attn-layers", default="0", help="LM layers that loss supervises")
     ap.add_argument("--question-attn-heads", default="2,3", help="heads (in each of those layers) it supervises")
+    ap.add_argument("--freeze-projector", action="store_true",
+                    help="keep the projector at its random initialisation: trained, it dropped the colour of the "
+                         "visual tokens (a linear probe reads a box's colour from 24%% of its tokens after the trained "
+                         "projector, 84%% after the initial one, 97%% from the tower), so no question could name a box")
     a = ap.parse_args()
     global TOWER
     TOWER = a.tower
@@ -260,6 +264,8 @@ def main() -> None:
     naming_ids = torch.tensor(tok.convert_tokens_to_ids(list(NAMING_WORDS)))
     if TOWER == "vit":
         model.model.vision_tower.requires_grad_(False)
+    if a.freeze_projector:
+        model.model.multi_modal_projector.requires_grad_(False)
     params = [p for n, p in model.named_parameters()
               if p.requires_grad and ".encoder.layers." not in n and "post_layernorm" not in n]
     opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=0.01, betas=(0.9, 0.98))
