@@ -65,6 +65,22 @@ def test_patchify_matches_the_processor():
             assert prompt_ids.tolist() == ref["input_ids"][i][ref["attention_mask"][i] == 1].tolist()
 
 
+@pytest.mark.parametrize("size", [64, 128])
+def test_merged_tokens_follow_the_label_grid(size):
+    """Merged token k (rows 4k..4k+3 of `pixel_values`, the 2x2 patches the merger joins) covers label cell
+    k of `views.sample_views(size=...)`: 8x8 px, row-major on the (size/8) x (size/8) grid."""
+    from testbed.qwen import patchify
+
+    grid = size // 8
+    for r, c in ((0, 0), (2, 5), (grid - 1, grid - 3)):
+        image = torch.zeros(1, 3, size, size)
+        image[:, :, r * 8 : (r + 1) * 8, c * 8 : (c + 1) * 8] = 1.0
+        rows, thw = patchify(image)
+        assert thw.tolist() == [[1, size // 4, size // 4]]
+        tokens = (rows.abs().sum(1) > 0).nonzero().flatten() // 4
+        assert set(tokens.tolist()) == {r * grid + c}
+
+
 def test_trains_exports_and_answers(one_run):
     assert (one_run / "model.safetensors").stat().st_size <= MAX_BYTES
     assert (one_run / "training_commands.txt").read_text().startswith("python tools/train_testbed_qwen.py ")
