@@ -56,15 +56,20 @@ def summarize(recs, correct) -> dict:
 
 
 @torch.no_grad()
-def first_token_eval(model, processor, recs, img_root, batch: int = 32) -> dict:
+def first_token_eval(model, processor, recs, img_root, batch: int = 32, prompt_fn=prompt,
+                     views: tuple[str, ...] = ("full", "oracle")) -> dict:
+    """{view: summarize(...)} for `views` (of "full", "oracle"); `prompt_fn(question)` is the model's
+    prompt (default the LLaVA testbed's)."""
     tok = processor.tokenizer
     full, crop = load_views(recs, img_root)
     res = {}
     for name, images in (("full", full), ("oracle", crop)):
+        if name not in views:
+            continue
         correct = []
         for i in range(0, len(recs), batch):
             rs = recs[i : i + batch]
-            inp = processor(text=[prompt(r["question"]) for r in rs], images=images[i : i + batch],
+            inp = processor(text=[prompt_fn(r["question"]) for r in rs], images=images[i : i + batch],
                             return_tensors="pt", padding=True)
             logits = model(**inp).logits[:, -1]
             pred = tok.convert_ids_to_tokens(logits.argmax(-1).tolist())

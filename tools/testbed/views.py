@@ -5,7 +5,12 @@ under each patch centre) used as an auxiliary loss on the vision tower.
 
 `sample_views(rng, n, stage)` -> dict(pixels uint8 [n,S,S,3], questions, answers, families,
 sizes, digit_labels [n,g*g], color_labels [n,g*g], attn_targets [n,g*g] float masks,
-box_view/box_digit/box_mask: one row per readable box for a box-pooled digit loss). Stage 0: one or two big boxes, stage 1: a few
+box_view/box_digit/box_mask: one row per readable box for a box-pooled digit loss).
+`sample_views(..., size=128)` renders the views at 128 px instead of the 64 px `MODEL_INPUT` (the Qwen2-VL
+testbed's higher resolution): the label grid is then 16x16 (one cell per `GRID_PX` = 8 px, the patch of the
+LLaVA testbed and the merged 2x2 patch of the Qwen2-VL one), and every size threshold (readable box, size
+bucket, "where") is in pixels of the view as rendered, so a box too small to read at 64 px can be readable
+at 128 px. Stage 0: one or two big boxes, stage 1: a few
 boxes, stage 2: the evaluation distribution (3-6 boxes, zoom 1x-10x, whole scenes), stage "q": the same
 scenes framed so that several readable boxes are in view, every reading view asked about two of them.
 """
@@ -50,18 +55,19 @@ PAIR_QUESTIONS = 0.6  # share of reading views asked a second time, about anothe
 SMALL_VIEW_SHARE = 0.15  # share of reading targets drawn among all boxes in view, small ones included
 
 
-def _crop_for(rng: random.Random, scene: Scene, stage: dict) -> tuple[float, float, float]:
+def _crop_for(rng: random.Random, scene: Scene, stage: dict, size: int = MODEL_INPUT) -> tuple[float, float, float]:
     """(x0, y0, side) of a square crop in scene pixels."""
     s = scene.size
+    grid = size // GRID_PX
     if rng.random() < stage["full"] or not scene.boxes:
         return 0.0, 0.0, float(s)
     if "aligned" in stage:
         b = rng.choice(scene.boxes)
         k = rng.choice(stage["aligned"])
-        side = b.side * MODEL_INPUT / (k * GRID_PX)
-        px = side / MODEL_INPUT  # scene px per model px
+        side = b.side * size / (k * GRID_PX)
+        px = side / size  # scene px per model px
         for _ in range(20):
-            jx, jy = rng.randint(0, GRID - k), rng.randint(0, GRID - k)
+            jx, jy = rng.randint(0, grid - k), rng.randint(0, grid - k)
             dx, dy = rng.uniform(-stage["jitter"], stage["jitter"]), rng.uniform(-stage["jitter"], stage["jitter"])
             x0, y0 = b.x0 - (jx * GRID_PX + dx) * px, b.y0 - (jy * GRID_PX + dy) * px
             if 0 <= x0 <= s - side and 0 <= y0 <= s - side:
@@ -82,49 +88,52 @@ def _crop_for(rng: random.Random, scene: Scene, stage: dict) -> tuple[float, flo
     return cx0, cy0, side
 
 
-def _view_boxes(scene: Scene, x0: float, y0: float, side: float):
+def _view_boxes(scene: Scene, x0: float, y0: float, side: float, size: int = MODEL_INPUT):
     """Boxes in view coordinates (model px) with visibility: 'in', 'partial' or 'out'."""
-    k = MODEL_INPUT / side
+    k = size / side
     out = []
     for b in scene.boxes:
         bx0, by0, bx1, by1 = (b.x0 - x0) * k, (b.y0 - y0) * k, (b.x1 - x0) * k, (b.y1 - y0) * k
-        ix = max(0.0, min(bx1, MODEL_INPUT) - max(bx0, 0.0))
-        iy = max(0.0, min(by1, MODEL_INPUT) - max(by0, 0.0))
+        ix = max(0.0, min(bx1, size) - max(bx0, 0.0))
+        iy = max(0.0, min(by1, size) - max(by0, 0.0))
         frac = ix * iy / max(1e-6, (bx1 - bx0) * (by1 - by0))
         vis = "in" if frac > 0.97 else ("out" if frac < 0.01 else "partial")
         out.append((b, (bx0, by0, bx1, by1), vis))
     return out
 
 
-def _patch_labels(vboxes) -> tuple[np.ndarray, np.ndarray]:
-    digit = np.full(GRID * GRID, -100, dtype=np.int64)
-    color = np.full(GRID * GRID, len(COLOR_NAMES), dtype=np.int64)
-    cell = MODEL_INPUT / GRID
+def _patch_labels(vboxes, size: int = MODEL_INPUT) -> tuple[np.ndarray, np.ndarray]:
+    grid = size // GRID_PX
+    digit = np.full(grid * grid, -100, dtype=np.int64)
+    color = np.full(grid * grid, len(COLOR_NAMES), dtype=np.int64)
+    cell = size / grid
     for b, (x0, y0, x1, y1), vis in vboxes:
         if vis == "out":
             continue
         readable = vis == "in" and min(x1 - x0, y1 - y0) >= READABLE_MIN
-        for r in range(GRID):
+        for r in range(grid):
             cy = (r + 0.5) * cell
             if not (y0 <= cy < y1):
                 continue
-            for c in range(GRID):
+            for c in range(grid):
                 cx = (c + 0.5) * cell
                 if x0 <= cx < x1:
-                    color[r * GRID + c] = COLOR_NAMES.index(b.color)
+                    color[r * grid + c] = COLOR_NAMES.index(b.color)
                     if readable:
-                        digit[r * GRID + c] = b.digit
+                        digit[r * grid + c] = b.digit
     # background patches: digit class 10 ("no digit")
     digit[color == len(COLOR_NAMES)] = 10
     return digit, color
 
 
-def _patch_mask(vbox) -> np.ndarray:
-    """Patches of the GRIDxGRID view that overlap `vbox` (all zero when None): attention targets."""
-    m = np.zeros((GRID, GRID), dtype=np.float32)
+def _patch_mask(vbox, size: int = MODEL_INPUT) -> np.ndarray:
+    """Patches of the grid x grid view (grid = size / GRID_PX) that overlap `vbox` (all zero when None):
+    attention targets."""
+    grid = size // GRID_PX
+    m = np.zeros((grid, grid), dtype=np.float32)
     if vbox is not None:
-        cell = MODEL_INPUT / GRID
-        x0, y0, x1, y1 = (min(max(v, 0.0), MODEL_INPUT - 1e-3) for v in vbox)
+        cell = size / grid
+        x0, y0, x1, y1 = (min(max(v, 0.0), size - 1e-3) for v in vbox)
         m[int(y0 // cell) : int(y1 // cell) + 1, int(x0 // cell) : int(x1 // cell) + 1] = 1.0
     return m.reshape(-1)
 
@@ -156,7 +165,7 @@ def _partner(rng: random.Random, q, vboxes):
     return "reading", f"What digit is in the {v[0].color} box?", str(v[0].digit), _bucket(v[1]), v[1]
 
 
-def _question(rng: random.Random, vboxes, scene: Scene):
+def _question(rng: random.Random, vboxes, scene: Scene, size: int = MODEL_INPUT):
     """(family, question, answer, size, target box in view px or None) for one view, or None when nothing is well-defined."""
     inn = [v for v in vboxes if v[2] == "in"]
     partial = [v for v in vboxes if v[2] == "partial"]
@@ -190,8 +199,8 @@ def _question(rng: random.Random, vboxes, scene: Scene):
     if fam == "where" and inn:
         v = rng.choice(inn)
         x0, y0, x1, y1 = v[1]
-        dx, dy = (x0 + x1) / 2 - MODEL_INPUT / 2, (y0 + y1) / 2 - MODEL_INPUT / 2
-        if max(abs(dx), abs(dy)) > 0.2 * MODEL_INPUT and abs(abs(dx) - abs(dy)) > 0.1 * MODEL_INPUT:
+        dx, dy = (x0 + x1) / 2 - size / 2, (y0 + y1) / 2 - size / 2
+        if max(abs(dx), abs(dy)) > 0.2 * size and abs(abs(dx) - abs(dy)) > 0.1 * size:
             ans = ("right" if dx > 0 else "left") if abs(dx) > abs(dy) else ("bottom" if dy > 0 else "top")
             return "where", f"Where is the {v[0].color} box?", ans, _bucket(v[1]), v[1]
     if inn:  # fallback: reading, about any box (never a rule that prefers the largest)
@@ -200,9 +209,10 @@ def _question(rng: random.Random, vboxes, scene: Scene):
     return None
 
 
-def sample_views(rng: random.Random, n: int, stage: int = 2, views_per_scene: int = 6) -> dict:
+def sample_views(rng: random.Random, n: int, stage: int = 2, views_per_scene: int = 6, size: int = MODEL_INPUT) -> dict:
     st = STAGES[stage]
-    pix = np.zeros((n, MODEL_INPUT, MODEL_INPUT, 3), dtype=np.uint8)
+    grid = size // GRID_PX
+    pix = np.zeros((n, size, size, 3), dtype=np.uint8)
     out = {"questions": [], "answers": [], "families": [], "sizes": []}
     digits, colors, attn_t, box_rows = [], [], [], []
     i = 0
@@ -212,13 +222,13 @@ def sample_views(rng: random.Random, n: int, stage: int = 2, views_per_scene: in
         for _ in range(views_per_scene):
             if i >= n:
                 break
-            x0, y0, side = _crop_for(rng, scene, st)
-            vboxes = _view_boxes(scene, x0, y0, side)
-            q = _question(rng, vboxes, scene)
+            x0, y0, side = _crop_for(rng, scene, st, size)
+            vboxes = _view_boxes(scene, x0, y0, side, size)
+            q = _question(rng, vboxes, scene, size)
             if q is None:
                 continue
-            view = img.resize((MODEL_INPUT, MODEL_INPUT), Image.BICUBIC, box=(x0, y0, x0 + side, y0 + side), reducing_gap=3.0)
-            d, c = _patch_labels(vboxes)
+            view = img.resize((size, size), Image.BICUBIC, box=(x0, y0, x0 + side, y0 + side), reducing_gap=3.0)
+            d, c = _patch_labels(vboxes, size)
             second = _partner(rng, q, vboxes) if rng.random() < st.get("pairs", PAIR_QUESTIONS) else None
             for qq in (q, second):
                 if qq is None or i >= n:
@@ -226,12 +236,12 @@ def sample_views(rng: random.Random, n: int, stage: int = 2, views_per_scene: in
                 pix[i] = np.asarray(view)
                 for b, vb, vis in vboxes:
                     if vis == "in" and min(vb[2] - vb[0], vb[3] - vb[1]) >= READABLE_MIN:
-                        box_rows.append((i, b.digit, _patch_mask(vb)))
+                        box_rows.append((i, b.digit, _patch_mask(vb, size)))
                 digits.append(d)
                 colors.append(c)
                 for key, val in zip(("families", "questions", "answers", "sizes"), qq[:4]):
                     out[key].append(val)
-                attn_t.append(_patch_mask(qq[4]))
+                attn_t.append(_patch_mask(qq[4], size))
                 i += 1
     out["pixels"] = pix
     out["digit_labels"] = np.stack(digits)
@@ -240,5 +250,5 @@ def sample_views(rng: random.Random, n: int, stage: int = 2, views_per_scene: in
     # readable boxes: (view index, digit, patch mask) for a box-pooled digit loss
     out["box_view"] = np.array([r[0] for r in box_rows], dtype=np.int64)
     out["box_digit"] = np.array([r[1] for r in box_rows], dtype=np.int64)
-    out["box_mask"] = np.stack([r[2] for r in box_rows]) if box_rows else np.zeros((0, GRID * GRID), np.float32)
+    out["box_mask"] = np.stack([r[2] for r in box_rows]) if box_rows else np.zeros((0, grid * grid), np.float32)
     return out

@@ -1,0 +1,107 @@
+"""tools/train_testbed_qwen.py: a tiny run trains both stages, exports a Qwen2-VL checkpoint the project's
+adapter loads and answers with, and a run stopped and resumed ends with the weights of one run."""
+
+from __future__ import annotations
+
+import importlib
+import random
+import sys
+
+import pytest
+import torch
+from laser.adapters import create_adapter
+from PIL import Image
+from safetensors.torch import load_file
+
+from laser import LaserConfig, LaserEngine
+from laser.paths import assets_dir
+
+TINY = ["--vision-steps", "4", "--steps", "4", "--batch", "3", "--vision-batch", "4", "--eval-n", "4",
+        "--dev-scenes", "1", "--log-every", "2", "--ckpt-every", "2", "--eval-every", "4", "--export-every", "4",
+        "--warmup", "2"]
+MAX_BYTES = 20 * 2**20
+
+
+def train(monkeypatch, *args: str) -> None:
+    module = importlib.import_module("train_testbed_qwen")
+    threads = torch.get_num_threads()
+    monkeypatch.setattr(sys, "argv", ["train_testbed_qwen.py", *args])
+    try:
+        module.main()
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def dev_root(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("qwen_dev") / "seed1")
+
+
+@pytest.fixture(scope="module")
+def one_run(tmp_path_factory, dev_root):
+    root = tmp_path_factory.mktemp("qwen_run")
+    with pytest.MonkeyPatch.context() as mp:
+        train(mp, *TINY, "--run", str(root / "run"), "--export", str(root / "export"), "--dev-root", dev_root)
+    return root / "export"
+
+
+def test_patchify_matches_the_processor():
+    from testbed import views
+    from testbed.qwen import QwenBatcher, build_processor, build_tokenizer, prompt
+
+    tok = build_tokenizer()
+    for size, max_pixels in ((64, 64 * 64), (128, 128 * 128)):
+        proc = build_processor(tok, max_pixels=max_pixels)
+        d = views.sample_views(random.Random(0), 2, 2, size=size)
+        assert d["color_labels"].shape == (2, (size // 8) ** 2)
+        inputs, labels = QwenBatcher(tok, proc)(d)
+        ref = proc(text=[prompt(q) for q in d["questions"]], images=[Image.fromarray(x) for x in d["pixels"]],
+                   return_tensors="pt", padding=True)
+        assert torch.equal(inputs["image_grid_thw"], ref["image_grid_thw"])
+        assert torch.equal(ref["image_grid_thw"][0], torch.tensor([1, size // 4, size // 4]))
+        torch.testing.assert_close(inputs["pixel_values"], ref["pixel_values"])
+        for i in range(2):
+            prompt_ids = inputs["input_ids"][i][(labels[i] == -100) & (inputs["attention_mask"][i] == 1)]
+            assert prompt_ids.tolist() == ref["input_ids"][i][ref["attention_mask"][i] == 1].tolist()
+
+
+@pytest.mark.parametrize("size", [64, 128])
+def test_merged_tokens_follow_the_label_grid(size):
+    """Merged token k (rows 4k..4k+3 of `pixel_values`, the 2x2 patches the merger joins) covers label cell
+    k of `views.sample_views(size=...)`: 8x8 px, row-major on the (size/8) x (size/8) grid."""
+    from testbed.qwen import patchify
+
+    grid = size // 8
+    for r, c in ((0, 0), (2, 5), (grid - 1, grid - 3)):
+        image = torch.zeros(1, 3, size, size)
+        image[:, :, r * 8 : (r + 1) * 8, c * 8 : (c + 1) * 8] = 1.0
+        rows, thw = patchify(image)
+        assert thw.tolist() == [[1, size // 4, size // 4]]
+        tokens = (rows.abs().sum(1) > 0).nonzero().flatten() // 4
+        assert set(tokens.tolist()) == {r * grid + c}
+
+
+def test_trains_exports_and_answers(one_run):
+    assert (one_run / "model.safetensors").stat().st_size <= MAX_BYTES
+    assert (one_run / "training_commands.txt").read_text().startswith("python tools/train_testbed_qwen.py ")
+    adapter = create_adapter(str(one_run))
+    assert type(adapter).__name__ == "Qwen2VLAdapter" and adapter.num_layers == 8
+    image = Image.open(assets_dir() / "testbed" / "images" / "scene_10000001.png").convert("RGB")
+    inputs = adapter.build_inputs([image], ["What digit is in the red box?"])
+    assert inputs["image_grid_thw"].tolist() == [[1, 16, 16]]  # 64*64 pixels: 8x8 merged tokens
+    assert adapter.visual_layout(inputs, 0).segments[0].grid == (8, 8)
+    pred = LaserEngine(adapter, LaserConfig.preset("laser")).answer(image, "What digit is in the red box?")
+    assert isinstance(pred.answer, str)
+    hires = create_adapter(str(one_run), processor_kwargs={"max_pixels": 128 * 128})
+    assert hires.build_inputs([image], ["What digit is in the red box?"])["image_grid_thw"].tolist() == [[1, 32, 32]]
+
+
+def test_resumed_run_matches_one_run(one_run, tmp_path, monkeypatch, dev_root):
+    common = [*TINY, "--run", str(tmp_path / "run"), "--export", str(tmp_path / "export"), "--dev-root", dev_root]
+    train(monkeypatch, *common, "--vision-stop-at", "2")  # stopped in stage 1
+    train(monkeypatch, *common, "--stop-at", "2")  # resumed in stage 1, stopped in stage 2
+    train(monkeypatch, *common)
+    resumed, whole = load_file(tmp_path / "export" / "model.safetensors"), load_file(one_run / "model.safetensors")
+    assert resumed.keys() == whole.keys()
+    for key in whole:
+        assert torch.equal(resumed[key], whole[key]), key
