@@ -44,11 +44,10 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from ..adapters import DEFAULT_INSTRUCTION
+from ..loading import sample_seed
 from ..method.config import LaserConfig
-from ..paths import config_dir
+from ..paths import config_dir, resolve_path
 from ..run.answering import Answer, answer_samples, make_record
-from ..run.compose import resolve_path
-from ..run.loading import sample_seed
 
 MANIFEST = ModelManifest(model_id="laser", simple_class_path="laser.integrations.lmms_eval.LaserLMM")
 """The payload of the `lmms_eval.models` entry point `laser` (pyproject.toml)."""
@@ -165,8 +164,8 @@ class LaserLMM(lmms):
         from accelerate import Accelerator
 
         from ..adapters import create_adapter
+        from ..loading import resolve_dtype
         from ..method.engine import LaserEngine
-        from ..run.loading import resolve_dtype
 
         unknown = sorted(k for k in overrides if "." not in k)
         if unknown:
@@ -265,7 +264,7 @@ class LaserLMM(lmms):
     def _settle_output_dir(self, resume: bool, overwrite: bool) -> None:
         """Rank 0 writes run_config.json (refusing a folder of other settings, unless `resume` /
         `overwrite`); the others wait for it, and every rank raises the same error."""
-        from ..run.writer import write_run_config
+        from ..records.files import write_run_config
 
         if resume and overwrite:
             raise ValueError("resume=true and overwrite=true contradict each other; choose one")
@@ -285,7 +284,7 @@ class LaserLMM(lmms):
 
     def _answered(self) -> dict[str, dict[str, Any]]:
         """Records already in `output_dir`, by sample id (a record marked `retryable` is not done)."""
-        from ..run.writer import merge_records
+        from ..records.files import merge_records
 
         if self.output_dir is None:
             return {}
@@ -297,7 +296,7 @@ class LaserLMM(lmms):
         """One answer per request, in request order; see the module docstring."""
         from tqdm import tqdm
 
-        from ..run.writer import RecordFile
+        from ..records.files import RecordFile
 
         items = []  # (sample id, context, doc_to_visual, task, split, doc_id, group key)
         groups: dict[tuple, dict[str, Any]] = {}

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from ..run.metrics import DEFAULT_METRICS, score
-from ..run.writer import RUN_CONFIG, merge_records
+from ..records.files import RUN_CONFIG, merge_records
+from ..records.metrics import DEFAULT_METRICS, score
 
 # Folder or file names that say nothing on their own: the parent folder is kept in the label.
 GENERIC_NAMES = frozenset(

@@ -17,9 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from ..method.config import LaserConfig
-from ..paths import config_dir
-from ..run.compose import resolve_path
-from ..run.writer import RUN_CONFIG, merge_records
+from ..paths import config_dir, resolve_path
+from ..records.files import RUN_CONFIG, merge_records
 from .runs import short_name
 
 
@@ -46,7 +45,7 @@ def load_adapter(spec: dict[str, Any], device: str = "auto"):
     import torch
 
     from ..adapters import create_adapter
-    from ..run.loading import resolve_dtype
+    from ..loading import resolve_dtype
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -61,8 +60,8 @@ def load_adapter(spec: dict[str, Any], device: str = "auto"):
 
 def run_sample(run: dict[str, Any], sample_id: str) -> tuple[Any, str, list[str], Any]:
     """(image, question as the model saw it, reference answers, the sample) of a run's sample."""
-    from ..run.data import format_question, load_image, read_annotations
-    from ..run.data.formats import default_image_root
+    from ..data import format_question, load_image, read_annotations
+    from ..data.formats import default_image_root
 
     data = run.get("data") or {}
     annotations = resolve_path(data.get("annotations"))
@@ -111,7 +110,7 @@ def show_run_sample(
     run_dir: str | Path, sample_id: str, out: str | Path | None = None, device: str = "auto"
 ) -> dict[str, Any]:
     """Re-run one sample of a run (its model, method and per-sample seed) and draw it."""
-    from ..run.loading import sample_seed
+    from ..loading import sample_seed
     from .overlay import render_overlay
 
     folder = Path(run_dir)
@@ -157,7 +156,7 @@ def show_image(
     device: str = "auto",
 ) -> dict[str, Any]:
     """Answer one question about one image with `method` and vanilla, and draw it."""
-    from ..run.data import load_image
+    from ..data import load_image
     from .overlay import render_overlay
 
     image, error = load_image(Path(image_path))

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ..run.metrics import bootstrap_ci
+from ..records.metrics import bootstrap_ci
 from .runs import Run, vanilla_for
 
 PATH_ORDER = ("vanilla", "direct", "contrastive")

@@ -13,7 +13,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from ..method.config import LaserConfig, config_keys, did_you_mean, unknown_keys
-from ..paths import PACKAGE_DIR, config_dir
+from ..paths import config_dir, resolve_path
 from .schema import GROUPS, ModelOptions, RunOptions
 
 DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
@@ -24,13 +24,6 @@ ATTENTION_IMPLEMENTATIONS = (
 
 class ConfigError(ValueError):
     """A bad command-line config: unknown key, unknown preset or malformed override."""
-
-
-def resolve_path(value: str | None) -> str | None:
-    """`laser:<relative>` points inside the installed package (shipped assets)."""
-    if isinstance(value, str) and value.startswith("laser:"):
-        return str(PACKAGE_DIR / value.removeprefix("laser:"))
-    return value
 
 
 def group_names(group: str) -> list[str]:

@@ -15,11 +15,11 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
+from ..loading import resolve_dtype, sample_seed
 from ..method.config import LaserConfig
 from ..method.engine import LaserEngine
 from .answering import answer_samples, make_record, score_samples
 from .batch import check_batch
-from .loading import resolve_dtype, sample_seed
 
 
 class LaserModule(pl.LightningModule):

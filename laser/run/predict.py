@@ -22,8 +22,8 @@ from typing import Any
 from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from ..records.files import completed_ids
 from .compose import data_kwargs, method_config, model_load_kwargs, model_ref
-from .writer import completed_ids
 
 ANNOTATION_ERRORS = "annotation_errors.txt"
 """Bad annotation entries skipped with `data.on_error=skip`, one message a line."""
@@ -135,7 +135,7 @@ def settle_output(output_dir: Path, config: dict[str, Any], mode: str, launch: L
     same error for a bad config (the folder is already claimed by this run, see `predict`). Returns the action.
     Under `overwrite=true` there is nothing to refuse, so the others do not look into the folder at all:
     rank 0 may be deleting the old predictions at that moment (a file listed, then gone before its stat)."""
-    from .writer import run_config_action, write_run_config
+    from ..records.files import run_config_action, write_run_config
 
     if launch.main:
         return write_run_config(output_dir, config, mode)
@@ -209,10 +209,11 @@ def _run(cfg: DictConfig, output_dir: Path, mode: str, launch: Launch, watch: An
     """The run itself, on a claimed folder."""
     import lightning.pytorch as pl
 
-    from .data.datamodule import VQADataModule
+    from ..records.files import merge_records
+    from .datamodule import VQADataModule
     from .lightning import LaserModule
     from .preemption import StopWhenPreempted
-    from .writer import PredictionWriter, merge_records
+    from .writer import PredictionWriter
 
     action = settle_output(output_dir, run_config(cfg), mode, launch)
     datamodule = VQADataModule(**data_kwargs(cfg))
