@@ -22,6 +22,7 @@ imported on first use so that `import laser` does not pay for Lightning.
 
 from typing import Any
 
+from .loading import load_engine
 from .method.config import LaserConfig, list_presets
 from .method.engine import LaserEngine
 from .method.prediction import Prediction
@@ -45,6 +46,7 @@ __all__ = [
     "VQADataModule",
     "__version__",
     "list_presets",
+    "load_engine",
 ]
 
 

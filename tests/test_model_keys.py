@@ -91,7 +91,7 @@ def test_bad_model_keys_are_one_line_config_errors(overrides, message):
 
 
 def test_load_arguments_put_weights_straight_on_the_process_device():
-    from laser.run.lightning import load_kwargs
+    from laser.loading import load_kwargs
 
     assert load_kwargs({}, torch.device("cpu")) == {}
     assert load_kwargs({}, torch.device("cuda", 3)) == {"device_map": {"": "cuda:3"}}

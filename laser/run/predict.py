@@ -22,7 +22,7 @@ from typing import Any
 from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from ..records.files import completed_ids
+from ..records.files import completed_ids, output_mode
 from .compose import data_kwargs, method_config, model_load_kwargs, model_ref
 
 ANNOTATION_ERRORS = "annotation_errors.txt"
@@ -173,9 +173,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     from .preemption import Preempted, PreemptionWatch, requeue_slurm_job
 
     output_dir = Path(cfg.output_dir)
-    if cfg.resume and cfg.overwrite:
-        raise ValueError("resume=true and overwrite=true contradict each other; choose one")
-    mode = "overwrite" if cfg.overwrite else "resume" if cfg.resume else "new"
+    mode = output_mode(bool(cfg.resume), bool(cfg.overwrite))
     resolve_adapter_class(model_ref(cfg), cfg.model.adapter)  # fail before anything is written
     launch = detect_launch(int(cfg.trainer.get("num_nodes") or 1))
     stale_after = float(cfg.get("claim_stale_after") or STALE_AFTER_SECONDS)
