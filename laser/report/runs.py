@@ -71,7 +71,7 @@ class Run:
         return float((method.get("gate") or {}).get("depth", 0.5))
 
     def score(self, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
-        """`laser.run.metrics.score` over the run's merged records."""
+        """`laser.records.metrics.score` over the run's merged records."""
         return score(self.records, self.metric, n_boot=n_boot, seed=seed)
 
     def values(self) -> dict[str, float]:
