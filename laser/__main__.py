@@ -1,5 +1,5 @@
 """`python -m laser ...` is the `laser` command."""
 
-from .run.cli import entry
+from .cli import entry
 
 entry()

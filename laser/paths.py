@@ -28,3 +28,10 @@ def config_dir() -> Path:
 def assets_dir() -> Path:
     """Shipped data: the testbed split, its images and the testbed models."""
     return PACKAGE_DIR / "assets"
+
+
+def resolve_path(value: str | None) -> str | None:
+    """`laser:<relative>` points inside the installed package (shipped assets)."""
+    if isinstance(value, str) and value.startswith("laser:"):
+        return str(PACKAGE_DIR / value.removeprefix("laser:"))
+    return value

@@ -70,7 +70,7 @@ def predict_args(model: Path, annotations: Path, output: Path, *extra: str) -> l
 
 
 def laser_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "laser.run.cli", *args]
+    return [sys.executable, "-m", "laser.cli", *args]
 
 
 def run_laser(*args: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
@@ -101,7 +101,7 @@ def run_inprocess(*args: str) -> tuple[int, str, str]:
     import contextlib
     import io
 
-    from laser.run.cli import main
+    from laser.cli import main
 
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -114,7 +114,7 @@ def predict_in_process(*args: str) -> int:
     (OMP_NUM_THREADS=1) compute, so their float sums are the same."""
     import torch
 
-    from laser.run.cli import main
+    from laser.cli import main
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -8,9 +8,9 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from laser import LaserModule, PredictionWriter
+from laser.data import collate_samples
 from laser.paths import assets_dir
 from laser.run.batch import BatchContractError, check_batch
-from laser.run.data import collate_samples
 
 IMAGE = Image.new("RGB", (64, 64), (10, 200, 10))
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from run_fixtures import run_inprocess, write_dataset
 
+from laser.cli import COMMANDS
 from laser.method.config import LaserConfig, config_keys, config_sections, list_presets
-from laser.run.cli import COMMANDS
 from laser.run.compose import compose, group_names
 from laser.run.schema import GROUPS, DataOptions, RunOptions
 
@@ -47,7 +47,7 @@ def test_predict_help_lists_every_key_with_its_value_and_help():
 
 
 def test_data_keys_are_the_data_modules_arguments():
-    from laser.run.data.datamodule import VQADataModule
+    from laser.run.datamodule import VQADataModule
 
     parameters = inspect.signature(VQADataModule.__init__).parameters
     arguments = {n: p.default for n, p in parameters.items() if n not in ("self", "skip_ids")}
@@ -59,8 +59,8 @@ def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
 
 
 def test_dry_run_counts_a_half_written_folder_and_creates_nothing(tmp_path, monkeypatch):
+    from laser.records.files import write_run_config
     from laser.run.predict import run_config
-    from laser.run.writer import write_run_config
 
     monkeypatch.chdir(tmp_path)  # Lightning would put lightning_logs/ here
     annotations = write_dataset(tmp_path / "data", n=8)
@@ -126,7 +126,7 @@ def test_run_config_records_the_versions():
     from importlib.metadata import version
 
     from laser import __version__
-    from laser.run.cli import version_line
+    from laser.cli import version_line
     from laser.run.predict import run_config
 
     versions = run_config(compose([]))["versions"]

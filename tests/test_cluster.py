@@ -30,7 +30,7 @@ SRUN_TASKS = """
 import json, os, sys
 from pathlib import Path
 import lightning.pytorch as pl
-import laser.adapters, laser.run.cli, laser.run.predict  # imported once; the tasks are forked from here
+import laser.adapters, laser.cli, laser.run.predict  # imported once; the tasks are forked from here
 
 log, tasks, trials, job_name, args = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5:]
 real_replace, real_unlink = os.replace, Path.unlink
@@ -70,7 +70,7 @@ for trial in range(trials):
                 SLURM_STEP_ID="0", SLURM_JOB_NAME=job_name, SLURM_NODELIST="localhost",
             )
             try:
-                code = laser.run.cli.main(["predict", *args[:-1], f"output_dir={out}"])
+                code = laser.cli.main(["predict", *args[:-1], f"output_dir={out}"])
             except SystemExit as exit:
                 code = exit.code or 0
             sys.stdout.flush(); sys.stderr.flush()
@@ -113,7 +113,7 @@ def marked(self, *args, **kwargs):  # this process got as far as the Trainer
     real_init(self, *args, **kwargs)
 
 predict.settle_output, pl.Trainer.__init__ = settle, marked
-from laser.run.cli import main
+from laser.cli import main
 sys.exit(main(["predict", *sys.argv[3:]]))
 """
 

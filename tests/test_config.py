@@ -95,7 +95,7 @@ BENCHMARK_FIXTURES = {
 
 def test_every_data_preset_reads_its_own_format(monkeypatch, tmp_path):
     from laser.run.compose import compose, data_kwargs, group_names
-    from laser.run.data.datamodule import VQADataModule
+    from laser.run.datamodule import VQADataModule
 
     monkeypatch.chdir(FIXTURES)
     jsonl = tmp_path / "q.jsonl"

@@ -12,8 +12,7 @@ from PIL import Image
 from torch.utils.data import SequentialSampler
 
 from laser.paths import config_dir
-from laser.run.data import VQADataModule
-from laser.run.data.datamodule import DEFAULT_METRICS, METRICS
+from laser.run.datamodule import DEFAULT_METRICS, METRICS, VQADataModule
 
 
 def make_jsonl(tmp_path: Path, n: int = 5) -> Path:

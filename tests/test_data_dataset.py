@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from laser.run.data import VQADataset, VQASample, collate_samples, load_image
+from laser.data import VQADataset, VQASample, collate_samples, load_image
 
 
 def save(image: Image.Image, path: Path, **kwargs) -> Path:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from laser.run.data import READERS, VQASample, format_question, read_annotations
-from laser.run.data.formats import default_image_root
+from laser.data import READERS, VQASample, format_question, read_annotations
+from laser.data.formats import default_image_root
 
 
 def write_lines(path: Path, lines: list[bytes | str | dict]) -> Path:
@@ -253,7 +253,7 @@ def test_vstar_shuffles_with_a_stable_permutation_and_tracks_the_answer(tmp_path
     unshuffled = read_annotations("vstar", root, shuffle=False)
     assert unshuffled[2].choices == ["left", "right"] and unshuffled[2].answers == ["A"]
     # over many ids the correct option does not always land on "A"
-    from laser.run.data.benchmarks import _shuffled_order
+    from laser.data.benchmarks import _shuffled_order
 
     positions = {_shuffled_order(f"id{i}", 4, 0).index(0) for i in range(40)}
     assert positions == {0, 1, 2, 3}

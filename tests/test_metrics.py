@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from laser.run.metrics import (
+from laser.records.metrics import (
     DEFAULT_METRICS,
     anls,
     bootstrap_ci,

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from run_fixtures import run_inprocess
 
-from laser.run.metrics import (
+from laser.records.metrics import (
     DEFAULT_METRICS,
     METRICS,
     anls,

@@ -91,7 +91,7 @@ def test_bad_model_keys_are_one_line_config_errors(overrides, message):
 
 
 def test_load_arguments_put_weights_straight_on_the_process_device():
-    from laser.run.lightning import load_kwargs
+    from laser.loading import load_kwargs
 
     assert load_kwargs({}, torch.device("cpu")) == {}
     assert load_kwargs({}, torch.device("cuda", 3)) == {"device_map": {"": "cuda:3"}}
@@ -105,7 +105,7 @@ def test_lightning_never_moves_the_model_nor_copies_it_to_host(llava_adapter, mo
 
     from laser.method.config import LaserConfig
     from laser.method.engine import LaserEngine
-    from laser.run.data.datamodule import VQADataModule
+    from laser.run.datamodule import VQADataModule
     from laser.run.lightning import LaserModule
 
     engine = LaserEngine(llava_adapter, LaserConfig.preset("vanilla"))
@@ -129,7 +129,7 @@ def test_lightning_never_moves_the_model_nor_copies_it_to_host(llava_adapter, mo
 
 
 def test_runs_recorded_before_the_loading_keys_resume_and_a_changed_device_map_does_not_matter():
-    from laser.run.writer import config_differences
+    from laser.records.files import config_differences
 
     before = {"model": {"name_or_path": "m", "dtype": "auto"}}  # run_config.json of an earlier version
     now = {"model": {"name_or_path": "m", "dtype": "auto", "device_map": None, "attn_implementation": None,

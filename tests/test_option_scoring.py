@@ -136,7 +136,7 @@ def test_predict_likelihood_mode_writes_scores_and_letters(tmp_path):
 
 def test_likelihood_items_need_choices_and_a_known_mode():
     from laser.run.batch import BatchContractError, check_batch
-    from laser.run.data import VQADataModule
+    from laser.run.datamodule import VQADataModule
 
     sample = {"sample_id": "q1", "question": "What ?", "image": random_image(64, 64), "score_options": True}
     with pytest.raises(BatchContractError, match="q1.*score_options=true needs 'choices'"):

@@ -16,18 +16,28 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE_DIRS = {"laser": ROOT / "laser", "laser.adapters": ROOT / "adapters"}
 
-# the level of each layer: a module may import its own level and the levels below it. The adapter
-# contract is at the bottom, the method core above it; running over data sets (`run`: the CLI, the
-# Lightning layer, writer, metrics) and reporting on runs (`report`, the shipped `testbed` benchmark)
-# sit on top and may use each other; `integrations` (LASER inside other tools: lmms-eval) above them all.
+# the level of each layer: a module may import its own layer and the layers below it, never one above, so
+# the layers cannot import each other in a cycle. Every layer has a level of its own (two layers on one
+# level could import each other). Bottom to top: where configs and assets are (`paths`), the adapter
+# contract, the method core, loading a model and a method into an engine (`loading`), reading data sets
+# (`data`), prediction records, metrics and evaluation (`records`); above them the shipped benchmark
+# (`testbed`), running over data sets (`run`: compose, the Lightning layer, predict), reporting on runs
+# (`report`), LASER inside other tools (`integrations`: lmms-eval), and the `laser` command on top (`cli`).
 LAYERS = {
-    "laser.adapters": 0,
-    "laser.method": 1,
-    "laser.run": 2,
-    "laser.report": 2,
-    "laser.testbed": 2,
-    "laser.integrations": 3,
+    "laser.paths": 0,
+    "laser.adapters": 1,
+    "laser.method": 2,
+    "laser.loading": 3,
+    "laser.data": 4,
+    "laser.records": 5,
+    "laser.testbed": 6,
+    "laser.run": 7,
+    "laser.report": 8,
+    "laser.integrations": 9,
+    "laser.cli": 10,
 }
+FACADE = {"laser", "laser.__main__"}
+"""The package root (re-exports of the layers, `python -m laser`): in no layer, imported by none."""
 
 
 def layer_of(module: str) -> str | None:
@@ -72,6 +82,47 @@ def parent_package(module: str, path: Path) -> str:
     return module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
 
 
+def layer_graph(modules: dict[str, Path]) -> dict[str, set[str]]:
+    """Which layers each layer imports (itself left out)."""
+    graph: dict[str, set[str]] = {layer: set() for layer in LAYERS}
+    for module, path in modules.items():
+        own = layer_of(module)
+        for target, _, _ in imports_of(module, path):
+            other = layer_of(target)
+            if own and other and other != own:
+                graph[own].add(other)
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One cycle of `graph` (as [a, b, ..., a]), or None."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt):] + [nxt]
+            if nxt not in state and (found := visit(nxt)):
+                return found
+        path.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (found := visit(node)):
+            return found
+    return None
+
+
+def test_every_layer_has_its_own_level_and_every_module_a_layer():
+    assert len(set(LAYERS.values())) == len(LAYERS), "two layers share a level: they could import each other"
+    homeless = [m for m in package_modules() if m not in FACADE and layer_of(m) is None]
+    assert not homeless, f"modules in no layer of LAYERS: {homeless}"
+
+
 def test_imports_run_one_way_and_no_private_names_cross_packages():
     modules = package_modules()
     assert "laser.method.engine" in modules and "laser.adapters.base" in modules
@@ -84,6 +135,8 @@ def test_imports_run_one_way_and_no_private_names_cross_packages():
             if target.split(".")[0] == "adapters":
                 stray.append(f"{where} imports top-level `adapters` (it is `laser.adapters`)")
             target_layer = layer_of(target)
+            if target in FACADE and module not in FACADE and names != ["__version__"]:
+                backwards.append(f"{where}: {module} imports the package root {target} (import the layer)")
             if own_layer and target_layer and LAYERS[target_layer] > LAYERS[own_layer]:
                 backwards.append(f"{where}: {module} ({own_layer}) imports {target} ({target_layer})")
             if not target.startswith("laser"):
@@ -97,8 +150,11 @@ def test_imports_run_one_way_and_no_private_names_cross_packages():
             if hidden:
                 private.append(f"{where}: {module} takes private {hidden} from {target}")
     assert not stray, "\n".join(stray)
-    assert not backwards, "imports must run run/report -> method -> adapters:\n" + "\n".join(backwards)
+    order = " -> ".join(sorted(LAYERS, key=LAYERS.get, reverse=True))
+    assert not backwards, f"imports must run {order}:\n" + "\n".join(backwards)
     assert not private, "promote what is shared instead of importing private names:\n" + "\n".join(private)
+    cycle = find_cycle(layer_graph(modules))
+    assert cycle is None, "layers import each other in a cycle: " + " -> ".join(cycle or [])
 
 
 def test_the_checker_sees_a_backward_and_a_private_import(tmp_path):
@@ -109,6 +165,13 @@ def test_the_checker_sees_a_backward_and_a_private_import(tmp_path):
     assert ("laser.run.writer", ["x"], 1) in found
     assert ("laser.adapters._registry", ["_ADAPTERS"], 2) in found
     assert layer_of("laser.run.writer") == "laser.run" and layer_of("laser.method.engine") == "laser.method"
+    assert LAYERS["laser.run"] > LAYERS["laser.method"]
+
+
+def test_the_checker_sees_a_cycle():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
+    assert find_cycle({"laser.run": {"laser.report"}, "laser.report": {"laser.run"}}) is not None
 
 
 @pytest.fixture(scope="module")

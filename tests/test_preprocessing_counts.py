@@ -121,7 +121,7 @@ def test_dataloader_workers_preprocess_the_originals(counted, tmp_path):
     import json
     from types import SimpleNamespace
 
-    from laser.run.data import VQADataModule
+    from laser.run.datamodule import VQADataModule
     from laser.run.lightning import LaserModule
 
     adapter, counter = counted

@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 from run_fixtures import predict_args, records_by_id, save_tiny_llava
 
-from laser.run.cli import main
-from laser.run.data import load_image
+from laser.cli import main
+from laser.data import load_image
 
 QUESTION = "What is the color ?"
 RNG = np.random.default_rng(0)

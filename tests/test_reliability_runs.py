@@ -162,7 +162,7 @@ def test_output_of_another_config_is_never_overwritten_by_accident(setup, tmp_pa
 def test_ddp_padding_items_are_never_written():
     """A resumed DDP run with fewer pending samples than ranks pads the dataset so every rank gets an
     item; the filler items yield no record, so no sample is written twice."""
-    from laser.run.data import VQADataset, VQASample
+    from laser.data import VQADataset, VQASample
     from laser.run.lightning import LaserModule
 
     dataset = VQADataset([VQASample("a", "a.png", "q?", ["x"])])

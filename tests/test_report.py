@@ -194,7 +194,7 @@ def test_figure_titles_fit_in_the_figure(runs, tmp_path, monkeypatch):
 def real_run(tmp_path_factory):
     from run_fixtures import predict_args, save_tiny_llava, write_dataset
 
-    from laser.run.cli import main as laser_main
+    from laser.cli import main as laser_main
 
     root = tmp_path_factory.mktemp("report_real")
     model = save_tiny_llava(root / "tiny-llava")

@@ -9,7 +9,7 @@ import torch
 from run_fixtures import predict_args, run_inprocess, save_tiny_llava, write_dataset
 
 import laser.run.answering as answering
-from laser.run.writer import completed_ids, merge_records
+from laser.records.files import completed_ids, merge_records
 
 OOM_QUESTION = "Is there a red box ?"  # sample s001 of `write_dataset`
 

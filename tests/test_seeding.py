@@ -59,9 +59,9 @@ def test_explicit_seeds_must_match_the_batch(llava_adapter, five_samples):
 
 
 def test_laser_predict_seeds_follow_the_sample_id_whatever_the_rank(monkeypatch):
+    from laser.loading import sample_seed
     from laser.method.prediction import Prediction
     from laser.run.lightning import LaserModule
-    from laser.run.loading import sample_seed
 
     seen = []
 

@@ -28,7 +28,7 @@ from laser.method.crop import place_crop
 from laser.method.decoding import generate
 from laser.method.engine import LaserEngine
 from laser.method.views import diffusion_alpha_bar
-from laser.run.metrics import pope_answer
+from laser.records.metrics import pope_answer
 
 GRID = 24  # the tiny LLaVA's 24 x 24 visual tokens (336 px / patch 14)
 

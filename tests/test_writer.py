@@ -10,8 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from laser.run.writer import (
-    PredictionWriter,
+from laser.records.files import (
     RunConfigMismatch,
     completed_ids,
     merge_records,
@@ -20,6 +19,7 @@ from laser.run.writer import (
     repair_torn_tail,
     write_run_config,
 )
+from laser.run.writer import PredictionWriter
 
 
 def record(sample_id: str, **extra) -> dict:
@@ -207,7 +207,7 @@ def test_trainer_predict_writes_and_resumes(tmp_path: Path) -> None:
     import torch
     from PIL import Image
 
-    from laser.run.data import VQADataModule
+    from laser.run.datamodule import VQADataModule
 
     Image.new("RGB", (8, 8)).save(tmp_path / "img.png")
     lines = [

@@ -163,8 +163,8 @@ def check_split(adapter, images, workdir: Path, device: torch.device, dtype: tor
     last layers on the CPU (on a CPU-only machine: the whole map on the CPU)."""
     import laser.adapters
 
-    from laser.run.cli import main as laser_main
-    from laser.run.writer import merge_records
+    from laser.cli import main as laser_main
+    from laser.records.files import merge_records
 
     folder = workdir / "llava"
     adapter.model.save_pretrained(folder)

@@ -47,7 +47,7 @@ from laser.testbed.benchmark import (  # noqa: E402
     results_table,
     run_methods,
 )
-from laser.run.metrics import bootstrap_ci  # noqa: E402
+from laser.records.metrics import bootstrap_ci  # noqa: E402
 from laser.testbed.question_use import layer_crop_hits, question_records, question_use, question_use_lines  # noqa: E402
 from laser.testbed.split import materialize_split  # noqa: E402
 

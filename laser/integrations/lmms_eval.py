@@ -39,15 +39,12 @@ except ModuleNotFoundError as err:  # pragma: no cover - only without the extra
         f"laser.integrations.lmms_eval needs lmms-eval ({err}); install it with: pip install 'laser-lvlm[lmms]'"
     ) from err
 from loguru import logger
-from omegaconf import OmegaConf
 from PIL import Image
 
 from ..adapters import DEFAULT_INSTRUCTION
+from ..loading import check_max_memory, load_engine, method_spec, model_spec, sample_seed
 from ..method.config import LaserConfig
-from ..paths import config_dir
 from ..run.answering import Answer, answer_samples, make_record
-from ..run.compose import resolve_path
-from ..run.loading import sample_seed
 
 if TYPE_CHECKING:
     from ..method.engine import LaserEngine
@@ -111,35 +108,6 @@ def decode_settings(gen_kwargs: dict[str, Any] | None, task: str) -> tuple[dict[
     return decode, until
 
 
-def model_settings(pretrained: str, adapter: str | None, dtype: str | None) -> dict[str, Any]:
-    """`name_or_path`, `adapter`, `dtype` of a model preset (configs/model/<pretrained>.yaml), else of a
-    folder or hub id; explicit `adapter` / `dtype` win."""
-    preset = config_dir() / "model" / f"{pretrained}.yaml"
-    if preset.is_file():
-        settings = OmegaConf.to_container(OmegaConf.load(preset))
-        settings["name_or_path"] = resolve_path(settings["name_or_path"])
-    else:
-        settings = {"name_or_path": str(pretrained), "adapter": None, "dtype": "auto"}
-    path = Path(str(settings["name_or_path"])).expanduser()
-    if path.exists():
-        settings["name_or_path"] = str(path.resolve())
-    if adapter is not None:
-        settings["adapter"] = adapter
-    if dtype is not None:
-        settings["dtype"] = dtype
-    return settings
-
-
-def method_settings(method: str, overrides: dict[str, Any]) -> LaserConfig:
-    """A preset name or a YAML file, with dotted overrides (`crop.ratio=0.4`); bad keys are errors."""
-    path = Path(method) if Path(method).is_file() else config_dir() / "method" / f"{method}.yaml"
-    if not path.is_file():
-        LaserConfig.preset(method)  # raises: unknown preset, naming the available ones
-    base = OmegaConf.load(path)
-    dotted = OmegaConf.from_dotlist([f"{key}={value}" for key, value in overrides.items()])
-    return LaserConfig.from_dict(OmegaConf.merge(base, dotted))
-
-
 class LaserLMM(lmms):
     """LASER as an lmms-eval "simple" model: `generate_until` only (see the module docstring)."""
 
@@ -166,10 +134,6 @@ class LaserLMM(lmms):
         import torch
         from accelerate import Accelerator
 
-        from ..adapters import create_adapter
-        from ..method.engine import LaserEngine
-        from ..run.loading import resolve_dtype
-
         unknown = sorted(k for k in overrides if "." not in k)
         if unknown:
             raise ValueError(
@@ -190,8 +154,8 @@ class LaserLMM(lmms):
         if self.batch_size_per_process < 1:
             raise ValueError(f"batch_size={batch_size}; expected >= 1")
         self.seed = int(seed)
-        self.method = method_settings(str(method), overrides)
-        self.model_config = model_settings(str(pretrained), adapter, dtype)
+        self.method = method_spec(str(method), overrides)
+        self.model_config = model_spec(str(pretrained), adapter, dtype)
         if processor_kwargs:
             self.model_config["processor"] = processor_kwargs
 
@@ -211,29 +175,15 @@ class LaserLMM(lmms):
         else:
             self._device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
-        ref, adapter_name = self.model_config["name_or_path"], self.model_config["adapter"]
         if attn_implementation:
             self.model_config["attn_implementation"] = attn_implementation
-        load_kwargs = {k: v for k, v in self.model_config.items() if k == "attn_implementation"}
-        if processor_kwargs:
-            load_kwargs["processor_kwargs"] = processor_kwargs
-        if device_map is not None:  # where the weights live: not part of the run config
-            load_kwargs["device_map"] = device_map
-            if max_memory:
-                load_kwargs["max_memory"] = max_memory
-        elif max_memory:
-            raise ValueError("max_memory.<device>= needs device_map= (it bounds what the map puts on each device)")
-        elif self._device.type == "cuda":
-            load_kwargs["device_map"] = str(self._device)  # load straight onto this process's GPU
-        placed = self._device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        dtype_of = resolve_dtype(self.model_config["dtype"], placed)
-        lvlm = create_adapter(ref, adapter=adapter_name, dtype=dtype_of, **load_kwargs)
-        lvlm.model.eval().requires_grad_(False)
-        if self._device is not None:
-            lvlm.model.to(self._device)
-        else:
+        check_max_memory(max_memory or None, device_map, ("max_memory.<device>=", "device_map="))
+        # where the weights live: not part of the run config
+        load = {"device_map": device_map, "max_memory": max_memory} if device_map is not None else {}
+        self.engine = load_engine(self.model_config, self.method, device=self._device, load=load)
+        lvlm = self.engine.adapter
+        if self._device is None:
             self._device = lvlm.device
-        self.engine = LaserEngine(lvlm, self.method)
         self.instructions = tuple(dict.fromkeys((lvlm.instruction, LMMS_DEFAULT_INSTRUCTION, DEFAULT_INSTRUCTION)))
 
         self.output_dir = Path(output_dir) if output_dir else None
@@ -267,11 +217,9 @@ class LaserLMM(lmms):
     def _settle_output_dir(self, resume: bool, overwrite: bool) -> None:
         """Rank 0 writes run_config.json (refusing a folder of other settings, unless `resume` /
         `overwrite`); the others wait for it, and every rank raises the same error."""
-        from ..run.writer import write_run_config
+        from ..records.files import output_mode, write_run_config
 
-        if resume and overwrite:
-            raise ValueError("resume=true and overwrite=true contradict each other; choose one")
-        mode = "overwrite" if overwrite else "resume" if resume else "new"
+        mode = output_mode(resume, overwrite)
         error = None
         if self._rank == 0:
             try:
@@ -287,7 +235,7 @@ class LaserLMM(lmms):
 
     def _answered(self) -> dict[str, dict[str, Any]]:
         """Records already in `output_dir`, by sample id (a record marked `retryable` is not done)."""
-        from ..run.writer import merge_records
+        from ..records.files import merge_records
 
         if self.output_dir is None:
             return {}
@@ -299,7 +247,7 @@ class LaserLMM(lmms):
         """One answer per request, in request order; see the module docstring."""
         from tqdm import tqdm
 
-        from ..run.writer import RecordFile
+        from ..records.files import RecordFile
 
         items = []  # (sample id, context, doc_to_visual, task, split, doc_id, group key)
         groups: dict[tuple, dict[str, Any]] = {}

@@ -15,7 +15,7 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..run.metrics import METRICS
+from ..records.metrics import METRICS
 from .runs import load_runs
 from .tables import markdown_table, score_rows, write_tables
 

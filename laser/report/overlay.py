@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 from matplotlib.patches import Patch, Rectangle  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from ..run.metrics import exact_match  # noqa: E402
+from ..records.metrics import exact_match  # noqa: E402
 
 DPI = 100
 BOX_COLOUR = "#39ff14"

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from ..run.metrics import DEFAULT_METRICS, score
-from ..run.writer import RUN_CONFIG, merge_records
+from ..records.files import RUN_CONFIG, merge_records
+from ..records.metrics import DEFAULT_METRICS, score
 
 # Folder or file names that say nothing on their own: the parent folder is kept in the label.
 GENERIC_NAMES = frozenset(
@@ -71,7 +71,7 @@ class Run:
         return float((method.get("gate") or {}).get("depth", 0.5))
 
     def score(self, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
-        """`laser.run.metrics.score` over the run's merged records."""
+        """`laser.records.metrics.score` over the run's merged records."""
         return score(self.records, self.metric, n_boot=n_boot, seed=seed)
 
     def values(self) -> dict[str, float]:

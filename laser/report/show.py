@@ -16,53 +16,24 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..loading import load_engine, model_spec
 from ..method.config import LaserConfig
-from ..paths import config_dir
-from ..run.compose import resolve_path
-from ..run.writer import RUN_CONFIG, merge_records
+from ..paths import resolve_path
+from ..records.files import RUN_CONFIG, merge_records
 from .runs import short_name
 
 
-def _model_spec(model: str) -> dict[str, Any]:
-    """`configs/model/<model>.yaml` when it exists, else a checkpoint folder or registered name."""
-    preset = config_dir() / "model" / f"{model}.yaml"
-    if preset.is_file():
-        from omegaconf import OmegaConf
-
-        return dict(OmegaConf.to_container(OmegaConf.load(preset)))
-    return {"name_or_path": model, "adapter": None, "dtype": "auto"}
-
-
-def _method_config(method: str | dict[str, Any]) -> LaserConfig:
-    if isinstance(method, dict):
-        return LaserConfig.from_dict(method)
-    if Path(method).is_file():
-        return LaserConfig.from_file(method)
-    return LaserConfig.preset(method)
-
-
-def load_adapter(spec: dict[str, Any], device: str = "auto"):
-    """The adapter of a model spec (`name_or_path`, `adapter`, `dtype`), in eval mode on `device`."""
-    import torch
-
-    from ..adapters import create_adapter
-    from ..run.loading import resolve_dtype
-
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    reference = resolve_path(str(spec["name_or_path"]))
-    if Path(reference).expanduser().exists():
-        reference = str(Path(reference).expanduser())
-    dtype = resolve_dtype(str(spec.get("dtype") or "auto"), torch.device(device))
-    adapter = create_adapter(reference, adapter=spec.get("adapter"), dtype=dtype)
-    adapter.model.eval().requires_grad_(False).to(device)
-    return adapter
+def _load(spec: dict[str, Any], method: Any, device: str = "auto"):
+    """The engine of `method` on the model of `spec`; only its `name_or_path`, `adapter` and `dtype` are
+    used (a run's loading keys, such as its device map, are for its own devices)."""
+    model = {key: spec.get(key) for key in ("name_or_path", "adapter", "dtype")}
+    return load_engine(model, method, device=device)
 
 
 def run_sample(run: dict[str, Any], sample_id: str) -> tuple[Any, str, list[str], Any]:
     """(image, question as the model saw it, reference answers, the sample) of a run's sample."""
-    from ..run.data import format_question, load_image, read_annotations
-    from ..run.data.formats import default_image_root
+    from ..data import format_question, load_image, read_annotations
+    from ..data.formats import default_image_root
 
     data = run.get("data") or {}
     annotations = resolve_path(data.get("annotations"))
@@ -111,7 +82,7 @@ def show_run_sample(
     run_dir: str | Path, sample_id: str, out: str | Path | None = None, device: str = "auto"
 ) -> dict[str, Any]:
     """Re-run one sample of a run (its model, method and per-sample seed) and draw it."""
-    from ..run.loading import sample_seed
+    from ..loading import sample_seed
     from .overlay import render_overlay
 
     folder = Path(run_dir)
@@ -122,8 +93,8 @@ def show_run_sample(
     records, _ = merge_records(folder)
     recorded = next((r for r in records if str(r.get("sample_id")) == sample_id), None)
     image, question, answers, _ = run_sample(run, sample_id)
-    method = _method_config(run.get("method") or "laser")
-    adapter = load_adapter(run.get("model") or {}, device)
+    engine = _load(run.get("model") or {}, run.get("method") or "laser", device)
+    method, adapter = engine.config, engine.adapter
     seed = sample_seed(int(run.get("seed", 0)), sample_id)
     prediction, vanilla = explain(adapter, method, image, question, seed)
     model_name = short_name((run.get("model") or {}).get("name_or_path"))
@@ -157,15 +128,15 @@ def show_image(
     device: str = "auto",
 ) -> dict[str, Any]:
     """Answer one question about one image with `method` and vanilla, and draw it."""
-    from ..run.data import load_image
+    from ..data import load_image
     from .overlay import render_overlay
 
     image, error = load_image(Path(image_path))
     if image is None:
         raise ValueError(f"cannot read image {str(image_path)!r}: {error}")
-    config = _method_config(method)
-    spec = _model_spec(model)
-    adapter = load_adapter(spec, device)
+    spec = model_spec(model)
+    engine = _load(spec, method, device)
+    config, adapter = engine.config, engine.adapter
     prediction, vanilla = explain(adapter, config, image, question, config.seed)
     path = render_overlay(
         image,

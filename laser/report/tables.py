@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ..run.metrics import bootstrap_ci
+from ..records.metrics import bootstrap_ci
 from .runs import Run, vanilla_for
 
 PATH_ORDER = ("vanilla", "direct", "contrastive")
@@ -50,7 +50,7 @@ def _sort_key(run: Run) -> tuple:
 def score_rows(runs: Sequence[Run], n_boot: int = 1000, seed: int = 0) -> list[dict[str, Any]]:
     """One row per run, sorted by dataset, model, then vanilla first and the other methods by name.
 
-    Fractions in [0, 1]: `accuracy`, `ci_low`/`ci_high` (bootstrap, `laser.run.metrics.score`),
+    Fractions in [0, 1]: `accuracy`, `ci_low`/`ci_high` (bootstrap, `laser.records.metrics.score`),
     `delta_vs_vanilla` (paired mean difference over `n_paired` shared ids) and its interval.
     Difference fields are None for vanilla runs and runs without a vanilla run to pair with.
     """

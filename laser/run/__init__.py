@@ -1,3 +1,3 @@
-"""Running the method over data sets: the `laser` command (`cli`), config composition (`compose`),
-the Lightning module (`lightning`) and data module (`data`), the prediction writer (`writer`),
-`predict` (one run), `evaluate` and `metrics`, and `demo`."""
+"""Running the method over data sets: config composition (`compose`, `schema`), the Lightning module
+(`lightning`) and data module (`datamodule`), the prediction writer callback (`writer`), `predict`
+(one run) with its folder claim and preemption handling. The `laser` command is `laser.cli`."""

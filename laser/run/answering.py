@@ -18,11 +18,11 @@ from typing import Any, NamedTuple
 import torch
 from PIL import Image
 
+from ..data.samples import choice_letter
 from ..method.decoding import NONFINITE_LOGITS
 from ..method.engine import LaserEngine
 from ..method.prediction import Prediction
 from ..method.scoring import OptionScores
-from .data.samples import choice_letter
 
 
 class Answer(NamedTuple):

@@ -12,8 +12,10 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from ..loading import check_max_memory
 from ..method.config import LaserConfig, config_keys, did_you_mean, unknown_keys
-from ..paths import PACKAGE_DIR, config_dir
+from ..paths import config_dir, resolve_path
+from ..records.files import output_mode
 from .schema import GROUPS, ModelOptions, RunOptions
 
 DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
@@ -24,13 +26,6 @@ ATTENTION_IMPLEMENTATIONS = (
 
 class ConfigError(ValueError):
     """A bad command-line config: unknown key, unknown preset or malformed override."""
-
-
-def resolve_path(value: str | None) -> str | None:
-    """`laser:<relative>` points inside the installed package (shipped assets)."""
-    if isinstance(value, str) and value.startswith("laser:"):
-        return str(PACKAGE_DIR / value.removeprefix("laser:"))
-    return value
 
 
 def group_names(group: str) -> list[str]:
@@ -118,8 +113,10 @@ def _check_keys(cfg: Any) -> None:
 def validate(cfg: DictConfig) -> None:
     """Every key known (`schema`), the method config valid, run flags consistent."""
     _check_keys(cfg)
-    if cfg.get("resume") and cfg.get("overwrite"):
-        raise ConfigError("resume=true and overwrite=true contradict each other; choose one")
+    try:
+        output_mode(bool(cfg.get("resume")), bool(cfg.get("overwrite")))
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     validate_model(cfg)
     method_config(cfg)
 
@@ -154,8 +151,10 @@ def validate_model(cfg: DictConfig) -> None:
     if max_memory is not None:
         if not OmegaConf.is_dict(max_memory):
             raise ConfigError(f"model.max_memory={max_memory!r}; expected a mapping, e.g. {{0: 70GiB, cpu: 200GiB}}")
-        if device_map is None:
-            raise ConfigError("model.max_memory needs model.device_map (it bounds what the map puts on each device)")
+        try:
+            check_max_memory(max_memory, device_map)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
     devices = cfg.trainer.get("devices")
     if device_map is not None and str(devices) != "1":
         raise ConfigError(

@@ -29,9 +29,9 @@ def dry_run(cfg: DictConfig) -> dict[str, Any]:
     predict would stop, or None) and trainer (`trainer_plan`).
     """
     from ..adapters import resolve_adapter_class
-    from .data.datamodule import VQADataModule
+    from ..records.files import RunConfigMismatch, completed_ids, run_config_action
+    from .datamodule import VQADataModule
     from .predict import run_config
-    from .writer import RunConfigMismatch, completed_ids, run_config_action
 
     config = run_config(cfg)
     adapter = resolve_adapter_class(model_ref(cfg), cfg.model.adapter)

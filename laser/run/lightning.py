@@ -15,11 +15,11 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
+from ..loading import load_engine, method_spec, sample_seed
 from ..method.config import LaserConfig
 from ..method.engine import LaserEngine
 from .answering import answer_samples, make_record, score_samples
 from .batch import check_batch
-from .loading import resolve_dtype, sample_seed
 
 
 class LaserModule(pl.LightningModule):
@@ -43,11 +43,7 @@ class LaserModule(pl.LightningModule):
         self.dtype_name = dtype
         self.seed = seed
         self.load = dict(load or {})
-        if isinstance(method, str):
-            method = LaserConfig.preset(method)
-        elif isinstance(method, dict):
-            method = LaserConfig.from_dict(method)
-        self.method = method
+        self.method = method_spec(method)
         # A plain attribute, not a submodule: Lightning must not move, convert or offload the model.
         self.engine = engine
         self.idle = False  # set when no rank has a sample left: the model is then not loaded
@@ -55,17 +51,8 @@ class LaserModule(pl.LightningModule):
     def configure_model(self) -> None:
         if self.engine is not None or self.idle:
             return
-        from ..adapters import create_adapter
-
-        device = self._root_device()
-        kwargs = load_kwargs(self.load, device)
-        adapter = create_adapter(
-            self.model_ref, adapter=self.adapter_name, dtype=resolve_dtype(self.dtype_name, device), **kwargs
-        )
-        adapter.model.eval().requires_grad_(False)
-        if "device_map" not in kwargs and adapter.device != device:
-            adapter.model.to(device)
-        self.engine = LaserEngine(adapter, self.method)
+        model = {"name_or_path": self.model_ref, "adapter": self.adapter_name, "dtype": self.dtype_name}
+        self.engine = load_engine(model, self.method, device=self._root_device(), load=self.load)
 
     def _root_device(self) -> torch.device:
         trainer = self._trainer
@@ -115,12 +102,3 @@ class LaserModule(pl.LightningModule):
                 answers[i] = answer
         return [make_record(s, a.prediction, a.error, a.retryable) for s, a in zip(samples, answers)]
 
-
-def load_kwargs(load: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    """`from_pretrained` arguments for this process: the user's `load` keys, and without a
-    `device_map` one that puts every weight straight onto `device` when that is an accelerator
-    (no copy through host memory)."""
-    kwargs = {k: v for k, v in load.items() if v is not None and v != {}}
-    if "device_map" not in kwargs and device.type != "cpu":
-        kwargs["device_map"] = {"": str(device)}
-    return kwargs

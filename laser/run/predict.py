@@ -22,8 +22,8 @@ from typing import Any
 from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from ..records.files import completed_ids, output_mode
 from .compose import data_kwargs, method_config, model_load_kwargs, model_ref
-from .writer import completed_ids
 
 ANNOTATION_ERRORS = "annotation_errors.txt"
 """Bad annotation entries skipped with `data.on_error=skip`, one message a line."""
@@ -135,7 +135,7 @@ def settle_output(output_dir: Path, config: dict[str, Any], mode: str, launch: L
     same error for a bad config (the folder is already claimed by this run, see `predict`). Returns the action.
     Under `overwrite=true` there is nothing to refuse, so the others do not look into the folder at all:
     rank 0 may be deleting the old predictions at that moment (a file listed, then gone before its stat)."""
-    from .writer import run_config_action, write_run_config
+    from ..records.files import run_config_action, write_run_config
 
     if launch.main:
         return write_run_config(output_dir, config, mode)
@@ -173,9 +173,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     from .preemption import Preempted, PreemptionWatch, requeue_slurm_job
 
     output_dir = Path(cfg.output_dir)
-    if cfg.resume and cfg.overwrite:
-        raise ValueError("resume=true and overwrite=true contradict each other; choose one")
-    mode = "overwrite" if cfg.overwrite else "resume" if cfg.resume else "new"
+    mode = output_mode(bool(cfg.resume), bool(cfg.overwrite))
     resolve_adapter_class(model_ref(cfg), cfg.model.adapter)  # fail before anything is written
     launch = detect_launch(int(cfg.trainer.get("num_nodes") or 1))
     stale_after = float(cfg.get("claim_stale_after") or STALE_AFTER_SECONDS)
@@ -209,10 +207,11 @@ def _run(cfg: DictConfig, output_dir: Path, mode: str, launch: Launch, watch: An
     """The run itself, on a claimed folder."""
     import lightning.pytorch as pl
 
-    from .data.datamodule import VQADataModule
+    from ..records.files import merge_records
+    from .datamodule import VQADataModule
     from .lightning import LaserModule
     from .preemption import StopWhenPreempted
-    from .writer import PredictionWriter, merge_records
+    from .writer import PredictionWriter
 
     action = settle_output(output_dir, run_config(cfg), mode, launch)
     datamodule = VQADataModule(**data_kwargs(cfg))

@@ -12,9 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ..data.formats import READERS
 from ..method.config import LaserConfig, option
-from .data.formats import READERS
-from .metrics import METRICS
+from ..records.metrics import METRICS
 
 
 @dataclass

@@ -16,12 +16,12 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ..loading import sample_seed
 from ..method.config import CropConfig, LaserConfig
 from ..method.crop import crop_size
 from ..method.engine import LaserEngine
 from ..paths import assets_dir
-from ..run.loading import sample_seed
-from ..run.metrics import bootstrap_ci, normalize_answer
+from ..records.metrics import bootstrap_ci, normalize_answer
 
 SPLIT = "testbed/eval.jsonl"
 FAMILIES = ("existence", "reading", "relational")

@@ -20,10 +20,10 @@ from typing import Any
 
 from PIL import Image
 
+from ..loading import sample_seed
 from ..method.config import LaserConfig
 from ..method.engine import LaserEngine
-from ..run.loading import sample_seed
-from ..run.metrics import normalize_answer
+from ..records.metrics import normalize_answer
 from .benchmark import crop_contains_target
 from .scenes import make_scene, size_bucket
 

@@ -8,16 +8,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .files import RUN_CONFIG, merge_records
 from .metrics import DEFAULT_METRICS, score
-from .writer import RUN_CONFIG, merge_records
 
 GROUP_MAX_VALUES = 12
 
 
 def _expected_ids(run: dict[str, Any]) -> list[str] | None:
     """Sample ids of the run's dataset, or None when its annotations cannot be read any more."""
-    from .compose import resolve_path
-    from .data import read_annotations
+    from ..data import read_annotations
+    from ..paths import resolve_path
 
     data = run.get("data") or {}
     try:

@@ -14,7 +14,7 @@ from typing import Any
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
-from ...method.images import convert_to_rgb
+from ..method.images import convert_to_rgb
 from .samples import VQASample, format_question
 
 CHOICE_MODES = ("generate", "likelihood")

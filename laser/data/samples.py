@@ -54,7 +54,7 @@ def format_question(sample: VQASample) -> str:
 
     Open questions are passed unchanged. A multiple-choice sample becomes the question, one line
     per option ("A. red"), and `MC_INSTRUCTION`, so the model answers with a letter that
-    `laser.run.metrics.extract_choice` can read back.
+    `laser.records.metrics.extract_choice` can read back.
     """
     if not sample.choices:
         return sample.question

@@ -39,7 +39,7 @@ DEFAULT_METRICS = {
     "docvqa": "anls",
 }
 """The metric each data format is scored with unless the config names one."""
-CHOICE_LETTERS = string.ascii_uppercase  # as laser.run.data.samples; not imported, to keep metrics light
+CHOICE_LETTERS = string.ascii_uppercase  # as laser.data.samples; not imported, to keep metrics light
 
 # ------------------------------------------------------------- normalisation
 # EvalAI's answer processing (the VQA challenge's, used by TextVQA's evaluator and LLaVA's eval_textvqa).

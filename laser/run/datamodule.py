@@ -11,11 +11,11 @@ from typing import Any
 import lightning.pytorch as pl
 from torch.utils.data import DataLoader
 
-from ..metrics import DEFAULT_METRICS, METRICS  # noqa: F401  (METRICS re-exported)
-from .dataset import CHOICE_MODES, VQADataset, collate_samples
-from .formats import READERS, default_image_root, read_annotations
-from .parsing import check_on_error
-from .samples import VQASample
+from ..data.dataset import CHOICE_MODES, VQADataset, collate_samples
+from ..data.formats import READERS, default_image_root, read_annotations
+from ..data.parsing import check_on_error
+from ..data.samples import VQASample
+from ..records.metrics import DEFAULT_METRICS, METRICS  # noqa: F401  (METRICS re-exported)
 
 PR_SET_PDEATHSIG = 1  # prctl option: the signal a process gets when its parent dies (Linux)
 

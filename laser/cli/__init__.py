@@ -11,7 +11,7 @@ import os
 import sys
 from collections.abc import Callable
 
-from .versions import version_line
+from ..run.versions import version_line
 
 USAGE = """laser <command> [args]        (laser --version; laser <command> --help)
 
@@ -29,7 +29,7 @@ HELP_FLAGS = ("-h", "--help")
 
 
 def _predict(argv: list[str]) -> int:
-    from .compose import ConfigError, compose
+    from ..run.compose import ConfigError, compose
 
     if any(arg in HELP_FLAGS for arg in argv):
         from .predict_help import predict_help
@@ -38,14 +38,14 @@ def _predict(argv: list[str]) -> int:
         return 0
     cfg = compose(argv)
     if cfg.get("dry_run"):
-        from .dry_run import dry_run, format_dry_run
+        from ..run.dry_run import dry_run, format_dry_run
 
         plan = dry_run(cfg)
         print(format_dry_run(plan))
         if plan["error"]:
             raise ConfigError(plan["error"])
         return 0
-    from .predict import is_launcher_rank, predict
+    from ..run.predict import is_launcher_rank, predict
 
     summary = predict(cfg)
     if is_launcher_rank() and "written" in summary:
@@ -58,8 +58,8 @@ def _predict(argv: list[str]) -> int:
 
 
 def _evaluate(argv: list[str]) -> int:
-    from .evaluate import evaluate, format_table
-    from .metrics import METRICS
+    from ..records.evaluate import evaluate, format_table
+    from ..records.metrics import METRICS
 
     parser = argparse.ArgumentParser(
         prog="laser evaluate",
@@ -87,7 +87,7 @@ def _evaluate(argv: list[str]) -> int:
 def _list(argv: list[str]) -> int:
     from ..adapters import get_adapter_class, list_adapters
     from ..method.config import list_presets
-    from .compose import group_names
+    from ..run.compose import group_names
 
     argparse.ArgumentParser(
         prog="laser list",
@@ -167,6 +167,3 @@ def main(argv: list[str] | None = None) -> int:
 def entry() -> None:
     sys.exit(main())
 
-
-if __name__ == "__main__":
-    entry()

@@ -1,9 +1,6 @@
-"""VQA data: annotation readers, the image-loading dataset and the Lightning data module.
-
-`VQADataModule` is imported on first use, so reading annotations does not pay for importing Lightning.
+"""VQA data: annotation readers (`formats`, `benchmarks`, `parsing`), samples and the image-loading
+dataset. The Lightning data module that serves them to `laser predict` is `laser.run.datamodule`.
 """
-
-from typing import Any
 
 from .dataset import VQADataset, collate_samples, load_image
 from .formats import READERS, default_image_root, read_annotations, read_jsonl
@@ -15,7 +12,6 @@ __all__ = [
     "MC_INSTRUCTION",
     "READERS",
     "Annotations",
-    "VQADataModule",
     "VQADataset",
     "VQASample",
     "choice_letter",
@@ -27,10 +23,3 @@ __all__ = [
     "read_jsonl",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    if name == "VQADataModule":
-        from .datamodule import VQADataModule
-
-        return VQADataModule
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -15,8 +15,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..method.config import config_keys, config_sections
 from ..paths import config_dir
-from .compose import compose, group_names, method_config
-from .schema import GROUPS, RunOptions
+from ..run.compose import compose, group_names, method_config
+from ..run.schema import GROUPS, RunOptions
 
 KEY_COLUMN = 46
 """Help lines start in this column (or on the next line after a longer `key=value`)."""

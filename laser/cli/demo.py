@@ -27,15 +27,15 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from ..adapters import create_adapter
+    from ..loading import load_engine
     from ..method.config import LaserConfig
-    from ..method.engine import LaserEngine
     from ..testbed.benchmark import load_split, results_table, run_methods
 
     torch.set_num_threads(1)  # the testbed model is tiny: one thread is faster than two
     start = time.perf_counter()
     model_dir = assets_dir() / "testbed" / "model"
-    adapter = create_adapter(str(model_dir))
+    engine = load_engine(str(model_dir), LaserConfig.preset("laser_full", save_heatmap=True), device="cpu")
+    adapter = engine.adapter
     records = load_split(limit_per_cell=args.per_cell)
     print(f"laser demo: testbed LLaVA ({adapter.num_layers} layers, {model_dir}) on {len(records)} questions")
     results = run_methods(adapter, records, args.methods, progress=True)
@@ -44,7 +44,6 @@ def main(argv: list[str] | None = None) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    engine = LaserEngine(adapter, LaserConfig.preset("laser_full", save_heatmap=True))
     vanilla = {r["sample_id"]: r["prediction"] for r in results.get("vanilla", [])}
     chosen = [r for r in records if r["meta"]["family"] == "reading" and r["meta"]["size"] != "large"]
     written = []
