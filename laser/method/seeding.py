@@ -3,7 +3,7 @@
 `content_seed(seed, image, question)` hashes the image's pixels (mode and size included) and the question
 with `seed`: the same sample gets the same stream in any batch and at any position, and two different
 samples get independent streams (VCD's noise, sampled tokens). `laser predict` seeds from sample ids
-instead (`laser.run.loading.sample_seed`).
+instead (`laser.loading.sample_seed`).
 """
 
 from __future__ import annotations
