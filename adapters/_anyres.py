@@ -9,6 +9,7 @@ is a `VisualSegment` whose box follows from where the processor pasted the resiz
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from transformers.image_processing_utils import select_best_resolution
@@ -53,21 +54,27 @@ def _box(rows: tuple[int, int], cols: tuple[int, int], cell: tuple[float, float]
     )
 
 
+@dataclass(frozen=True)
+class AnyresGrid:
+    """How a LLaVA-NeXT-style processor tiles an image: `pinpoints` (the candidate resolutions),
+    `tile_px` (side of one tile in pixels), `side` (tokens per tile side), `max_tiles` (OneVision's
+    `anyres_max_N`: the grid is bilinearly shrunk past 1.1x N tiles; None for LLaVA-NeXT)."""
+
+    pinpoints: list
+    tile_px: int
+    side: int
+    max_tiles: int | None = None
+
+
 def anyres_segments(
-    image_index: int,
-    start: int,
-    size_hw: tuple[int, int],
-    pinpoints: list,
-    tile_px: int,
-    side: int,
-    max_tiles: int | None = None,
+    image_index: int, start: int, size_hw: tuple[int, int], grid_spec: AnyresGrid
 ) -> tuple[list[VisualSegment], int]:
     """Segments of the high-resolution grid of one image whose first token is at sequence `start`.
 
-    size_hw: original (height, width); tile_px: side of one tile in pixels; side: tokens per tile
-    side; max_tiles: OneVision's `anyres_max_N` (the grid is bilinearly shrunk past 1.1x N tiles, then
-    one segment covers the whole unpadded region). Returns (segments, number of tokens incl. newlines).
+    size_hw: original (height, width). Past OneVision's tile limit one segment covers the whole
+    unpadded region. Returns (segments, number of tokens incl. newlines).
     """
+    pinpoints, tile_px, side, max_tiles = grid_spec.pinpoints, grid_spec.tile_px, grid_spec.side, grid_spec.max_tiles
     best_h, best_w = select_best_resolution(list(size_hw), pinpoints)
     tiles_h, tiles_w = best_h // tile_px, best_w // tile_px
     rows, cols = tiles_h * side, tiles_w * side

@@ -12,7 +12,7 @@ from dataclasses import replace
 from transformers import BatchFeature
 from transformers.image_processing_utils import select_best_resolution
 
-from ._anyres import _box, anyres_segments, base_segment, pasted_region
+from ._anyres import AnyresGrid, _box, anyres_segments, base_segment, pasted_region
 from ._common import PromptAdapter
 from ._registry import register_adapter
 from .base import PixelView, VisualLayout, VisualSegment
@@ -51,9 +51,8 @@ class LlavaNextAdapter(PromptAdapter):
         if self.model.config.vision_feature_select_strategy != "default" and self._has_cls():
             raise ValueError(f"{self.name}: vision_feature_select_strategy='full' keeps CLS tokens")
         width, height = size_wh
-        tiles, n_tiles = anyres_segments(
-            image_index, side * side, (height, width), self.model.config.image_grid_pinpoints, tile_px, side,
-        )
+        grid = AnyresGrid(self.model.config.image_grid_pinpoints, tile_px, side)
+        tiles, n_tiles = anyres_segments(image_index, side * side, (height, width), grid)
         return [base_segment(image_index, 0, side, self.base_box(size_wh)), *tiles], side * side + n_tiles
 
     def _has_cls(self) -> bool:

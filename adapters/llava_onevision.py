@@ -7,7 +7,7 @@ each is padded to a square and gives its base view only, followed by one newline
 
 from __future__ import annotations
 
-from ._anyres import anyres_segments, base_segment, square_pad_box
+from ._anyres import AnyresGrid, anyres_segments, base_segment, square_pad_box
 from ._registry import register_adapter
 from .llava_next import LlavaNextAdapter
 
@@ -33,10 +33,8 @@ class LlavaOnevisionAdapter(LlavaNextAdapter):
             return [base_segment(image_index, 0, side, square_pad_box(size_wh))], side * side + 1
         width, height = size_wh
         max_tiles = int(self.model.config.vision_aspect_ratio.removeprefix("anyres_max_"))
-        tiles, n_tiles = anyres_segments(
-            image_index, side * side, (height, width), self.model.config.image_grid_pinpoints, tile_px, side,
-            max_tiles=max_tiles,
-        )
+        grid = AnyresGrid(self.model.config.image_grid_pinpoints, tile_px, side, max_tiles)
+        tiles, n_tiles = anyres_segments(image_index, side * side, (height, width), grid)
         return [base_segment(image_index, 0, side), *tiles], side * side + n_tiles
 
     def _has_cls(self) -> bool:

@@ -236,7 +236,7 @@ def summary_tables(splits: dict[int, dict[str, list[dict]]]) -> str:
 def static_sweep(adapter, records: list[dict], root: Path) -> dict[int, float]:
     """Accuracy of `laser_static` at every decoder layer on the dev records."""
     configs = {f"static@{layer}": LaserConfig.preset("laser_static", **{"vaq.layer": layer}) for layer in range(adapter.num_layers)}
-    results = run_methods(adapter, records, list(configs), image_root=root, progress=True, configs=configs)
+    results = run_methods(adapter, records, configs, image_root=root, progress=True)
     return {int(name.split("@")[1]): float(np.mean([r["correct"] for r in rows])) for name, rows in results.items()}
 
 
@@ -293,7 +293,7 @@ def main() -> None:
         root = split_root(seed, work)
         records = load_split(args.per_cell, path=root / "eval.jsonl")
         print(f"split seed {seed}: {len(records)} questions, methods: {', '.join(methods)}", flush=True)
-        results = run_methods(adapter, records, methods, image_root=root, progress=True, configs=configs)
+        results = run_methods(adapter, records, {m: configs.get(m) for m in methods}, image_root=root, progress=True)
         folder = out if len(args.split_seeds) == 1 else out / f"seed{seed}"
         folder.mkdir(parents=True, exist_ok=True)
         name = "the shipped split (seed 0)" if seed == 0 else f"the split of generator seed {seed}"

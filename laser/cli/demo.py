@@ -52,19 +52,14 @@ def main(argv: list[str] | None = None) -> int:
         pred = engine.answer(image, record["question"])
         path = out / f"{record['sample_id']}.png"
         try:
-            from ..report.overlay import render_overlay
+            from ..report.overlay import OverlaySample, render_overlay
         except ImportError:  # the report package is optional for the demo table
             break
         render_overlay(
-            image,
-            pred,
-            vanilla.get(record["sample_id"]),
-            adapter.num_layers,
+            OverlaySample(image, pred, vanilla.get(record["sample_id"]), record["question"], record["answers"]),
             path,
-            question=record["question"],
-            answers=record["answers"],
-            crop_input=engine.config.crop.input,
-            gate_depth=engine.config.gate.depth,
+            adapter.num_layers,
+            engine.config,
             title=f"testbed {record['sample_id']} ({record['meta']['size']} target)",
         )
         written.append(path)

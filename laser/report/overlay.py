@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import textwrap
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -271,27 +272,34 @@ def _vaq_panel(ax, prediction: Any, num_layers: int, gate_depth: float | None) -
     ax.legend(handles=handles, loc="upper left", frameon=False, fontsize=9)
 
 
+@dataclass(frozen=True)
+class OverlaySample:
+    """One sample as `render_overlay` draws it.
+
+    `prediction` is a `laser.method.prediction.Prediction` (made with `save_heatmap=True` for the map);
+    `vanilla_answer` the plain model's answer (None to leave it out); `answers` (reference answers) add a
+    correct/wrong tag (exact match after VQA normalisation) next to each answer."""
+
+    image: Image.Image
+    prediction: Any
+    vanilla_answer: str | None = None
+    question: str | None = None
+    answers: Sequence[str] | None = None
+
+
 def render_overlay(
-    image: Image.Image,
-    prediction: Any,
-    vanilla_answer: str | None,
-    adapter_num_layers: int,
-    path: str | Path,
-    *,
-    question: str | None = None,
-    answers: Sequence[str] | None = None,
-    crop_input: str = "crop",
-    gate_depth: float | None = None,
-    title: str | None = None,
+    sample: OverlaySample, path: str | Path, num_layers: int, method: Any = None, title: str | None = None
 ) -> Path:
     """Draw one sample into `path` (PNG) and return the path.
 
-    `prediction` is a `laser.method.prediction.Prediction` (made with `save_heatmap=True` for the map);
-    `vanilla_answer` the plain model's answer (None to leave it out); `adapter_num_layers` the
-    model's decoder depth L. `crop_input` tells how the engine built the focused input (to place the
-    mask cells); `gate_depth` marks the `auto` gate on the VAQ chart; `answers` (reference answers)
-    add a correct/wrong tag (exact match after VQA normalisation) next to each answer.
+    `num_layers` is the model's decoder depth L; `method` the `LaserConfig` that made the prediction:
+    its `crop.input` tells how the focused input was built (to place the mask cells), and with
+    `decode.mode=auto` the gate depth is marked on the VAQ chart (None: a crop-only input, no gate).
     """
+    crop_input = method.crop.input if method is not None else "crop"
+    gate_depth = method.gate.depth if method is not None and method.decode.mode == "auto" else None
+    image, prediction, question, answers = sample.image, sample.prediction, sample.question, sample.answers
+    vanilla_answer, adapter_num_layers = sample.vanilla_answer, num_layers
     path = Path(path)
     image = image.convert("RGB")
     regions = focused_regions(prediction.box, image.size, crop_input)

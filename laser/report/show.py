@@ -83,7 +83,7 @@ def show_run_sample(
 ) -> dict[str, Any]:
     """Re-run one sample of a run (its model, method and per-sample seed) and draw it."""
     from ..loading import sample_seed
-    from .overlay import render_overlay
+    from .overlay import OverlaySample, render_overlay
 
     folder = Path(run_dir)
     config_path = folder / RUN_CONFIG
@@ -99,15 +99,10 @@ def show_run_sample(
     prediction, vanilla = explain(adapter, method, image, question, seed)
     model_name = short_name((run.get("model") or {}).get("name_or_path"))
     path = render_overlay(
-        image,
-        prediction,
-        vanilla,
-        adapter.num_layers,
+        OverlaySample(image, prediction, vanilla, question, answers),
         out or folder / "show" / f"{_safe_name(sample_id)}.png",
-        question=question,
-        answers=answers,
-        crop_input=method.crop.input,
-        gate_depth=method.gate.depth if method.decode.mode == "auto" else None,
+        adapter.num_layers,
+        method,
         title=f"{model_name} · {method.name} · sample {sample_id}",
     )
     return {
@@ -119,17 +114,17 @@ def show_run_sample(
 
 
 def show_image(
-    image_path: str | Path,
-    question: str,
+    sample: dict[str, Any],
     model: str = "testbed",
     method: str = "laser",
-    answers: Sequence[str] | None = None,
     out: str | Path | None = None,
     device: str = "auto",
 ) -> dict[str, Any]:
-    """Answer one question about one image with `method` and vanilla, and draw it."""
+    """Answer one question about one image with `method` and vanilla, and draw it. `sample` is a record
+    like a data set's: {"image": path, "question": ..., "answers": [...] (optional)}."""
+    image_path, question, answers = sample["image"], sample["question"], sample.get("answers")
     from ..data import load_image
-    from .overlay import render_overlay
+    from .overlay import OverlaySample, render_overlay
 
     image, error = load_image(Path(image_path))
     if image is None:
@@ -139,15 +134,10 @@ def show_image(
     config, adapter = engine.config, engine.adapter
     prediction, vanilla = explain(adapter, config, image, question, config.seed)
     path = render_overlay(
-        image,
-        prediction,
-        vanilla,
-        adapter.num_layers,
+        OverlaySample(image, prediction, vanilla, question, list(answers) if answers else None),
         out or f"show_{_safe_name(Path(image_path).stem)}.png",
-        question=question,
-        answers=list(answers) if answers else None,
-        crop_input=config.crop.input,
-        gate_depth=config.gate.depth if config.decode.mode == "auto" else None,
+        adapter.num_layers,
+        config,
         title=f"{short_name(spec['name_or_path'])} · {config.name}",
     )
     return {"path": path, "prediction": prediction, "vanilla": vanilla, "recorded": None}
@@ -176,9 +166,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.image or args.question:
         if not (args.image and args.question) or args.run_dir:
             parser.error("one-off use needs both --image and --question, and no run_dir")
-        result = show_image(
-            args.image, args.question, args.model, args.method, args.answers, args.out, args.device
-        )
+        sample = {"image": args.image, "question": args.question, "answers": args.answers}
+        result = show_image(sample, args.model, args.method, args.out, args.device)
     elif args.run_dir and args.sample_id:
         result = show_run_sample(args.run_dir, args.sample_id, args.out, args.device)
     else:

@@ -27,20 +27,18 @@ class LaserModule(pl.LightningModule):
 
     def __init__(
         self,
-        model: str,
+        model: str | dict[str, Any],
         method: LaserConfig | dict[str, Any] | str = "laser",
-        adapter: str | None = None,
-        dtype: str = "auto",
         seed: int = 0,
         engine: LaserEngine | None = None,
         load: dict[str, Any] | None = None,
     ):
-        """`load`: more `from_pretrained` arguments (`device_map`, `attn_implementation`, `max_memory`,
+        """`model`: a model preset, checkpoint folder, hub id or adapter name, or its settings
+        ({"name_or_path", "adapter", "dtype", ...}, `laser.loading.model_spec`). `load`: more
+        `from_pretrained` arguments (`device_map`, `attn_implementation`, `max_memory`,
         `processor_kwargs`), from the `model.*` keys of `laser predict`."""
         super().__init__()
-        self.model_ref = str(model)
-        self.adapter_name = adapter
-        self.dtype_name = dtype
+        self.model = dict(model) if isinstance(model, dict) else str(model)
         self.seed = seed
         self.load = dict(load or {})
         self.method = method_spec(method)
@@ -51,8 +49,7 @@ class LaserModule(pl.LightningModule):
     def configure_model(self) -> None:
         if self.engine is not None or self.idle:
             return
-        model = {"name_or_path": self.model_ref, "adapter": self.adapter_name, "dtype": self.dtype_name}
-        self.engine = load_engine(model, self.method, device=self._root_device(), load=self.load)
+        self.engine = load_engine(self.model, self.method, device=self._root_device(), load=self.load)
 
     def _root_device(self) -> torch.device:
         trainer = self._trainer

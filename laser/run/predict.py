@@ -235,10 +235,8 @@ def _run(cfg: DictConfig, output_dir: Path, mode: str, launch: Launch, watch: An
     if pending or launch.independent or not launch.main:
         pl.seed_everything(int(cfg.seed), verbose=False)
         module = LaserModule(
-            model=model_ref(cfg),
+            model={"name_or_path": model_ref(cfg), "adapter": cfg.model.adapter, "dtype": cfg.model.dtype},
             method=method_config(cfg),
-            adapter=cfg.model.adapter,
-            dtype=cfg.model.dtype,
             seed=int(cfg.seed),
             load=model_load_kwargs(cfg),
         )

@@ -9,7 +9,7 @@ Markdown table with 95% intervals and the paired difference to vanilla.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -101,17 +101,16 @@ def _correct(prediction: str, answers: Sequence[str]) -> bool:
 def run_methods(
     adapter: Any,
     records: list[dict[str, Any]],
-    methods: Sequence[str],
+    methods: Sequence[str] | Mapping[str, LaserConfig | None],
     image_root: Path | None = None,
     batch_size: int = 16,
     progress: bool = False,
-    configs: dict[str, LaserConfig] | None = None,
 ) -> dict[str, list[dict[str, Any]]]:
     """Answers of every method on every record: {method: [{sample_id, family, size, correct, ...}]}.
 
-    A method is an engine preset, an oracle, or a name in `configs` (name -> LaserConfig, e.g. the
-    static pipeline at a chosen layer)."""
-    configs = configs or {}
+    A method is an engine preset or an oracle by name, or, in a mapping name -> LaserConfig, any
+    config under its own name (e.g. the static pipeline at a chosen layer; None: the preset of that name)."""
+    configs = dict(methods) if isinstance(methods, Mapping) else {}
     image_root = image_root or assets_dir() / "testbed"
     images = {}
     for r in records:
