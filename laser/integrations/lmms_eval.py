@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -108,56 +109,75 @@ def decode_settings(gen_kwargs: dict[str, Any] | None, task: str) -> tuple[dict[
     return decode, until
 
 
-class LaserLMM(lmms):
-    """LASER as an lmms-eval "simple" model: `generate_until` only (see the module docstring)."""
+@dataclass(frozen=True)
+class ModelArgs:
+    """The laser model's `--model_args` (module docstring): the named keys, `processor.<option>`,
+    `max_memory.<device>`, and dotted method overrides (`crop.ratio=0.4`)."""
 
-    is_simple = True
+    pretrained: str = "testbed"
+    method: str = "laser"
+    adapter: str | None = None
+    dtype: str | None = None
+    seed: int = 0
+    batch_size: int | str = 1
+    device: str | None = None
+    device_map: str | None = None
+    attn_implementation: str | None = None
+    output_dir: str | None = None
+    resume: bool = False
+    overwrite: bool = False
+    max_batch_size: int | None = None
+    processor: dict[str, Any] = field(default_factory=dict)
+    max_memory: dict[Any, Any] = field(default_factory=dict)
+    overrides: dict[str, Any] = field(default_factory=dict)
 
-    def __init__(
-        self,
-        pretrained: str = "testbed",
-        method: str = "laser",
-        adapter: str | None = None,
-        dtype: str | None = None,
-        seed: int = 0,
-        batch_size: int | str = 1,
-        device: str | None = None,
-        device_map: str | None = None,
-        attn_implementation: str | None = None,
-        output_dir: str | None = None,
-        resume: bool = False,
-        overwrite: bool = False,
-        max_batch_size: int | None = None,
-        **overrides: Any,
-    ) -> None:
-        super().__init__()
-        import torch
-        from accelerate import Accelerator
-
-        unknown = sorted(k for k in overrides if "." not in k)
+    @classmethod
+    def parse(cls, args: dict[str, Any]) -> ModelArgs:
+        """Split lmms-eval's keyword arguments into the named keys and the dotted groups; an unknown plain
+        key is an error that lists the valid ones."""
+        named = {f.name for f in fields(cls)} - {"processor", "max_memory", "overrides"}
+        unknown = sorted(k for k in args if "." not in k and k not in named)
         if unknown:
             raise ValueError(
                 f"unknown laser model arg {unknown[0]!r}; expected pretrained, method, adapter, dtype, seed, "
                 "batch_size, device_map, attn_implementation, processor.<option>, max_memory.<device>, "
                 "output_dir, resume, overwrite or a dotted method override such as crop.ratio=0.4"
             )
-        processor_kwargs = {k.split(".", 1)[1]: v for k, v in overrides.items() if k.startswith("processor.")}
+        dotted = {k: v for k, v in args.items() if "." in k}
+        processor = {k.split(".", 1)[1]: v for k, v in dotted.items() if k.startswith("processor.")}
         max_memory = {
             int(k.split(".", 1)[1]) if k.split(".", 1)[1].isdigit() else k.split(".", 1)[1]: v
-            for k, v in overrides.items()
+            for k, v in dotted.items()
             if k.startswith("max_memory.")
         }
-        overrides = {k: v for k, v in overrides.items() if not k.startswith(("processor.", "max_memory."))}
-        if str(batch_size).startswith("auto"):
+        overrides = {k: v for k, v in dotted.items() if not k.startswith(("processor.", "max_memory."))}
+        plain = {k: v for k, v in args.items() if "." not in k}
+        return cls(**plain, processor=processor, max_memory=max_memory, overrides=overrides)
+
+
+class LaserLMM(lmms):
+    """LASER as an lmms-eval "simple" model: `generate_until` only (see the module docstring)."""
+
+    is_simple = True
+
+    def __init__(self, **model_args: Any) -> None:
+        """`model_args`: the keys of `ModelArgs`, as lmms-eval passes `--model_args k=v,...`."""
+        super().__init__()
+        import torch
+        from accelerate import Accelerator
+
+        args = ModelArgs.parse(model_args)
+        if str(args.batch_size).startswith("auto"):
             raise ValueError("--batch_size auto is not supported by the laser model; give a number")
-        self.batch_size_per_process = int(batch_size)
+        self.batch_size_per_process = int(args.batch_size)
         if self.batch_size_per_process < 1:
-            raise ValueError(f"batch_size={batch_size}; expected >= 1")
-        self.seed = int(seed)
-        self.method = method_spec(str(method), overrides)
-        self.model_config = model_spec(str(pretrained), adapter, dtype)
-        if processor_kwargs:
-            self.model_config["processor"] = processor_kwargs
+            raise ValueError(f"batch_size={args.batch_size}; expected >= 1")
+        self.seed = int(args.seed)
+        self.method = method_spec(str(args.method), args.overrides)
+        self.model_config = model_spec(str(args.pretrained), args.adapter, args.dtype)
+        if args.processor:
+            self.model_config["processor"] = dict(args.processor)
+        device, device_map, max_memory = args.device, args.device_map, dict(args.max_memory)
 
         self.accelerator = Accelerator()
         self._rank = self.accelerator.process_index
@@ -175,8 +195,8 @@ class LaserLMM(lmms):
         else:
             self._device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
-        if attn_implementation:
-            self.model_config["attn_implementation"] = attn_implementation
+        if args.attn_implementation:
+            self.model_config["attn_implementation"] = args.attn_implementation
         check_max_memory(max_memory or None, device_map, ("max_memory.<device>=", "device_map="))
         # where the weights live: not part of the run config
         load = {"device_map": device_map, "max_memory": max_memory} if device_map is not None else {}
@@ -186,9 +206,9 @@ class LaserLMM(lmms):
             self._device = lvlm.device
         self.instructions = tuple(dict.fromkeys((lvlm.instruction, LMMS_DEFAULT_INSTRUCTION, DEFAULT_INSTRUCTION)))
 
-        self.output_dir = Path(output_dir) if output_dir else None
+        self.output_dir = Path(args.output_dir) if args.output_dir else None
         if self.output_dir is not None:
-            self._settle_output_dir(bool(resume), bool(overwrite))
+            self._settle_output_dir(bool(args.resume), bool(args.overwrite))
 
     # ----------------------------------------------------------------- what lmms-eval reads
     @property

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import signal
 import sys
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from ..data.dataset import CHOICE_MODES, VQADataset, collate_samples
 from ..data.formats import READERS, default_image_root, read_annotations
 from ..data.parsing import check_on_error
 from ..data.samples import VQASample
+from ..method.config import did_you_mean
 from ..records.metrics import DEFAULT_METRICS, METRICS  # noqa: F401  (METRICS re-exported)
 
 PR_SET_PDEATHSIG = 1  # prctl option: the signal a process gets when its parent dies (Linux)
@@ -32,6 +34,54 @@ def die_with_parent(worker_id: int = 0) -> None:
         pass
 
 
+@dataclass(frozen=True)
+class DataSettings:
+    """The `data.*` keys of a run, checked: bad values raise a ValueError naming the key."""
+
+    format: str = "jsonl"
+    annotations: Path | None = None
+    image_root: Path | None = None
+    batch_size: int = 1
+    num_workers: int = 0
+    limit: int | None = None
+    on_error: str = "raise"
+    metric: str | None = None
+    reader_options: dict[str, Any] = field(default_factory=dict)
+    choice_mode: str = "generate"
+
+    @classmethod
+    def from_keys(cls, keys: dict[str, Any]) -> DataSettings:
+        valid = [f.name for f in fields(cls)]
+        for key in keys:
+            if key not in valid:
+                raise ValueError(f"unknown data key {key!r}{did_you_mean(key, valid)}; expected one of {', '.join(valid)}")
+        return cls(**keys)
+
+    def __post_init__(self) -> None:
+        fmt = self.format
+        if fmt not in READERS:
+            raise ValueError(f"data.format={fmt!r}; expected one of {', '.join(READERS)}")
+        if self.annotations is None:
+            raise ValueError(f"data.annotations is not set; expected the path of the {fmt} annotations")
+        if self.batch_size < 1:
+            raise ValueError(f"data.batch_size={self.batch_size}; expected >= 1")
+        if self.num_workers < 0:
+            raise ValueError(f"data.num_workers={self.num_workers}; expected >= 0")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"data.limit={self.limit}; expected a positive number of samples or null for all")
+        check_on_error(self.on_error)
+        if self.choice_mode not in CHOICE_MODES:
+            raise ValueError(f"data.choice_mode={self.choice_mode!r}; expected one of {', '.join(CHOICE_MODES)}")
+        metric = self.metric if self.metric is not None else DEFAULT_METRICS[fmt]
+        if metric not in METRICS:
+            raise ValueError(f"data.metric={metric!r}; expected one of {', '.join(METRICS)}")
+        object.__setattr__(self, "metric", metric)
+        object.__setattr__(self, "annotations", Path(self.annotations))
+        if self.image_root is not None:
+            object.__setattr__(self, "image_root", Path(self.image_root))
+        object.__setattr__(self, "reader_options", dict(self.reader_options or {}))
+
+
 class VQADataModule(pl.LightningDataModule):
     """Reads `annotations` (in `format`) on `setup` and serves them for `trainer.predict`.
 
@@ -44,48 +94,15 @@ class VQADataModule(pl.LightningDataModule):
     answered (`VQADataset`).
     """
 
-    def __init__(
-        self,
-        format: str = "jsonl",
-        annotations: str | Path | None = None,
-        image_root: str | Path | None = None,
-        batch_size: int = 1,
-        num_workers: int = 0,
-        limit: int | None = None,
-        skip_ids: set[str] | None = None,
-        on_error: str = "raise",
-        metric: str | None = None,
-        reader_options: dict[str, Any] | None = None,
-        choice_mode: str = "generate",
-    ) -> None:
+    def __init__(self, skip_ids: set[str] | None = None, **settings: Any) -> None:
+        """`settings`: the `data.*` keys of `DataSettings` (`format`, `annotations`, `image_root`,
+        `batch_size`, `num_workers`, `limit`, `on_error`, `metric`, `reader_options`, `choice_mode`)."""
         super().__init__()
-        if format not in READERS:
-            raise ValueError(f"data.format={format!r}; expected one of {', '.join(READERS)}")
-        if annotations is None:
-            raise ValueError(f"data.annotations is not set; expected the path of the {format} annotations")
-        if batch_size < 1:
-            raise ValueError(f"data.batch_size={batch_size}; expected >= 1")
-        if num_workers < 0:
-            raise ValueError(f"data.num_workers={num_workers}; expected >= 0")
-        if limit is not None and limit < 1:
-            raise ValueError(f"data.limit={limit}; expected a positive number of samples or null for all")
-        check_on_error(on_error)
-        if choice_mode not in CHOICE_MODES:
-            raise ValueError(f"data.choice_mode={choice_mode!r}; expected one of {', '.join(CHOICE_MODES)}")
-        metric = metric if metric is not None else DEFAULT_METRICS[format]
-        if metric not in METRICS:
-            raise ValueError(f"data.metric={metric!r}; expected one of {', '.join(METRICS)}")
-        self.format = format
-        self.annotations = Path(annotations)
-        self.image_root = Path(image_root) if image_root is not None else None
-        self.batch_size = batch_size
-        self.num_workers = num_workers
-        self.limit = limit
+        data = DataSettings.from_keys(settings)
+        for f in fields(DataSettings):
+            setattr(self, f.name, getattr(data, f.name))
+        self.settings = data
         self.skip_ids: set[str] = set(skip_ids or ())
-        self.on_error = on_error
-        self.metric = metric
-        self.reader_options = dict(reader_options or {})
-        self.choice_mode = choice_mode
         self.samples: list[VQASample] | None = None
         self.errors: list[str] = []
         self.dataset: VQADataset | None = None
