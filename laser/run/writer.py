@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -41,15 +41,10 @@ class PredictionWriter(BasePredictionWriter):
         self._rank: int | None = None
 
     def write_on_batch_end(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        prediction: Any,
-        batch_indices: Sequence[int] | None,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int,
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, prediction: Any, *where: Any
     ) -> None:
+        """Append the batch's records (`prediction`, from `predict_step`) to this rank's file. `where`:
+        Lightning's (batch_indices, batch, batch_idx, dataloader_idx), not needed here."""
         if prediction is None:
             return
         records = [prediction] if isinstance(prediction, Mapping) else prediction
