@@ -21,6 +21,7 @@ PACKAGE_DIRS = {"laser": ROOT / "laser", "laser.adapters": ROOT / "adapters"}
 # Lightning layer, writer, metrics) and reporting on runs (`report`, the shipped `testbed` benchmark)
 # sit on top and may use each other; `integrations` (LASER inside other tools: lmms-eval) above them all.
 LAYERS = {
+    "laser.compat": 0,  # the private names of transformers / open_clip (laser/compat.py), under everything
     "laser.adapters": 0,
     "laser.method": 1,
     "laser.run": 2,

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from transformers import GenerationConfig, LogitsProcessorList
 
+from ..compat import is_generation_model, logits_processors_of
 from .cache import cache_kwarg, output_cache
 from .config import DecodeConfig
 
@@ -45,7 +46,7 @@ def generating_model(model: Any) -> Any:
     model of a composite model): whose generation config and logits processors decoding uses."""
     modules = model.modules() if hasattr(model, "modules") else [model]
     for module in modules:
-        if hasattr(module, "_get_logits_processor"):
+        if is_generation_model(module):
             return module
     raise TypeError(f"{type(model).__name__} holds no transformers generation model (GenerationMixin)")
 
@@ -65,18 +66,11 @@ def logits_processors(
     model: Any, config: GenerationConfig, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, eos: torch.Tensor
 ) -> LogitsProcessorList:
     """The processors and warpers `model.generate` applies under `config`, built by transformers
-    (`GenerationMixin._get_logits_processor`, the builder `generate` calls).
+    (the builder `generate` calls; `laser.compat.logits_processors_of`).
 
     prompt_ids / prompt_mask: [batch, T] left-padded prompt (the repetition penalty skips the padding).
     """
-    config = copy.copy(config)
-    config._eos_token_tensor = eos  # what generate's special-token preparation sets (min-length processors)
-    return generating_model(model)._get_logits_processor(
-        generation_config=config,
-        input_ids_seq_length=prompt_ids.shape[1],
-        device=prompt_ids.device,
-        model_kwargs={"attention_mask": prompt_mask},
-    )
+    return logits_processors_of(generating_model(model), config, prompt_ids, prompt_mask, eos)
 
 
 def select_tokens(
