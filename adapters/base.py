@@ -16,6 +16,8 @@ from PIL import Image
 from torch import nn
 from transformers import BatchFeature
 
+from ..compat import cache_kwarg
+
 Box = tuple[float, float, float, float]
 
 DEFAULT_INSTRUCTION = "Answer the question using a single word or phrase."
@@ -323,6 +325,35 @@ class VisionLanguageAdapter(ABC):
         positions = attention_mask.long().cumsum(-1) - 1
         positions = positions.clamp(min=0)
         return positions[:, past_length:]
+
+    def forward(
+        self, inputs: dict[str, Any], cache: Any = None, mask: torch.Tensor | None = None, **model_kwargs: Any
+    ) -> Any:
+        """One forward of the model on a left-padded chunk, with the family's position ids: every
+        decoder forward of the method (prefill, prefix and continuations, decoding steps, option
+        scoring) goes through here.
+
+        inputs: the model's tensors (`prepare_model_inputs`), `input_ids` [batch, chunk] and, unless
+            `mask` is given, `attention_mask` [batch, past + chunk] (1 = token), covering the cache and
+            the chunk; pixels and other model inputs on a prefill.
+        cache: the KV cache of the `past` earlier positions, passed under the model's cache argument
+            (`laser.compat.cache_kwarg`); None on a prefill.
+        mask: the 2-D mask [batch, past + chunk] the position ids are counted from when `inputs` holds
+            none (a decoding step of an unpadded batch, whose mask of ones the model need not check).
+        model_kwargs: passed on to the model (`use_cache`, `logits_to_keep` ...).
+
+        past = mask width - chunk; the position ids `position_ids(mask, past)` ([batch, chunk], or the
+        family's own shape) are added unless None. Returns the model's output: logits [batch, chunk or
+        `logits_to_keep`, vocab] and, with `use_cache`, the cache (`laser.compat.output_cache`).
+        """
+        positions_mask = inputs["attention_mask"] if mask is None else mask
+        inputs = dict(inputs)
+        if cache is not None:
+            inputs[cache_kwarg(self.model)] = cache
+        position_ids = self.position_ids(positions_mask, positions_mask.shape[1] - inputs["input_ids"].shape[1])
+        if position_ids is not None:
+            inputs["position_ids"] = position_ids
+        return self.model(**inputs, **model_kwargs)
 
     def prepare_model_inputs(self, inputs: BatchFeature) -> dict[str, Any]:
         """Tensors the model's forward takes, moved to the model's device and dtype."""

@@ -1,4 +1,5 @@
-"""Every private name of transformers and open_clip that LASER uses, in this one module.
+"""Every private name of transformers and open_clip that LASER uses, in this one module, and the names
+that differ between transformers versions (the KV-cache argument).
 
 LASER calls the model through public APIs wherever they suffice. Where they do not, the private name
 is used here, and only here, each behind a small function with a comment saying what it does, why the
@@ -13,6 +14,7 @@ Checked against transformers 5.24.0 and open_clip 3.3.0.
 from __future__ import annotations
 
 import copy
+import inspect
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -142,3 +144,17 @@ def open_clip_vision_tower(config: dict[str, Any]) -> torch.nn.Module:
     from open_clip.model import _build_vision_tower
 
     return _build_vision_tower(config["embed_dim"], config["vision_cfg"], config.get("quick_gelu", False))
+
+
+# ----------------------------------------------------------------- names that differ between versions
+def cache_kwarg(model: Any) -> str:
+    """Name of the forward argument that takes the KV cache: `cache` from transformers 5.x,
+    `past_key_values` before (and in remote-code models that kept it)."""
+    params = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def output_cache(output: Any) -> Any:
+    """The KV cache a forward returned (`output.cache` from transformers 5.x, else `past_key_values`)."""
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else getattr(output, "past_key_values", None)

@@ -7,7 +7,12 @@ import re
 from pathlib import Path
 
 import torch
-from transformers import GenerationConfig, MinLengthLogitsProcessor, RepetitionPenaltyLogitsProcessor, TopKLogitsWarper
+from transformers import (
+    GenerationConfig,
+    MinLengthLogitsProcessor,
+    RepetitionPenaltyLogitsProcessor,
+    TopKLogitsWarper,
+)
 
 from laser import compat
 from laser.method.probe import register_probe_kernel

@@ -370,7 +370,8 @@ def model_inputs(adapter, images, questions, with_question: bool = True) -> dict
 
 def greedy(adapter, inputs: dict[str, Any], new_tokens: int, contrastive: bool = False) -> list[int]:
     """Minimal decode: one prefill (last-position logits only) and `new_tokens - 1` cached steps."""
-    from laser.method.decoding import cache_kwarg, output_cache, vat_scores
+    from laser.compat import cache_kwarg, output_cache
+    from laser.method.decoding import vat_scores
 
     model = adapter.model
     mask = inputs["attention_mask"]
@@ -539,8 +540,8 @@ def memory_ratios(variants: dict[str, dict]) -> dict[str, float]:
 # ----------------------------------------------------------------------------- 3. cost floor
 def cost_floor(adapter, image: Image.Image, repeats: int, new_tokens: int) -> dict[str, Any]:
     """The separate minimal forwards the method needs, each timed alone (probe off)."""
+    from laser.compat import cache_kwarg, output_cache
     from laser.method.attention import common_prefix_length, forward_last_position, model_tensors
-    from laser.method.decoding import cache_kwarg, output_cache
     from laser.method.probe import AttentionProbe
 
     probe = AttentionProbe(adapter.attention_modules())
