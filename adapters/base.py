@@ -63,9 +63,6 @@ class VisualLayout:
     def n_visual(self) -> int:
         return sum(s.positions.numel() for s in self.segments)
 
-    def for_image(self, image_index: int) -> VisualLayout:
-        return VisualLayout([s for s in self.segments if s.image_index == image_index], self.image_sizes)
-
     def split(self, values: torch.Tensor) -> list[torch.Tensor]:
         """Split per-token values [..., n_visual] into per-segment grids [..., rows, cols]."""
         out, start = [], 0
@@ -366,12 +363,5 @@ class VisionLanguageAdapter(ABC):
             out[key] = value
         return out
 
-    def prompt_parts(self, question: str | None, n_images: int = 1) -> str:
-        """The family's chat prompt; overridden per family."""
-        raise NotImplementedError
-
     def decode_text(self, token_ids: list[int]) -> str:
         return self.tokenizer.decode(token_ids, skip_special_tokens=True).strip()
-
-    def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "architectures": list(self.architectures)}
