@@ -114,8 +114,11 @@ class VisionLanguageAdapter(ABC):
     # ViCrop's code: 336 for LLaVA-1.5, 224 for InstructBLIP and Qwen2.5-VL.
     crop_box_side: ClassVar[int | None] = None
     supports_multi_image: ClassVar[bool] = True
-    # Q-Former families: the visual tokens depend on the question, so no prefix reuse.
-    question_dependent_visual_tokens: ClassVar[bool] = False
+    # whether the attention pass without the question may reuse the KV cache of the prompt prefix it
+    # shares with the pass with it (`prefix_reuse`); False where the visual tokens depend on the
+    # question (Q-Former families, PaliGemma's two-way prefix), or where the reused cache is not exact
+    # (Gemma 3's sliding-window layers).
+    supports_prefix_reuse: ClassVar[bool] = True
 
     def __init__(self, model: nn.Module, processor: Any, instruction: str = DEFAULT_INSTRUCTION):
         self.model = model

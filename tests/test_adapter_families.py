@@ -253,7 +253,7 @@ def test_prefix_reuse_equals_full_prefill(family):
             full = capture_attention(adapter, probe, inputs_q, inputs_0, prefix_reuse=False)
     finally:
         probe.remove()
-    assert reused.prefix_reused != adapter.question_dependent_visual_tokens
+    assert reused.prefix_reused == adapter.supports_prefix_reuse
     torch.testing.assert_close(reused.a_zero, full.a_zero, atol=1e-5, rtol=0)
     torch.testing.assert_close(reused.a_plus, full.a_plus, atol=1e-5, rtol=0)
 

@@ -206,7 +206,7 @@ def capture_attention(
     if (
         inputs_0 is not None
         and prefix_reuse
-        and not adapter.question_dependent_visual_tokens
+        and adapter.supports_prefix_reuse
         and not _windowed_shorter_than(adapter, inputs_q["input_ids"].shape[1])
     ):
         rows = capture_with_prefix_reuse(adapter, probe, inputs_q, inputs_0)
