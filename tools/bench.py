@@ -348,18 +348,22 @@ def interleaved(
 @contextlib.contextmanager
 def attention_impl(model: torch.nn.Module, impl: str):
     """Every config in the model on `impl` (e.g. eager), restored afterwards."""
+    from transformers import PretrainedConfig
+
+    from laser.compat import attention_kernel, set_attention_kernel
+
     configs = {}
     for module in model.modules():
         config = getattr(module, "config", None)
-        if config is not None and hasattr(config, "_attn_implementation"):
-            configs[id(config)] = (config, config._attn_implementation)
+        if isinstance(config, PretrainedConfig):
+            configs[id(config)] = (config, attention_kernel(config))
     for config, _ in configs.values():
-        config._attn_implementation = impl
+        set_attention_kernel(config, impl)
     try:
         yield
     finally:
         for config, original in configs.values():
-            config._attn_implementation = original
+            set_attention_kernel(config, original)
 
 
 def model_inputs(adapter, images, questions, with_question: bool = True) -> dict[str, Any]:
