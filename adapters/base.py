@@ -16,6 +16,8 @@ from PIL import Image
 from torch import nn
 from transformers import BatchFeature
 
+from ..compat import cache_kwarg
+
 Box = tuple[float, float, float, float]
 
 DEFAULT_INSTRUCTION = "Answer the question using a single word or phrase."
@@ -60,9 +62,6 @@ class VisualLayout:
     @property
     def n_visual(self) -> int:
         return sum(s.positions.numel() for s in self.segments)
-
-    def for_image(self, image_index: int) -> VisualLayout:
-        return VisualLayout([s for s in self.segments if s.image_index == image_index], self.image_sizes)
 
     def split(self, values: torch.Tensor) -> list[torch.Tensor]:
         """Split per-token values [..., n_visual] into per-segment grids [..., rows, cols]."""
@@ -115,8 +114,11 @@ class VisionLanguageAdapter(ABC):
     # ViCrop's code: 336 for LLaVA-1.5, 224 for InstructBLIP and Qwen2.5-VL.
     crop_box_side: ClassVar[int | None] = None
     supports_multi_image: ClassVar[bool] = True
-    # Q-Former families: the visual tokens depend on the question, so no prefix reuse.
-    question_dependent_visual_tokens: ClassVar[bool] = False
+    # whether the attention pass without the question may reuse the KV cache of the prompt prefix it
+    # shares with the pass with it (`prefix_reuse`); False where the visual tokens depend on the
+    # question (Q-Former families, PaliGemma's two-way prefix), or where the reused cache is not exact
+    # (Gemma 3's sliding-window layers).
+    supports_prefix_reuse: ClassVar[bool] = True
 
     def __init__(self, model: nn.Module, processor: Any, instruction: str = DEFAULT_INSTRUCTION):
         self.model = model
@@ -324,6 +326,35 @@ class VisionLanguageAdapter(ABC):
         positions = positions.clamp(min=0)
         return positions[:, past_length:]
 
+    def forward(
+        self, inputs: dict[str, Any], cache: Any = None, mask: torch.Tensor | None = None, **model_kwargs: Any
+    ) -> Any:
+        """One forward of the model on a left-padded chunk, with the family's position ids: every
+        decoder forward of the method (prefill, prefix and continuations, decoding steps, option
+        scoring) goes through here.
+
+        inputs: the model's tensors (`prepare_model_inputs`), `input_ids` [batch, chunk] and, unless
+            `mask` is given, `attention_mask` [batch, past + chunk] (1 = token), covering the cache and
+            the chunk; pixels and other model inputs on a prefill.
+        cache: the KV cache of the `past` earlier positions, passed under the model's cache argument
+            (`laser.compat.cache_kwarg`); None on a prefill.
+        mask: the 2-D mask [batch, past + chunk] the position ids are counted from when `inputs` holds
+            none (a decoding step of an unpadded batch, whose mask of ones the model need not check).
+        model_kwargs: passed on to the model (`use_cache`, `logits_to_keep` ...).
+
+        past = mask width - chunk; the position ids `position_ids(mask, past)` ([batch, chunk], or the
+        family's own shape) are added unless None. Returns the model's output: logits [batch, chunk or
+        `logits_to_keep`, vocab] and, with `use_cache`, the cache (`laser.compat.output_cache`).
+        """
+        positions_mask = inputs["attention_mask"] if mask is None else mask
+        inputs = dict(inputs)
+        if cache is not None:
+            inputs[cache_kwarg(self.model)] = cache
+        position_ids = self.position_ids(positions_mask, positions_mask.shape[1] - inputs["input_ids"].shape[1])
+        if position_ids is not None:
+            inputs["position_ids"] = position_ids
+        return self.model(**inputs, **model_kwargs)
+
     def prepare_model_inputs(self, inputs: BatchFeature) -> dict[str, Any]:
         """Tensors the model's forward takes, moved to the model's device and dtype."""
         out = {}
@@ -335,12 +366,5 @@ class VisionLanguageAdapter(ABC):
             out[key] = value
         return out
 
-    def prompt_parts(self, question: str | None, n_images: int = 1) -> str:
-        """The family's chat prompt; overridden per family."""
-        raise NotImplementedError
-
     def decode_text(self, token_ids: list[int]) -> str:
         return self.tokenizer.decode(token_ids, skip_special_tokens=True).strip()
-
-    def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "architectures": list(self.architectures)}

@@ -28,6 +28,7 @@ from PIL import Image
 from torch import nn
 from transformers import BatchFeature
 
+from ..compat import open_clip_vision_tower
 from ._common import prompted_inputs
 from ._registry import register_adapter
 from .base import ImageInput, VisionLanguageAdapter, VisualLayout, VisualSegment
@@ -47,7 +48,6 @@ def build_vision_tower(spec: dict[str, Any], pretrained: bool | str = False) -> 
         return timm.create_model(spec["name"], pretrained=bool(pretrained), num_classes=0, **kwargs)
     if spec["library"] == "open_clip":
         import open_clip
-        from open_clip.model import _build_vision_tower
 
         config = copy.deepcopy(open_clip.get_model_config(spec["name"]))
         if config is None:
@@ -57,7 +57,7 @@ def build_vision_tower(spec: dict[str, Any], pretrained: bool | str = False) -> 
             if kwargs:
                 raise ValueError("open_clip pretrained weights need the tower's own shape; drop vision['kwargs']")
             return open_clip.create_model(spec["name"], pretrained=pretrained).visual
-        return _build_vision_tower(config["embed_dim"], config["vision_cfg"], config.get("quick_gelu", False))
+        return open_clip_vision_tower(config)
     raise ValueError(f"vision library {spec['library']!r}; expected timm or open_clip")
 
 

@@ -44,7 +44,7 @@ class Gemma3Adapter(PromptAdapter):
             # Prefix reuse is not exact with sliding windows: a sliding layer's cache keeps only the last
             # window of keys (the probe's key positions are absolute) and the padding the continuation
             # batch inserts mid-sequence shrinks the window. Run two full prefills instead.
-            self.question_dependent_visual_tokens = True
+            self.supports_prefix_reuse = False
 
     def placeholder(self) -> str:
         return self.processor.boi_token

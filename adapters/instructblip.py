@@ -120,7 +120,7 @@ class InstructBlipAdapter(VisionLanguageAdapter):
     cross_attention_layer: ClassVar[int | None] = 2
     reference_cross_attention_layers: ClassVar[int] = 6
     supports_multi_image = False
-    question_dependent_visual_tokens = True
+    supports_prefix_reuse = False  # the Q-Former's visual tokens depend on the question
     default_checkpoint = "Salesforce/instructblip-vicuna-7b"
 
     @classmethod

@@ -29,7 +29,7 @@ class PaliGemmaAdapter(PromptAdapter):
     reference_num_layers = 26
     native_resolution = 448
     supports_multi_image = False
-    question_dependent_visual_tokens = True
+    supports_prefix_reuse = False  # the prefix (image and question) attends both ways: its visual keys depend on the question
     template = "{images}answer en{question}"
     image_text = "{token}"
 

@@ -32,10 +32,7 @@ def language_input_embeddings(adapter, inputs) -> torch.Tensor:
     handle = adapter.decoder_layers()[0].register_forward_pre_hook(hook, with_kwargs=True)
     try:
         model_inputs = adapter.prepare_model_inputs(model_tensors(inputs))
-        position_ids = adapter.position_ids(model_inputs["attention_mask"])
-        if position_ids is not None:
-            model_inputs["position_ids"] = position_ids
-        adapter.model(**model_inputs, use_cache=False)
+        adapter.forward(model_inputs, use_cache=False)
     finally:
         handle.remove()
     return captured["h"]

@@ -24,8 +24,8 @@ from tiny_models import TINY_BUILDERS, TINY_VARIANTS
 from transformers import BatchFeature
 
 from laser import LaserConfig, LaserEngine, list_presets
+from laser.compat import output_cache
 from laser.method.attention import capture_attention, capture_full, model_tensors
-from laser.method.decoding import cache_kwarg, output_cache
 from laser.method.probe import AttentionProbe
 from laser.method.views import fill_cells, take_samples
 
@@ -253,7 +253,7 @@ def test_prefix_reuse_equals_full_prefill(family):
             full = capture_attention(adapter, probe, inputs_q, inputs_0, prefix_reuse=False)
     finally:
         probe.remove()
-    assert reused.prefix_reused != adapter.question_dependent_visual_tokens
+    assert reused.prefix_reused == adapter.supports_prefix_reuse
     torch.testing.assert_close(reused.a_zero, full.a_zero, atol=1e-5, rtol=0)
     torch.testing.assert_close(reused.a_plus, full.a_plus, atol=1e-5, rtol=0)
 
@@ -325,36 +325,25 @@ def test_engine_attention_rows_equal_two_separate_builds(family, baseline):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_cache_continuation_equals_full_forward(family):
-    """Two decoding steps on the KV cache (positions from `adapter.position_ids`) give the logits of
-    a full forward over the extended, left-padded prompts."""
+    """Two decoding steps on the KV cache through `adapter.forward` (positions from `adapter.position_ids`)
+    give the logits of a full forward over the extended, left-padded prompts."""
     adapter = adapter_for(family)
     inputs = model_tensors(adapter.build_inputs(sample_images(), QUESTIONS))
     words = [["red", "box"], ["yes", "no"], ["blue", "digit"]]
     extra = torch.tensor([adapter.tokenizer.convert_tokens_to_ids(w) for w in words])
     with torch.no_grad():
         model_inputs = adapter.prepare_model_inputs(inputs)
-        position_ids = adapter.position_ids(model_inputs["attention_mask"])
-        if position_ids is not None:
-            model_inputs["position_ids"] = position_ids
-        out = adapter.model(**model_inputs, use_cache=True)
+        out = adapter.forward(model_inputs, use_cache=True)
         cache, mask = output_cache(out), model_inputs["attention_mask"]
         for step in range(extra.shape[1]):
             mask = torch.cat([mask, mask.new_ones(len(mask), 1)], dim=1)
             step_inputs = {"input_ids": extra[:, step : step + 1], "attention_mask": mask}
-            step_inputs[cache_kwarg(adapter.model)] = cache
-            position_ids = adapter.position_ids(mask, mask.shape[1] - 1)
-            if position_ids is not None:
-                step_inputs["position_ids"] = position_ids
-            out = adapter.model(**step_inputs, use_cache=True)
+            out = adapter.forward(step_inputs, cache, use_cache=True)
             cache = output_cache(out)
         full = dict(inputs)
         full["input_ids"] = torch.cat([inputs["input_ids"], extra], dim=1)
         full["attention_mask"] = mask
-        full = adapter.prepare_model_inputs(full)
-        position_ids = adapter.position_ids(full["attention_mask"])
-        if position_ids is not None:
-            full["position_ids"] = position_ids
-        ref = adapter.model(**full, use_cache=False).logits[:, -1]
+        ref = adapter.forward(adapter.prepare_model_inputs(full), use_cache=False).logits[:, -1]
     torch.testing.assert_close(out.logits[:, -1], ref, atol=1e-4, rtol=0)
 
 

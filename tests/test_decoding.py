@@ -59,3 +59,27 @@ def test_sampling_is_reproducible_per_generator_and_respects_top_k(llava):
     assert all((d < 3).all() for d in draws)
     again = select_tokens(processors(ids, scores.clone()), True, [torch.Generator().manual_seed(s) for s in (1, 2)])
     assert torch.equal(draws[0], again)
+
+
+def test_adapter_forward_adds_positions_from_the_mask_it_is_given(llava_adapter):
+    """`adapter.forward` on a cache continuation: past = mask width - chunk; positions come from the
+    inputs' mask or, when the inputs carry none (an unpadded decoding step), from `mask`; the logits are
+    those of the plain model call with `position_ids` written out."""
+    from conftest import random_image
+
+    from laser.compat import cache_kwarg, output_cache
+    from laser.method.attention import model_tensors
+
+    adapter = llava_adapter
+    inputs = adapter.prepare_model_inputs(model_tensors(adapter.build_inputs([random_image(336, 336)], ["What is it ?"])))
+    with torch.no_grad():
+        first = adapter.forward(inputs, use_cache=True)
+        mask = torch.cat([inputs["attention_mask"], inputs["attention_mask"].new_ones(1, 1)], dim=1)
+        token = first.logits[:, -1].argmax(-1, keepdim=True)
+        step = adapter.forward({"input_ids": token}, output_cache(first), mask, use_cache=True).logits
+        first = adapter.model(**inputs, position_ids=adapter.position_ids(inputs["attention_mask"]), use_cache=True)
+        expected = adapter.model(
+            input_ids=token, position_ids=torch.tensor([[mask.shape[1] - 1]]),
+            use_cache=True, **{cache_kwarg(adapter.model): output_cache(first)},
+        ).logits
+    torch.testing.assert_close(step, expected, atol=0, rtol=0)

@@ -18,23 +18,24 @@ PACKAGE_DIRS = {"laser": ROOT / "laser", "laser.adapters": ROOT / "adapters"}
 
 # the level of each layer: a module may import its own layer and the layers below it, never one above, so
 # the layers cannot import each other in a cycle. Every layer has a level of its own (two layers on one
-# level could import each other). Bottom to top: where configs and assets are (`paths`), the adapter
+# level could import each other). Bottom to top: the private names of transformers and open_clip (`compat`), where configs and assets are (`paths`), the adapter
 # contract, the method core, loading a model and a method into an engine (`loading`), reading data sets
 # (`data`), prediction records, metrics and evaluation (`records`); above them the shipped benchmark
 # (`testbed`), running over data sets (`run`: compose, the Lightning layer, predict), reporting on runs
 # (`report`), LASER inside other tools (`integrations`: lmms-eval), and the `laser` command on top (`cli`).
 LAYERS = {
-    "laser.paths": 0,
-    "laser.adapters": 1,
-    "laser.method": 2,
-    "laser.loading": 3,
-    "laser.data": 4,
-    "laser.records": 5,
-    "laser.testbed": 6,
-    "laser.run": 7,
-    "laser.report": 8,
-    "laser.integrations": 9,
-    "laser.cli": 10,
+    "laser.compat": 0,  # the private names of transformers / open_clip (laser/compat.py), under everything
+    "laser.paths": 1,
+    "laser.adapters": 2,
+    "laser.method": 3,
+    "laser.loading": 4,
+    "laser.data": 5,
+    "laser.records": 6,
+    "laser.testbed": 7,
+    "laser.run": 8,
+    "laser.report": 9,
+    "laser.integrations": 10,
+    "laser.cli": 11,
 }
 FACADE = {"laser", "laser.__main__"}
 """The package root (re-exports of the layers, `python -m laser`): in no layer, imported by none."""

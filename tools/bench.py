@@ -348,18 +348,22 @@ def interleaved(
 @contextlib.contextmanager
 def attention_impl(model: torch.nn.Module, impl: str):
     """Every config in the model on `impl` (e.g. eager), restored afterwards."""
+    from transformers import PretrainedConfig
+
+    from laser.compat import attention_kernel, set_attention_kernel
+
     configs = {}
     for module in model.modules():
         config = getattr(module, "config", None)
-        if config is not None and hasattr(config, "_attn_implementation"):
-            configs[id(config)] = (config, config._attn_implementation)
+        if isinstance(config, PretrainedConfig):
+            configs[id(config)] = (config, attention_kernel(config))
     for config, _ in configs.values():
-        config._attn_implementation = impl
+        set_attention_kernel(config, impl)
     try:
         yield
     finally:
         for config, original in configs.values():
-            config._attn_implementation = original
+            set_attention_kernel(config, original)
 
 
 def model_inputs(adapter, images, questions, with_question: bool = True) -> dict[str, Any]:
@@ -370,7 +374,8 @@ def model_inputs(adapter, images, questions, with_question: bool = True) -> dict
 
 def greedy(adapter, inputs: dict[str, Any], new_tokens: int, contrastive: bool = False) -> list[int]:
     """Minimal decode: one prefill (last-position logits only) and `new_tokens - 1` cached steps."""
-    from laser.method.decoding import cache_kwarg, output_cache, vat_scores
+    from laser.compat import cache_kwarg, output_cache
+    from laser.method.decoding import vat_scores
 
     model = adapter.model
     mask = inputs["attention_mask"]
@@ -539,8 +544,8 @@ def memory_ratios(variants: dict[str, dict]) -> dict[str, float]:
 # ----------------------------------------------------------------------------- 3. cost floor
 def cost_floor(adapter, image: Image.Image, repeats: int, new_tokens: int) -> dict[str, Any]:
     """The separate minimal forwards the method needs, each timed alone (probe off)."""
+    from laser.compat import cache_kwarg, output_cache
     from laser.method.attention import common_prefix_length, forward_last_position, model_tensors
-    from laser.method.decoding import cache_kwarg, output_cache
     from laser.method.probe import AttentionProbe
 
     probe = AttentionProbe(adapter.attention_modules())

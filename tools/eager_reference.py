@@ -7,6 +7,7 @@ from contextlib import contextmanager
 
 import torch
 
+from laser.compat import attention_kernel, set_attention_kernel
 from laser.method.attention import model_tensors, pad_positions
 
 
@@ -14,14 +15,14 @@ from laser.method.attention import model_tensors, pad_positions
 def eager_language_model(adapter):
     """Temporarily run the language model's attention with the eager kernel."""
     configs = {id(m.config): m.config for m in adapter.attention_modules()}
-    saved = {k: c._attn_implementation for k, c in configs.items()}
+    saved = {k: attention_kernel(c) for k, c in configs.items()}
     try:
         for c in configs.values():
-            c._attn_implementation = "eager"
+            set_attention_kernel(c, "eager")
         yield
     finally:
         for k, c in configs.items():
-            c._attn_implementation = saved[k]
+            set_attention_kernel(c, saved[k])
 
 
 @torch.no_grad()

@@ -96,7 +96,9 @@ def images_for(family: str, shape: dict[str, Any]):
 
 # ----------------------------------------------------------------------------- checks
 def set_kernel(adapter, kernel: str) -> None:
-    adapter.language_config()._attn_implementation = kernel
+    from laser.compat import set_attention_kernel
+
+    set_attention_kernel(adapter.language_config(), kernel)
 
 
 def check_rows(adapter, images, dtype) -> tuple[bool, str]:

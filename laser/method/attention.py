@@ -15,7 +15,7 @@ from transformers import BatchFeature
 from transformers.cache_utils import DynamicLayer
 
 from ..adapters.base import VisionLanguageAdapter, VisualLayout
-from .cache import cache_kwarg, output_cache
+from ..compat import output_cache
 from .probe import AttentionProbe
 
 
@@ -73,10 +73,8 @@ def common_prefix_length(a: torch.Tensor, b: torch.Tensor) -> int:
 
 
 def forward_last_position(adapter: VisionLanguageAdapter, inputs: dict[str, Any], **extra: Any) -> Any:
-    position_ids = adapter.position_ids(inputs["attention_mask"])
-    if position_ids is not None:
-        inputs = {**inputs, "position_ids": position_ids}
-    return adapter.model(**inputs, logits_to_keep=1, **extra)
+    """A prefill of `inputs` keeping the last position's logits (`adapter.forward`)."""
+    return adapter.forward(inputs, logits_to_keep=1, **extra)
 
 
 def capture_full(
@@ -175,18 +173,13 @@ def _continue(
     """Rows [rows, L, H, n] of one left-padded batch of continuations on `cache` (one row per cache
     row); the cache is cropped back to the prefix afterwards."""
     cont_ids, cont_mask = _left_pad(continuations, pad_id)
-    prefix_len = prefix_mask.shape[1]
     device = adapter.device
     step = {
         "input_ids": cont_ids.to(device),
         "attention_mask": torch.cat([prefix_mask, cont_mask], dim=1).to(device),
-        cache_kwarg(adapter.model): cache,
     }
-    position_ids = adapter.position_ids(step["attention_mask"], prefix_len)
-    if position_ids is not None:
-        step["position_ids"] = position_ids
     with probe.capture(positions, step["attention_mask"]) as capture:
-        adapter.model(**step, use_cache=True, logits_to_keep=1)
+        adapter.forward(step, cache, use_cache=True, logits_to_keep=1)
     if _croppable(cache):
         cache.crop(-cont_ids.shape[1])
     return capture.result()
@@ -213,7 +206,7 @@ def capture_attention(
     if (
         inputs_0 is not None
         and prefix_reuse
-        and not adapter.question_dependent_visual_tokens
+        and adapter.supports_prefix_reuse
         and not _windowed_shorter_than(adapter, inputs_q["input_ids"].shape[1])
     ):
         rows = capture_with_prefix_reuse(adapter, probe, inputs_q, inputs_0)

@@ -7,7 +7,6 @@ sum over a window is the mass of the map inside that window, whatever the grids'
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import torch
 
@@ -48,18 +47,6 @@ def integral_image(canvas: torch.Tensor) -> torch.Tensor:
     padded = torch.zeros(canvas.shape[0] + 1, canvas.shape[1] + 1, dtype=torch.float64)
     padded[1:, 1:] = canvas.double().cumsum(0).cumsum(1)
     return padded
-
-
-def region_mean(table: torch.Tensor, box: Box) -> float:
-    """Mean of the canvas over a normalised box (at least one canvas pixel), from its integral image."""
-    height, width = table.shape[0] - 1, table.shape[1] - 1
-    x0, y0, x1, y1 = box
-    c0 = min(max(int(math.floor(x0 * width)), 0), width - 1)
-    r0 = min(max(int(math.floor(y0 * height)), 0), height - 1)
-    c1 = min(max(int(math.ceil(x1 * width)), c0 + 1), width)
-    r1 = min(max(int(math.ceil(y1 * height)), r0 + 1), height)
-    total = table[r1, c1] - table[r0, c1] - table[r1, c0] + table[r0, c0]
-    return float(total) / ((r1 - r0) * (c1 - c0))
 
 
 def window_sums(canvas: torch.Tensor, win_h: int, win_w: int) -> torch.Tensor:

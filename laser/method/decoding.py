@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from transformers import GenerationConfig, LogitsProcessorList
 
-from .cache import cache_kwarg, output_cache
+from ..compat import is_generation_model, logits_processors_of, output_cache
 from .config import DecodeConfig
 
 # `decode.*` keys that override the model's generation config when set (None keeps the model's value)
@@ -45,7 +45,7 @@ def generating_model(model: Any) -> Any:
     model of a composite model): whose generation config and logits processors decoding uses."""
     modules = model.modules() if hasattr(model, "modules") else [model]
     for module in modules:
-        if hasattr(module, "_get_logits_processor"):
+        if is_generation_model(module):
             return module
     raise TypeError(f"{type(model).__name__} holds no transformers generation model (GenerationMixin)")
 
@@ -65,18 +65,11 @@ def logits_processors(
     model: Any, config: GenerationConfig, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, eos: torch.Tensor
 ) -> LogitsProcessorList:
     """The processors and warpers `model.generate` applies under `config`, built by transformers
-    (`GenerationMixin._get_logits_processor`, the builder `generate` calls).
+    (the builder `generate` calls; `laser.compat.logits_processors_of`).
 
     prompt_ids / prompt_mask: [batch, T] left-padded prompt (the repetition penalty skips the padding).
     """
-    config = copy.copy(config)
-    config._eos_token_tensor = eos  # what generate's special-token preparation sets (min-length processors)
-    return generating_model(model)._get_logits_processor(
-        generation_config=config,
-        input_ids_seq_length=prompt_ids.shape[1],
-        device=prompt_ids.device,
-        model_kwargs={"attention_mask": prompt_mask},
-    )
+    return logits_processors_of(generating_model(model), config, prompt_ids, prompt_mask, eos)
 
 
 def select_tokens(
@@ -140,14 +133,9 @@ def generate(
     config = generation_config(model, cfg)
     sequences = model_inputs["input_ids"][:batch]
     processors = logits_processors(model, config, sequences, attention_mask[:batch], eos)
-    kw = cache_kwarg(model)
     # Without padding the steps need no mask (as in `generate`): the model then has nothing to check.
     padded = not bool(attention_mask.all())
-    forward_inputs = dict(model_inputs)
-    position_ids = adapter.position_ids(attention_mask)
-    if position_ids is not None:
-        forward_inputs["position_ids"] = position_ids
-    output = model(**forward_inputs, use_cache=True, logits_to_keep=1)
+    output = adapter.forward(model_inputs, use_cache=True, logits_to_keep=1)
     cache = output_cache(output)
     generators = None
     answers: list[list[int]] = [[] for _ in range(batch)]
@@ -192,12 +180,9 @@ def generate(
         if contrastive:
             step_tokens = torch.cat([step_tokens, step_tokens])
         attention_mask = torch.cat([attention_mask, attention_mask.new_ones(rows, 1)], dim=1)
-        step_inputs = {"input_ids": step_tokens[:, None], kw: cache}
+        step_inputs = {"input_ids": step_tokens[:, None]}
         if padded:
             step_inputs["attention_mask"] = attention_mask
-        position_ids = adapter.position_ids(attention_mask, attention_mask.shape[1] - 1)
-        if position_ids is not None:
-            step_inputs["position_ids"] = position_ids
-        output = model(**step_inputs, use_cache=True, logits_to_keep=1)
+        output = adapter.forward(step_inputs, cache, attention_mask, use_cache=True, logits_to_keep=1)
         cache = output_cache(output)
     return answers, fallbacks

@@ -3,8 +3,9 @@
 A function registered in `transformers.AttentionInterface` wraps the model's own kernel (sdpa, flash,
 eager, flex ...) and, while a capture is active, also computes `softmax(q[t0] K^T * scale + mask)` for
 the last query position t0 only, keeping `[batch, layers, heads, n_visual]` numbers. It is installed
-only on the language model's attention modules (their config's `_attn_implementation` routes them to
-`laser_probe_<kernel>`; the wrapped kernel still sees its own name). The mask row is built from the
+only on the language model's attention modules (their config's attention implementation routes them to
+`laser_probe_<kernel>`, set once at `install`; the wrapped kernel still sees its own name, through
+`laser.compat.attention_kernel_as`). The mask row is built from the
 forward's 2-D padding mask and the layer's own window (`last_row_mask`), whatever mask format the
 kernel receives (docs/method.md, "Attention probe").
 """
@@ -21,6 +22,14 @@ from torch import nn
 from transformers import AttentionInterface
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from ..compat import (
+    attention_kernel,
+    attention_kernel_as,
+    mask_function_registered,
+    registered_mask_function,
+    set_attention_kernel,
+)
 
 PROBE_PREFIX = "laser_probe_"
 
@@ -127,14 +136,9 @@ def _make_probe_kernel(kernel_name: str):
         else:
             kernel = ALL_ATTENTION_FUNCTIONS[kernel_name]
         # The config routes this layer to the probe; the kernel itself sees its own name (flash attention
-        # passes `config._attn_implementation` to its kernel loader).
-        config = module.config
-        routed = config._attn_implementation
-        config._attn_implementation = kernel_name
-        try:
+        # reads the config's kernel name on every call).
+        with attention_kernel_as(module.config, kernel_name):
             output = kernel(module, query, key, value, attention_mask, *args, **kwargs)
-        finally:
-            config._attn_implementation = routed
         probe: AttentionProbe | None = getattr(module, "_laser_probe", None)
         capture = probe.capture_state if probe is not None else None
         if capture is not None:
@@ -156,8 +160,8 @@ def register_probe_kernel(kernel_name: str) -> str:
     name = f"{PROBE_PREFIX}{kernel_name}"
     if name not in ALL_ATTENTION_FUNCTIONS:
         AttentionInterface.register(name, _make_probe_kernel(kernel_name))
-    if name not in ALL_MASK_ATTENTION_FUNCTIONS._global_mapping:
-        mask_fn = ALL_MASK_ATTENTION_FUNCTIONS._global_mapping.get(kernel_name)
+    if not mask_function_registered(name):
+        mask_fn = registered_mask_function(kernel_name)
         if mask_fn is None:
             raise ValueError(f"attention kernel {kernel_name!r} has no mask function to wrap")
         ALL_MASK_ATTENTION_FUNCTIONS.register(name, mask_fn)
@@ -181,11 +185,11 @@ class AttentionProbe:
             module._laser_probe = self
             module._laser_layer = layer
             config = module.config
-            current = config._attn_implementation or "eager"
+            current = attention_kernel(config) or "eager"
             if id(config) not in self._configs:
                 self._configs[id(config)] = (config, current.removeprefix(PROBE_PREFIX))
             if not current.startswith(PROBE_PREFIX):
-                config._attn_implementation = register_probe_kernel(current)
+                set_attention_kernel(config, register_probe_kernel(current))
         self.installed = True
         return self
 
@@ -195,7 +199,7 @@ class AttentionProbe:
                 if hasattr(module, attr):
                     delattr(module, attr)
         for config, original in self._configs.values():
-            config._attn_implementation = original
+            set_attention_kernel(config, original)
         self._configs.clear()
         self.installed = False
 

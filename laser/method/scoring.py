@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from .cache import cache_kwarg, output_cache
+from ..compat import output_cache
 from .decoding import NONFINITE_LOGITS, nonfinite_rows, vat_scores
 from .prediction import Prediction
 
@@ -72,17 +72,12 @@ def continuation_log_probs(
     logits alone where the contrastive scores were not finite) or None; a row whose own logits were
     NaN/inf gets NaN and a reason starting with `NONFINITE_LOGITS`.
     """
-    model = adapter.model
     mask = model_inputs["attention_mask"]
     rows = len(continuations)
     if mask.shape[0] != rows * (2 if contrastive else 1):
         raise ValueError(f"{mask.shape[0]} prompt rows for {rows} continuations (contrastive={contrastive})")
     device = mask.device
-    forward_inputs = dict(model_inputs)
-    position_ids = adapter.position_ids(mask)
-    if position_ids is not None:
-        forward_inputs["position_ids"] = position_ids
-    output = model(**forward_inputs, use_cache=True, logits_to_keep=1)
+    output = adapter.forward(model_inputs, use_cache=True, logits_to_keep=1)
     logits = [output.logits[:, -1:, :].float()]
     longest = max(len(c) for c in continuations)
     if longest > 1:  # every option token but the last is fed, so that its logits predict the next
@@ -94,11 +89,8 @@ def continuation_log_probs(
         if contrastive:
             fed, fed_mask = torch.cat([fed, fed]), torch.cat([fed_mask, fed_mask])
         full_mask = torch.cat([mask, fed_mask.to(device)], dim=1)
-        step = {"input_ids": fed.to(device), "attention_mask": full_mask, cache_kwarg(model): output_cache(output)}
-        position_ids = adapter.position_ids(full_mask, mask.shape[1])
-        if position_ids is not None:
-            step["position_ids"] = position_ids
-        logits.append(model(**step, use_cache=True).logits.float())
+        step = {"input_ids": fed.to(device), "attention_mask": full_mask}
+        logits.append(adapter.forward(step, output_cache(output), use_cache=True).logits.float())
     z = torch.cat(logits, dim=1)  # [rows (x2), longest, vocab]: position t predicts token t
     z_pos = z[:rows]
     own_bad = nonfinite_rows(z_pos)  # [rows, longest]
