@@ -75,12 +75,15 @@ class QFormerVLM(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         pixel_values: torch.Tensor | None = None,
-        qformer_input_ids: torch.Tensor | None = None,
-        qformer_attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         cache: Any = None,
         **kwargs: Any,
     ) -> Any:
+        """The language model's forward on the prompt with the Q-Former's query tokens in place of the
+        image placeholders; `kwargs` may hold `qformer_input_ids` / `qformer_attention_mask` (the
+        processor's), the rest go to the language model."""
+        qformer_input_ids = kwargs.pop("qformer_input_ids", None)
+        qformer_attention_mask = kwargs.pop("qformer_attention_mask", None)
         blip = self.blip
         is_image = input_ids == blip.config.image_token_id
         embeds = blip.get_input_embeddings()(input_ids)

@@ -8,7 +8,7 @@ cache (never duplicated).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from transformers import BatchFeature
@@ -141,15 +141,16 @@ def capture_with_prefix_reuse(
     offsets = [pad_q_i * -1 + (prefix_len - p) for pad_q_i, p in zip(pad_q, prefix_lengths)]
     positions, valid = pad_positions(layouts, offsets, adapter.device)
     if _croppable(cache):
-        a_plus = _continue(adapter, probe, cache, prefix_mask, [ids[p:] for ids, p in zip(ids_q, prefix_lengths)], positions, pad_id)
-        a_zero = _continue(adapter, probe, cache, prefix_mask, [ids[p:] for ids, p in zip(ids_0, prefix_lengths)], positions, pad_id)
+        prefix = CachedPrefix(cache, prefix_mask)
+        a_plus = _continue(adapter, probe, prefix, [ids[p:] for ids, p in zip(ids_q, prefix_lengths)], positions, pad_id)
+        a_zero = _continue(adapter, probe, prefix, [ids[p:] for ids, p in zip(ids_0, prefix_lengths)], positions, pad_id)
         return AttentionRows(a_plus, a_zero, valid, layouts, prefix_reused=True)
     continuations = []
     for i, p in enumerate(prefix_lengths):
         continuations += [ids_q[i][p:], ids_0[i][p:]]
     cache.batch_repeat_interleave(2)
     rows = _continue(
-        adapter, probe, cache, prefix_mask.repeat_interleave(2, dim=0), continuations,
+        adapter, probe, CachedPrefix(cache, prefix_mask.repeat_interleave(2, dim=0)), continuations,
         positions.repeat_interleave(2, dim=0), pad_id,
     )
     return AttentionRows(rows[0::2], rows[1::2], valid, layouts, prefix_reused=True)
@@ -161,17 +162,24 @@ def _croppable(cache: Any) -> bool:
     return bool(layers) and hasattr(cache, "crop") and all(type(layer) is DynamicLayer for layer in layers)
 
 
+class CachedPrefix(NamedTuple):
+    """The KV cache of a batch's shared prompt prefix and its attention mask [rows, prefix length]."""
+
+    cache: Any
+    mask: torch.Tensor
+
+
 def _continue(
     adapter: VisionLanguageAdapter,
     probe: AttentionProbe,
-    cache: Any,
-    prefix_mask: torch.Tensor,
+    prefix: CachedPrefix,
     continuations: list[torch.Tensor],
     positions: torch.Tensor,
     pad_id: int,
 ) -> torch.Tensor:
-    """Rows [rows, L, H, n] of one left-padded batch of continuations on `cache` (one row per cache
-    row); the cache is cropped back to the prefix afterwards."""
+    """Rows [rows, L, H, n] of one left-padded batch of continuations on the prefix's cache (one row per
+    cache row); the cache is cropped back to the prefix afterwards."""
+    cache, prefix_mask = prefix
     cont_ids, cont_mask = _left_pad(continuations, pad_id)
     device = adapter.device
     step = {

@@ -130,7 +130,7 @@ def _eager_kernel(module: nn.Module):
 
 
 def _make_probe_kernel(kernel_name: str):
-    def probe_attention(module, query, key, value, attention_mask, *args, **kwargs):
+    def probe_attention(module, query, key, value, *args, **kwargs):  # args: attention_mask, ... as given
         if kernel_name == "eager":
             kernel = _eager_kernel(module)
         else:
@@ -138,7 +138,7 @@ def _make_probe_kernel(kernel_name: str):
         # The config routes this layer to the probe; the kernel itself sees its own name (flash attention
         # reads the config's kernel name on every call).
         with attention_kernel_as(module.config, kernel_name):
-            output = kernel(module, query, key, value, attention_mask, *args, **kwargs)
+            output = kernel(module, query, key, value, *args, **kwargs)
         probe: AttentionProbe | None = getattr(module, "_laser_probe", None)
         capture = probe.capture_state if probe is not None else None
         if capture is not None:
