@@ -1,7 +1,7 @@
 """A CLI that explains itself: `--help` per verb (every config key with its help, walked from the
 dataclasses), `dry_run=true` (counts, nothing created), suggestions for mistyped keys, versions."""
 
-import inspect
+import dataclasses
 import json
 from pathlib import Path
 
@@ -47,11 +47,11 @@ def test_predict_help_lists_every_key_with_its_value_and_help():
 
 
 def test_data_keys_are_the_data_modules_arguments():
-    from laser.run.datamodule import VQADataModule
+    from laser.run.datamodule import DataSettings
 
-    parameters = inspect.signature(VQADataModule.__init__).parameters
-    arguments = {n: p.default for n, p in parameters.items() if n not in ("self", "skip_ids")}
-    assert {k.key: k.default for k in config_keys(DataOptions)} == arguments
+    settings = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                for f in dataclasses.fields(DataSettings)}
+    assert {k.key: k.default for k in config_keys(DataOptions)} == settings
 
 
 def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ctypes
 import signal
 import sys
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,7 @@ class DataSettings:
     limit: int | None = None
     on_error: str = "raise"
     metric: str | None = None
-    reader_options: dict[str, Any] = field(default_factory=dict)
+    reader_options: dict[str, Any] | None = None
     choice_mode: str = "generate"
 
     @classmethod
