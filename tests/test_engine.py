@@ -81,6 +81,18 @@ def test_gate_depth_routes_paths(llava_adapter, five_samples):
     assert {p.path for p in never.answer_batch(images, questions)} == {"direct"}
 
 
+def test_the_gate_routes_to_contrastive_at_exactly_its_depth(llava_adapter, five_samples):
+    """l*/L == gate.depth is deep enough (docs/method.md, Routing: >=); a depth just above it is not."""
+    image, question = five_samples[0][0], five_samples[1][0]
+    num_layers = llava_adapter.num_layers
+    layer = LaserEngine(llava_adapter, LaserConfig.preset("laser")).answer(image, question).layer
+    at = LaserEngine(llava_adapter, LaserConfig.preset("laser", **{"gate.depth": layer / num_layers}))
+    above = LaserEngine(llava_adapter, LaserConfig.preset("laser", **{"gate.depth": (layer + 0.5) / num_layers}))
+    on, off = at.answer(image, question), above.answer(image, question)
+    assert on.layer == off.layer == layer
+    assert (on.path, off.path) == ("contrastive", "direct")
+
+
 def test_vanilla_equals_plain_greedy_generate(llava_adapter, five_samples):
     images, questions = five_samples
     engine = LaserEngine(llava_adapter, LaserConfig.preset("vanilla", **{"decode.max_new_tokens": 6}))
