@@ -55,8 +55,8 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 import torch.nn.utils.parametrize as parametrize  # noqa: E402
 from testbed import views  # noqa: E402
-from testbed.batching import AnswerBatcher  # noqa: E402
-from testbed.model import build_config, build_processor, build_tokenizer  # noqa: E402
+from testbed.batching import AnswerBatcher, TextBatcher  # noqa: E402
+from testbed.model import TEMPLATES, build_config, build_processor, build_tokenizer, prompt  # noqa: E402
 from testbed.quick_eval import first_token_eval  # noqa: E402
 from train_testbed import NAMING_WORDS, question_attention_loss, vision_pretrain  # noqa: E402
 from transformers import LlavaForConditionalGeneration  # noqa: E402
@@ -73,6 +73,8 @@ FAMILY_WEIGHTS = {"reading": 0.45, "relational": 0.2, "existence": 0.14, "color"
 # reading (finding the box the question names is the skill every family shares)
 FAMILY_WEIGHTS_EARLY = {"reading": 0.3, "relational": 0.05, "existence": 0.35, "color": 0.05, "count": 0.1, "where": 0.15}
 EARLY_SHARE = 0.25
+# the text stage (`--text-steps`): the families a view in words answers ("red 3 , blue 7" has no positions)
+TEXT_FAMILIES = {"reading": 0.5, "existence": 0.25, "color": 0.15, "count": 0.1}
 DEV_SEED = 1  # generator seed of the dev split (the shipped split is seed 0)
 IMAGE_GAIN = 1.0  # fixed pre-LayerNorm gain of the vision tower
 # pixel normalisation centred on the scenes' grey background (base 195-235) instead of CLIP's statistics:
@@ -223,6 +225,19 @@ def main() -> None:
                     help="keep the projector at its random initialisation: trained, it dropped the colour of the "
                          "visual tokens (a linear probe reads a box's colour from 24%% of its tokens after the trained "
                          "projector, 84%% after the initial one, 97%% from the tower), so no question could name a box")
+    ap.add_argument("--prompt-order", choices=sorted(TEMPLATES), default="image-first",
+                    help="question-first: the visual tokens are computed after the question, so each can compare its "
+                         "own colour with the one the question names (LLaVA's instruction data has both orders)")
+    ap.add_argument("--tower-from", default=None,
+                    help="a RUN/last.pt of an earlier run with the same --seed, --vision-steps and --patch-digit: take its "
+                         "pre-trained tower instead of pre-training again (the LM stage is seeded on its own, so the "
+                         "result is the one of a full run)")
+    ap.add_argument("--text-steps", type=int, default=0,
+                    help="steps of a text stage before the image stage: the LM alone, each view given in words where its "
+                         "image tokens would be (\"red 3 , blue 7\"), the same questions and answer loss; an LM from "
+                         "scratch learns there, from text, to find the box a question names (at 64 px it did not, from images)")
+    ap.add_argument("--text-every", type=int, default=0,
+                    help="in the image stage, every N-th step is a text step (0: none)")
     a = ap.parse_args()
     global TOWER
     TOWER = a.tower
@@ -251,11 +266,19 @@ def main() -> None:
     if TOWER == "patch":
         proc.image_processor.image_mean, proc.image_processor.image_std = IMAGE_MEAN, IMAGE_STD
         content_only_tokens(model)
+    elif not ck.exists() and a.tower_from:
+        state = torch.load(a.tower_from, weights_only=False)["model"]
+        tower = {k.split("vision_tower.", 1)[1]: v for k, v in state.items() if "vision_tower." in k}
+        model.model.vision_tower.load_state_dict(tower)
+        log(f"tower from {a.tower_from} ({len(tower)} tensors)")
     elif not ck.exists():  # the vit tower: pre-train it alone (its own optimiser and heads), then freeze it
         vh = model.config.vision_config.hidden_size
         heads = torch.nn.ModuleDict({"digit": torch.nn.Linear(vh, 11), "color": torch.nn.Linear(vh, len(COLOR_NAMES) + 1),
                                       "box_digit": torch.nn.Linear(vh, 10)})
         vision_pretrain(model, heads, rng, a.vision_steps, log, patch_digit=a.patch_digit)
+    # the LM stage has its own seed: a run that takes its tower from another (--tower-from) gives the same model
+    torch.manual_seed(a.seed + 1)
+    rng = random.Random(a.seed + 1)
     fix_projector_norm(model)
     if a.question_attn > 0:
         model.set_attn_implementation("eager")  # attention rows for the question-attention loss (export: sdpa)
@@ -296,31 +319,44 @@ def main() -> None:
 
     def evaluate() -> None:
         model.eval()
-        res = first_token_eval(model, proc, held, held_root, batch=48)
+        res = first_token_eval(model, proc, held, held_root, batch=48,
+                               prompt_fn=lambda q: prompt(q, order=a.prompt_order))
         model.train()
         for view, accs in res.items():
             log(f"dev step {step} {view}: " + " ".join(f"{k}={v[0]:.2f}({v[1]})" for k, v in sorted(accs.items())))
 
-    batcher = AnswerBatcher(tok, proc)
+    batcher = AnswerBatcher(tok, proc, order=a.prompt_order)
+    text_batcher = TextBatcher(tok, proc, order=a.prompt_order)
     agg: dict[str, float] = defaultdict(float)
     model.train()
     t0 = time.time()
-    last = min(a.steps, a.stop_at or a.steps)
+    last = min(a.text_steps + a.steps, a.stop_at or a.text_steps + a.steps)
     while step < last:
-        set_families(step)
-        d = views.sample_views(rng, a.batch, stage_at(step, a.steps))
+        s = step - a.text_steps  # step of the image stage (negative: the text stage)
+        text_step = s < 0 or (a.text_every > 0 and s % a.text_every == a.text_every - 1)
+        if text_step:  # the view in words where its image tokens would be: the LM alone
+            views.FAMILY_WEIGHTS.clear()
+            views.FAMILY_WEIGHTS.update(TEXT_FAMILIES)
+            d = views.sample_views(rng, a.batch, (2, "q")[step % 2])
+            ids, mask, labels = text_batcher(d)
+            px, lr = None, lr_at(step, a.text_steps, a.lr, a.warmup) if s < 0 else lr_at(s, a.steps, a.lr, a.warmup)
+        else:
+            set_families(s)
+            d = views.sample_views(rng, a.batch, stage_at(s, a.steps))
+            ids, mask, labels, px = batcher(d)
+            lr = lr_at(s, a.steps, a.lr, a.warmup)
         t_data = time.time()
-        ids, mask, labels, px = batcher(d)
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, a.steps, a.lr, a.warmup)
-        out = model(input_ids=ids, attention_mask=mask, pixel_values=px, output_attentions=a.question_attn > 0)
+            g["lr"] = lr
+        out = model(input_ids=ids, attention_mask=mask, pixel_values=px,
+                    output_attentions=a.question_attn > 0 and not text_step)
         logits = out.logits[:, :-1]
         loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels[:, 1:].reshape(-1), ignore_index=-100)
-        if a.prompt_loss > 0:  # the prompt's text tokens (not image, padding or answer) as next-token targets
+        if a.prompt_loss > 0 and not text_step:  # the prompt's text tokens (not image, padding or answer)
             text = ids.masked_fill((labels != -100) | (mask == 0) | (ids == model.config.image_token_id), -100)
             loss = loss + a.prompt_loss * F.cross_entropy(
                 logits.reshape(-1, logits.size(-1)), text[:, 1:].reshape(-1), ignore_index=-100)
-        if a.question_attn > 0:
+        if a.question_attn > 0 and not text_step:
             loss = loss + a.question_attn * question_attention_loss(out.attentions, ids, labels, naming_ids, q_layers, q_heads)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -331,10 +367,11 @@ def main() -> None:
             pos = labels[:, 1:] != -100
             first = pos & (pos.cumsum(1) == 1)
             ok = (logits.argmax(-1)[first] == labels[:, 1:][first]).tolist()
+        kind = "text-" if text_step else ""
         for fam, size, hit in zip(d["families"], d["sizes"], ok):
-            agg[f"acc_{fam}"] += hit
-            agg[f"n_{fam}"] += 1
-            if fam == "reading":
+            agg[f"acc_{kind}{fam}"] += hit
+            agg[f"n_{kind}{fam}"] += 1
+            if fam == "reading" and not text_step:
                 agg[f"acc_read-{size}"] += hit
                 agg[f"n_read-{size}"] += 1
         agg["loss"] += loss.item()
@@ -345,7 +382,8 @@ def main() -> None:
         if step % a.log_every == 0:
             n = agg["n"]
             accs = " ".join(f"{k[4:]}={agg[k] / agg['n_' + k[4:]]:.2f}" for k in sorted(agg) if k.startswith("acc_"))
-            log(f"step {step}/{a.steps} stage {stage_at(step - 1, a.steps)} lr {lr_at(step, a.steps, a.lr, a.warmup):.2e} "
+            where = "text" if s < 0 else f"image stage {stage_at(s, a.steps)}"
+            log(f"step {step}/{last} {where} lr {lr:.2e} "
                 f"loss {agg['loss'] / n:.3f} train[{accs}] {agg['step_s'] / n:.2f}s/step (data {agg['data_s'] / n:.2f})")
             agg.clear()
         if step % a.ckpt_every == 0 or step == last:

@@ -12,7 +12,8 @@ import torch
 class Prediction:
     """answer; l* (`layer`); VAQ[l] for every decoder layer (`vaq`); crop box in original pixels
     (`box`); decode `path` (`direct`, `contrastive` or `vanilla`); per-stage wall seconds (`timings`,
-    a batch's stage time divided by its size)."""
+    a batch's stage time divided by its size); `masked_cells`: the cells masked in the negative view of
+    LASER's contrastive decoding, each (focused image index, (x0, y0, x1, y1) normalised in that image)."""
 
     answer: str
     layer: int | None = None
@@ -37,4 +38,7 @@ class Prediction:
             "timings": {k: round(v, 6) for k, v in self.timings.items()},
             "method": self.method,
             "fallback": self.fallback,
+            "masked_cells": None if self.masked_cells is None else [
+                [int(index), [round(float(v), 4) for v in box]] for index, box in self.masked_cells
+            ],
         }

@@ -34,6 +34,8 @@ DEFAULT_IGNORE = (
     "overwrite",
     "model.device_map",
     "model.max_memory",
+    "trainer.logger",
+    "trainer.enable_progress_bar",
 )
 """Config keys that do not change any single prediction, so a run may resume across them.
 An entry matches the key itself, anything under it, and any key ending in ".<entry>"."""

@@ -87,6 +87,10 @@ class Run:
         return self._values
 
 
+class EmptyRun(ValueError):
+    """A run folder that holds no predictions."""
+
+
 def load_run(folder: str | Path, metric: str | None = None) -> Run:
     """Read a run folder (`run_config.json` and every rank's predictions, de-duplicated)."""
     folder = Path(folder)
@@ -96,7 +100,7 @@ def load_run(folder: str | Path, metric: str | None = None) -> Run:
     config = json.loads(config_path.read_text()) if config_path.is_file() else {}
     records, report = merge_records(folder)
     if not records:
-        raise ValueError(f"{folder} holds no predictions (predictions.rank*.jsonl)")
+        raise EmptyRun(f"{folder} holds no predictions (predictions.rank*.jsonl)")
     model = config.get("model") or {}
     data = config.get("data") or {}
     method = (config.get("method") or {}).get("name") or next(
@@ -142,8 +146,9 @@ def label_runs(runs: Sequence[Run]) -> None:
         run.label = f"{run.method} [{run.path.name}]" if ambiguous else run.method
 
 
-def load_runs(folders: Sequence[str | Path], metric: str | None = None) -> list[Run]:
-    """Load and label several runs; the same folder given twice is read once."""
+def load_runs(folders: Sequence[str | Path], metric: str | None = None, skipped: list[str] | None = None) -> list[Run]:
+    """Load and label several runs; the same folder given twice is read once. With a `skipped` list,
+    a folder without predictions is left out and named there (an error only when none is left)."""
     seen: set[Path] = set()
     runs = []
     for folder in folders:
@@ -151,7 +156,14 @@ def load_runs(folders: Sequence[str | Path], metric: str | None = None) -> list[
         if resolved in seen:
             continue
         seen.add(resolved)
-        runs.append(load_run(folder, metric))
+        try:
+            runs.append(load_run(folder, metric))
+        except EmptyRun as err:
+            if skipped is None:
+                raise
+            skipped.append(str(err))
+    if not runs and skipped:
+        raise EmptyRun("no run holds predictions: " + "; ".join(skipped))
     label_runs(runs)
     return runs
 

@@ -89,7 +89,7 @@ def detect_launch(num_nodes: int = 1) -> Launch:
 
 def trainer_kwargs(cfg: DictConfig, launch: Launch | None = None) -> dict[str, Any]:
     """The `trainer.*` keys that are set, plus the cluster environment of `trainer_plugins`."""
-    kwargs = {k: v for k, v in OmegaConf.to_container(cfg.trainer).items() if v is not None}
+    kwargs = {k: v for k, v in OmegaConf.to_container(cfg.trainer).items() if v is not None and k != "logger"}
     plugins = trainer_plugins(launch or detect_launch(int(cfg.trainer.get("num_nodes") or 1)))
     if plugins:
         kwargs["plugins"] = [*(kwargs.get("plugins") or []), *plugins]
@@ -211,6 +211,7 @@ def _run(cfg: DictConfig, output_dir: Path, mode: str, launch: Launch, watch: An
     from .datamodule import VQADataModule
     from .lightning import LaserModule
     from .preemption import StopWhenPreempted
+    from .tracking import BatchLogging, log_final, make_logger
     from .writer import PredictionWriter
 
     action = settle_output(output_dir, run_config(cfg), mode, launch)
@@ -232,6 +233,7 @@ def _run(cfg: DictConfig, output_dir: Path, mode: str, launch: Launch, watch: An
         "skipped": len(done) if done is not None else None,
         "pending": len(pending) if pending is not None else None,
     }
+    logger = make_logger(cfg.trainer.get("logger"), output_dir, name=output_dir.name)
     if pending or launch.independent or not launch.main:
         pl.seed_everything(int(cfg.seed), verbose=False)
         module = LaserModule(
@@ -242,8 +244,9 @@ def _run(cfg: DictConfig, output_dir: Path, mode: str, launch: Launch, watch: An
         )
         trainer = pl.Trainer(
             **trainer_kwargs(cfg, launch),
-            callbacks=[SettledOutput(done), PredictionWriter(output_dir), StopWhenPreempted(watch)],
-            logger=False,
+            callbacks=[SettledOutput(done), PredictionWriter(output_dir), StopWhenPreempted(watch),
+                       *([BatchLogging()] if logger else [])],
+            logger=logger,
             enable_checkpointing=False,
             enable_model_summary=False,
         )
@@ -260,4 +263,6 @@ def _run(cfg: DictConfig, output_dir: Path, mode: str, launch: Launch, watch: An
         retryable=len(report["retryable"]),
         skipped_annotations=len(datamodule.errors),
     )
+    if logger and records:
+        summary["logged"] = log_final(logger, output_dir)
     return summary

@@ -68,6 +68,10 @@ class TrainerOptions:
     precision: str | None = option(None, "Lightning precision, e.g. bf16-mixed; null: 32-true (weights keep model.dtype)")
     enable_progress_bar: bool | None = option(None, "show the progress bar")
     limit_predict_batches: Any = option(None, "predict only this many batches (int) or fraction (float); null: all")
+    logger: str | None = option(
+        None, "experiment tracker: csv | tensorboard | wandb | mlflow, under output_dir (WANDB_MODE=offline, "
+        "MLFLOW_TRACKING_URI work); per-batch throughput, errors, retries, then the final metrics; null: none"
+    )
 
 
 @dataclass

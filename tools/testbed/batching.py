@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import torch
 
-from testbed.model import answer_ids, prompt_ids
+from testbed.model import answer_ids, prompt, prompt_ids
 
 
 class AnswerBatcher:
     """`batcher(views)` -> (input_ids [B, T], attention_mask [B, T], labels [B, T], pixel_values [B, 3, H, W])."""
 
-    def __init__(self, tok, processor):
+    def __init__(self, tok, processor, order: str = "image-first"):
         self.tok = tok
+        self.order = order  # prompt order (tools/testbed/model.py TEMPLATES)
         ip = processor.image_processor
         self.mean = torch.tensor(ip.image_mean).view(1, 3, 1, 1)
         self.std = torch.tensor(ip.image_std).view(1, 3, 1, 1)
@@ -20,7 +21,7 @@ class AnswerBatcher:
 
     def ids(self, question: str) -> list[int]:
         if question not in self.cache:
-            self.cache[question] = prompt_ids(self.tok, question)
+            self.cache[question] = prompt_ids(self.tok, question, order=self.order)
         return self.cache[question]
 
     def __call__(self, d):
@@ -29,10 +30,28 @@ class AnswerBatcher:
             p, t = self.ids(q), answer_ids(self.tok, a)
             seqs.append(p + t)
             labs.append([-100] * len(p) + t)
+        px = torch.from_numpy(d["pixels"]).permute(0, 3, 1, 2).float() / 255.0
+        return (*self.pad(seqs, labs), (px - self.mean) / self.std)
+
+    def pad(self, seqs: list[list[int]], labs: list[list[int]]):
+        """Left-padded (input_ids, attention_mask, labels)."""
         n = max(len(s) for s in seqs)
         pad = self.tok.pad_token_id
         ids = torch.tensor([[pad] * (n - len(s)) + s for s in seqs])
         labels = torch.tensor([[-100] * (n - len(s)) + lb for s, lb in zip(seqs, labs)])
         mask = torch.tensor([[0] * (n - len(s)) + [1] * len(s) for s in seqs])
-        px = torch.from_numpy(d["pixels"]).permute(0, 3, 1, 2).float() / 255.0
-        return ids, mask, labels, (px - self.mean) / self.std
+        return ids, mask, labels
+
+
+class TextBatcher(AnswerBatcher):
+    """`batcher(views)` -> (input_ids, attention_mask, labels) of text-only prompts: each view's words
+    (`views["described"]`, "red 3 , blue 7") where its image tokens would be, the same question and answer."""
+
+    def __call__(self, d):
+        seqs, labs = [], []
+        for q, a, words in zip(d["questions"], d["answers"], d["described"]):
+            p = self.tok(prompt(q, order=self.order).replace("<image>", words))["input_ids"]
+            t = answer_ids(self.tok, a)
+            seqs.append(p + t)
+            labs.append([-100] * len(p) + t)
+        return self.pad(seqs, labs)

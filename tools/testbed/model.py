@@ -21,9 +21,17 @@ WORDS = (
 PUNCT = [":", ".", "?", ",", "!", "'", "-"]
 
 
-def prompt(question: str | None, instruction: str = INSTRUCTION) -> str:
+# the adapter's `template` for each prompt order (`model.template` in a preset; adapters/_common.py)
+TEMPLATES = {
+    "image-first": "USER: {images}{question}{instruction} ASSISTANT:",  # LLaVA-1.5's
+    "question-first": "USER: {question}{images}{instruction} ASSISTANT:",
+}
+
+
+def prompt(question: str | None, instruction: str = INSTRUCTION, order: str = "image-first") -> str:
+    """The prompt the project's LLaVA adapter sends with `template=TEMPLATES[order]`."""
     q = f"{question}\n" if question is not None else ""
-    return f"USER: <image>\n{q}{instruction} ASSISTANT:"
+    return TEMPLATES[order].format(images="<image>\n", question=q, instruction=instruction)
 
 
 def vocabulary() -> list[str]:
@@ -62,9 +70,10 @@ def build_model(tokenizer, **kw) -> LlavaForConditionalGeneration:
     return model
 
 
-def prompt_ids(tokenizer, question: str | None, n_image_tokens: int = (MODEL_INPUT // PATCH) ** 2) -> list[int]:
-    """Token ids of `prompt(question)` as the processor produces them (image token expanded)."""
-    text = prompt(question).replace("<image>", "<image>" * n_image_tokens)
+def prompt_ids(tokenizer, question: str | None, n_image_tokens: int = (MODEL_INPUT // PATCH) ** 2,
+               order: str = "image-first") -> list[int]:
+    """Token ids of `prompt(question, order=order)` as the processor produces them (image token expanded)."""
+    text = prompt(question, order=order).replace("<image>", "<image>" * n_image_tokens)
     return tokenizer(text)["input_ids"]
 
 
