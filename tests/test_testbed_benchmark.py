@@ -30,3 +30,25 @@ def test_results_table_and_paired_difference():
     assert mean == 0.5 and low <= mean <= high
     table = results_table(results)
     assert "| laser | 75.0" in table and "| vanilla | 25.0" in table and "+50.0" in table
+
+
+def test_the_testbed_tables_and_laser_compare_give_one_interval_for_one_comparison():
+    """The paired difference of the testbed tables and of `laser compare` on the same runs: same mean, same
+    interval (same metric, resamples, seed and sample order)."""
+    import json
+    from pathlib import Path
+
+    from laser.records.metrics import exact_match
+    from laser.report.runs import load_runs
+    from laser.report.tables import paired_difference
+
+    runs = Path(__file__).resolve().parents[1] / "docs/testbed/seed0/runs"
+    laser, vanilla = load_runs([runs / "laser", runs / "vanilla"])
+    mean, (low, high), n = paired_difference(laser, vanilla)
+
+    def correct(folder):
+        lines = (runs / folder / "predictions.rank0.jsonl").read_text().splitlines()
+        return [exact_match(r["prediction"], r["answers"]) for r in map(json.loads, lines)]
+
+    assert n == len(correct("laser")) > 700
+    assert paired_difference_ci(correct("laser"), correct("vanilla")) == (mean, low, high)

@@ -176,6 +176,14 @@ def stage_at(step: int, total: int):
     return (1, "q", 2, "q")[step % 4]
 
 
+def text_stage_at(step: int, text_steps: int):
+    """The text stage's views: one to three boxes (short descriptions) first, then the evaluation scenes;
+    in the image stage's text steps, the evaluation scenes."""
+    if step < 0.4 * text_steps:
+        return 0
+    return (1, 2, "q")[step % 3]
+
+
 def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
     if step < warmup:
         return peak * (step + 1) / warmup
@@ -337,9 +345,10 @@ def main() -> None:
         if text_step:  # the view in words where its image tokens would be: the LM alone
             views.FAMILY_WEIGHTS.clear()
             views.FAMILY_WEIGHTS.update(TEXT_FAMILIES)
-            d = views.sample_views(rng, a.batch, (2, "q")[step % 2])
+            d = views.sample_views(rng, a.batch, text_stage_at(step, a.text_steps))
             ids, mask, labels = text_batcher(d)
-            px, lr = None, lr_at(step, a.text_steps, a.lr, a.warmup) if s < 0 else lr_at(s, a.steps, a.lr, a.warmup)
+            # the text stage at a constant rate after warm-up (recall appears after a plateau), then the image stage's
+            px, lr = None, a.lr * min(1.0, (step + 1) / a.warmup) if s < 0 else lr_at(s, a.steps, a.lr, a.warmup)
         else:
             set_families(s)
             d = views.sample_views(rng, a.batch, stage_at(s, a.steps))

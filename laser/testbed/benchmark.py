@@ -21,7 +21,7 @@ from ..method.config import CropConfig, LaserConfig
 from ..method.crop import crop_size
 from ..method.engine import LaserEngine
 from ..paths import assets_dir
-from ..records.metrics import bootstrap_ci, normalize_answer
+from ..records.metrics import bootstrap_ci, exact_match
 
 SPLIT = "testbed/eval.jsonl"
 FAMILIES = ("existence", "reading", "relational")
@@ -95,7 +95,8 @@ ORACLES = {"oracle": oracle_box, "oracle_tight": tight_oracle_box}
 
 
 def _correct(prediction: str, answers: Sequence[str]) -> bool:
-    return normalize_answer(prediction) in {normalize_answer(a) for a in answers}
+    """The `exact` metric of `laser evaluate` / `laser compare` (the testbed split's metric)."""
+    return exact_match(prediction, answers) == 1.0
 
 
 def run_methods(
@@ -166,8 +167,10 @@ def crop_contains_target(row: dict[str, Any], centre: bool = False) -> bool | No
     return box[0] <= target[0] and box[1] <= target[1] and box[2] >= target[2] and box[3] >= target[3]
 
 
-def paired_difference_ci(a: Sequence[float], b: Sequence[float], n: int = 2000, seed: int = 0):
-    """Mean of a - b over paired samples and its 95% percentile bootstrap interval."""
+def paired_difference_ci(a: Sequence[float], b: Sequence[float], n: int = 1000, seed: int = 0):
+    """Mean of a - b over paired samples and its 95% percentile bootstrap interval: the resamples and
+    seed of `laser compare` (`report.tables.paired_difference`), so a comparison over the same samples in
+    the same order has the same interval in both reports."""
     diff = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
     low, high = bootstrap_ci(diff, n=n, seed=seed)
     return float(diff.mean()), low, high
