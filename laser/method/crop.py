@@ -31,15 +31,15 @@ def best_window(sums: torch.Tensor) -> tuple[int, int]:
 
 
 def _place(
-    canvas: torch.Tensor, image_size: tuple[int, int], size: tuple[int, int]
+    heatmap: torch.Tensor, image_size: tuple[int, int], size: tuple[int, int]
 ) -> tuple[PixelBox, float]:
-    """Best window of `size` pixels on the density canvas; returns its pixel box and its mass."""
+    """Best window of `size` pixels on the heatmap; returns its pixel box and its mass."""
     width, height = image_size
-    can_h, can_w = canvas.shape
+    can_h, can_w = heatmap.shape
     sx, sy = can_w / width, can_h / height
     win_w = min(can_w, max(1, round(size[0] * sx)))
     win_h = min(can_h, max(1, round(size[1] * sy)))
-    sums = window_sums(canvas, win_h, win_w)
+    sums = window_sums(heatmap, win_h, win_w)
     row, col = best_window(sums)
     x0 = min(max(round(col / sx), 0), width - size[0])
     y0 = min(max(round(row / sy), 0), height - size[1])
@@ -47,14 +47,14 @@ def _place(
 
 
 def place_crop(
-    canvas: torch.Tensor, image_size: tuple[int, int], ratio: float = 0.5, min_side: int = 224
+    heatmap: torch.Tensor, image_size: tuple[int, int], ratio: float = 0.5, min_side: int = 224
 ) -> PixelBox:
     """Con-ViCrop: the crop window holding the most mass of the painted map, clamped in the image.
 
-    canvas: [h, w] density painted over the whole image (any resolution with the image's aspect).
+    heatmap: [h, w] density painted over the whole image (any resolution with the image's aspect).
     Returns (x0, y0, x1, y1) in original pixels.
     """
-    box, _ = _place(canvas, image_size, crop_size(image_size, ratio, min_side))
+    box, _ = _place(heatmap, image_size, crop_size(image_size, ratio, min_side))
     return box
 
 

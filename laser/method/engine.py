@@ -34,7 +34,7 @@ class Localisation:
 
     layer: int
     vaq: list[float]
-    canvas: torch.Tensor  # [h, w] density over the original image
+    heatmap: torch.Tensor  # [h, w] density over the original image (`Prediction.heatmap`)
     box: tuple[int, int, int, int] | None
 
 
@@ -266,7 +266,7 @@ class LaserEngine:
             "timings": dict(per_sample),
             "method": self.config.name,
             "fallback": plan.fallback,
-            "heatmap": loc.canvas if loc is not None and self.config.save_heatmap else None,
+            "heatmap": loc.heatmap if loc is not None and self.config.save_heatmap else None,
             "masked_cells": plan.masked_cells,
         }
 
@@ -422,14 +422,14 @@ class LaserEngine:
                 layout = placed_layout(rows.layouts[r], region, stretch=cfg.crop.geometry == "whole")
                 pieces.append((maps[r, : layout.n_visual], layout))
             shape = canvas_shape(image.size, cfg.crop.canvas)
-            canvas = sum(paint_map(values, layout, 0, shape) for values, layout in pieces)
-            box = self._place(canvas, image.size, pieces) if cfg.crop.enabled else None
-            out.append(Localisation(int(layers[i]), vaq[i].tolist(), canvas, box))
+            heatmap = sum(paint_map(values, layout, 0, shape) for values, layout in pieces)
+            box = self._place(heatmap, image.size, pieces) if cfg.crop.enabled else None
+            out.append(Localisation(int(layers[i]), vaq[i].tolist(), heatmap, box))
             fallbacks.append(None)
         return out, fallbacks
 
-    def _place(self, canvas: torch.Tensor, size: tuple[int, int], pieces) -> tuple[int, int, int, int]:
-        """The crop box: Con-ViCrop's window on the painted canvas, or ViCrop's multi-scale windows on
+    def _place(self, heatmap: torch.Tensor, size: tuple[int, int], pieces) -> tuple[int, int, int, int]:
+        """The crop box: Con-ViCrop's window on the heatmap, or ViCrop's multi-scale windows on
         the map's cells (`pieces`: (values, layout in the whole image's coordinates) per tile)."""
         crop = self.config.crop
         if crop.strategy == "multiscale":
@@ -437,7 +437,7 @@ class LaserEngine:
             cells = sum(cell_masses(values, layout, 0, grid) for values, layout in pieces)
             base = self.adapter.crop_box_side or self.adapter.native_resolution
             return place_multiscale_crop(cells, size, base, list(crop.scales))
-        return place_crop(canvas, size, crop.ratio, crop.min_side)
+        return place_crop(heatmap, size, crop.ratio, crop.min_side)
 
     def _focus(self, plan: SamplePlan) -> None:
         """The plan's focused views, the original-image region each shows, and its decode path."""
@@ -474,7 +474,7 @@ class LaserEngine:
         row = 0
         for plan, count in zip(members, repeats):
             layout = self.adapter.visual_layout(positive, row)
-            cells = ranked_cells(layout, plan.regions, plan.localisation.canvas, cf.mask_ratio)
+            cells = ranked_cells(layout, plan.regions, plan.localisation.heatmap, cf.mask_ratio)
             generator = torch.Generator().manual_seed(plan.seed + 1)
             fill_cells(self.adapter.pixel_views(negative, row), cells, cf.fill, transform, generator)
             for key, per_row in rows.items():

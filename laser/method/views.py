@@ -74,11 +74,11 @@ def cell_scores(
 
 
 def ranked_cells(
-    layout: VisualLayout, view_regions: list[Box], map_canvas: torch.Tensor, mask_ratio: float
+    layout: VisualLayout, view_regions: list[Box], heatmap: torch.Tensor, mask_ratio: float
 ) -> list[tuple[int, Box]]:
     """The top `mask_ratio` of the focused view's patch cells (`cell_scores`; ties in layout order), best
     first: (image index, normalised box in that focused image) each."""
-    cells = cell_scores(layout, view_regions, integral_image(map_canvas))
+    cells = cell_scores(layout, view_regions, integral_image(heatmap))
     count = min(len(cells), math.ceil(mask_ratio * len(cells))) if mask_ratio > 0 else 0
     order = sorted(range(len(cells)), key=lambda i: (-cells[i][2], i))[:count]
     return [(cells[i][0], cells[i][1]) for i in order]
