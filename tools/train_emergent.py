@@ -52,10 +52,10 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 import torch.nn.utils.parametrize as parametrize  # noqa: E402
 from testbed import views  # noqa: E402
 from testbed.batching import AnswerBatcher, TextBatcher  # noqa: E402
+from testbed.losses import answer_loss, first_token_hits  # noqa: E402
 from testbed.model import TEMPLATES, build_config, build_processor, build_tokenizer, prompt  # noqa: E402
 from testbed.quick_eval import first_token_eval  # noqa: E402
 from train_testbed import NAMING_WORDS, question_attention_loss, vision_pretrain  # noqa: E402
@@ -360,11 +360,7 @@ def main() -> None:
         out = model(input_ids=ids, attention_mask=mask, pixel_values=px,
                     output_attentions=a.question_attn > 0 and not text_step)
         logits = out.logits[:, :-1]
-        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels[:, 1:].reshape(-1), ignore_index=-100)
-        if a.prompt_loss > 0 and not text_step:  # the prompt's text tokens (not image, padding or answer)
-            text = ids.masked_fill((labels != -100) | (mask == 0) | (ids == model.config.image_token_id), -100)
-            loss = loss + a.prompt_loss * F.cross_entropy(
-                logits.reshape(-1, logits.size(-1)), text[:, 1:].reshape(-1), ignore_index=-100)
+        loss = answer_loss(logits, (ids, mask, labels), model.config.image_token_id, 0.0 if text_step else a.prompt_loss)
         if a.question_attn > 0 and not text_step:
             loss = loss + a.question_attn * question_attention_loss(out.attentions, ids, labels, naming_ids, q_layers, q_heads)
         opt.zero_grad(set_to_none=True)
@@ -372,10 +368,7 @@ def main() -> None:
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         step += 1
-        with torch.no_grad():
-            pos = labels[:, 1:] != -100
-            first = pos & (pos.cumsum(1) == 1)
-            ok = (logits.argmax(-1)[first] == labels[:, 1:][first]).tolist()
+        ok = first_token_hits(logits, labels)
         kind = "text-" if text_step else ""
         for fam, size, hit in zip(d["families"], d["sizes"], ok):
             agg[f"acc_{kind}{fam}"] += hit

@@ -59,9 +59,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 import torch.nn.utils.parametrize as parametrize  # noqa: E402
 from testbed import qwen, views  # noqa: E402
+from testbed.losses import answer_loss, first_token_hits  # noqa: E402
 from testbed.quick_eval import first_token_eval  # noqa: E402
 from testbed.qwen import HIRES, QwenBatcher, patchify  # noqa: E402
 from train_emergent import EARLY_SHARE, FAMILY_WEIGHTS, FAMILY_WEIGHTS_EARLY, FixedNorm, lr_at, stage_at  # noqa: E402
@@ -315,11 +315,7 @@ def main() -> None:
         out = model(**inputs, output_attentions=a.question_attn > 0)
         ids, mask = inputs["input_ids"], inputs["attention_mask"]
         logits = out.logits[:, :-1]
-        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels[:, 1:].reshape(-1), ignore_index=-100)
-        if a.prompt_loss > 0:  # the prompt's text tokens (not image, padding or answer) as next-token targets
-            text = ids.masked_fill((labels != -100) | (mask == 0) | (ids == model.config.image_token_id), -100)
-            loss = loss + a.prompt_loss * F.cross_entropy(
-                logits.reshape(-1, logits.size(-1)), text[:, 1:].reshape(-1), ignore_index=-100)
+        loss = answer_loss(logits, (ids, mask, labels), model.config.image_token_id, a.prompt_loss)
         if a.question_attn > 0:
             loss = loss + a.question_attn * question_attention_loss(out.attentions, ids, labels, naming_ids, q_layers, q_heads)
         opt.zero_grad(set_to_none=True)
@@ -327,10 +323,7 @@ def main() -> None:
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         step += 1
-        with torch.no_grad():
-            pos = labels[:, 1:] != -100
-            first = pos & (pos.cumsum(1) == 1)
-            ok = (logits.argmax(-1)[first] == labels[:, 1:][first]).tolist()
+        ok = first_token_hits(logits, labels)
         for fam, size, hit in zip(d["families"], d["sizes"], ok):
             agg[f"acc_{fam}"] += hit
             agg[f"n_{fam}"] += 1

@@ -34,13 +34,16 @@ class AnswerBatcher:
         return (*self.pad(seqs, labs), (px - self.mean) / self.std)
 
     def pad(self, seqs: list[list[int]], labs: list[list[int]]):
-        """Left-padded (input_ids, attention_mask, labels)."""
-        n = max(len(s) for s in seqs)
-        pad = self.tok.pad_token_id
-        ids = torch.tensor([[pad] * (n - len(s)) + s for s in seqs])
-        labels = torch.tensor([[-100] * (n - len(s)) + lb for s, lb in zip(seqs, labs)])
-        mask = torch.tensor([[0] * (n - len(s)) + [1] * len(s) for s in seqs])
-        return ids, mask, labels
+        return left_pad(seqs, labs, self.tok.pad_token_id)
+
+
+def left_pad(seqs: list[list[int]], labs: list[list[int]], pad: int):
+    """Left-padded (input_ids [B, T], attention_mask [B, T], labels [B, T]) of token lists and their labels."""
+    n = max(len(s) for s in seqs)
+    ids = torch.tensor([[pad] * (n - len(s)) + s for s in seqs])
+    labels = torch.tensor([[-100] * (n - len(s)) + lb for s, lb in zip(seqs, labs)])
+    mask = torch.tensor([[0] * (n - len(s)) + [1] * len(s) for s in seqs])
+    return ids, mask, labels
 
 
 class TextBatcher(AnswerBatcher):

@@ -32,6 +32,7 @@ from transformers import (
 from transformers.models.qwen2_vl.configuration_qwen2_vl import Qwen2VLTextConfig, Qwen2VLVisionConfig
 
 from laser.testbed.scenes import INSTRUCTION, MODEL_INPUT
+from testbed.batching import left_pad
 from testbed.model import vocabulary
 
 PATCH, MERGE, FRAMES = 4, 2, 2
@@ -147,11 +148,7 @@ class QwenBatcher:
             p, t = self.prompt_ids(q, n_tokens), self.answer_ids(a)
             seqs.append(p + t)
             labs.append([-100] * len(p) + t)
-        n = max(len(s) for s in seqs)
-        pad = self.tok.pad_token_id
-        ids = torch.tensor([[pad] * (n - len(s)) + s for s in seqs])
-        labels = torch.tensor([[-100] * (n - len(s)) + lb for s, lb in zip(seqs, labs)])
-        mask = torch.tensor([[0] * (n - len(s)) + [1] * len(s) for s in seqs])
+        ids, mask, labels = left_pad(seqs, labs, self.tok.pad_token_id)
         px = torch.from_numpy(d["pixels"]).permute(0, 3, 1, 2).float() / 255.0
         rows, grid = patchify((px - self.mean) / self.std)
         inputs = {"input_ids": ids, "attention_mask": mask, "mm_token_type_ids": (ids == self.image_id).int(),
