@@ -53,7 +53,7 @@ from laser.testbed.split import materialize_split  # noqa: E402
 
 METHODS = ["vanilla", "oracle", "oracle_tight", "vicrop", "vcd", "vcd_greedy", "laser", "laser_full", "laser_static"]
 BEST_STATIC = "laser_static_best"
-MODEL_LABEL = {"testbed": "Testbed LLaVA", "testbed_emergent": "Emergent testbed LLaVA"}
+MODEL_LABEL = {"testbed": "Testbed LLaVA", "testbed_emergent": "Emergent testbed LLaVA", "testbed_qwen": "Testbed Qwen2-VL"}
 
 
 def resolve_model(name: str) -> tuple[Path, str]:

@@ -64,7 +64,16 @@ from testbed import qwen, views  # noqa: E402
 from testbed.losses import answer_loss, first_token_hits  # noqa: E402
 from testbed.quick_eval import first_token_eval  # noqa: E402
 from testbed.qwen import HIRES, QwenBatcher, patchify  # noqa: E402
-from train_emergent import EARLY_SHARE, FAMILY_WEIGHTS, FAMILY_WEIGHTS_EARLY, FixedNorm, lr_at, stage_at  # noqa: E402
+from train_emergent import (  # noqa: E402
+    EARLY_SHARE,
+    FAMILY_WEIGHTS,
+    FAMILY_WEIGHTS_EARLY,
+    TEXT_FAMILIES,
+    FixedNorm,
+    lr_at,
+    stage_at,
+    text_stage_at,
+)
 from train_testbed import NAMING_WORDS, question_attention_loss, vision_aux  # noqa: E402
 
 from laser.testbed.scenes import COLOR_NAMES, MODEL_INPUT  # noqa: E402
@@ -159,6 +168,9 @@ def main() -> None:
     ap.add_argument("--question-attn", type=float, default=0.5)
     ap.add_argument("--question-attn-layers", default="0")
     ap.add_argument("--question-attn-heads", default="2,3")
+    ap.add_argument("--text-steps", type=int, default=0,
+                    help="stage-2 steps of text only before the image steps (tools/train_emergent.py --text-steps)")
+    ap.add_argument("--text-every", type=int, default=0, help="after them, every N-th stage-2 step is a text step")
     a = ap.parse_args()
     hires_batch = a.hires_batch or max(1, a.batch // 3)
     vision_hires_batch = a.vision_hires_batch or max(1, a.vision_batch // 4)
@@ -301,22 +313,33 @@ def main() -> None:
 
     agg: dict[str, float] = defaultdict(float)
     model.train()
-    last = min(a.steps, a.stop_at if a.stop_at is not None else a.steps)
+    total = a.text_steps + a.steps
+    last = min(total, a.stop_at if a.stop_at is not None else total)
     saved_families = dict(views.FAMILY_WEIGHTS)
     while step < last:
         t0 = time.time()
-        set_families(step)
-        hi = hires(step)
-        d = views.sample_views(rng, hires_batch if hi else a.batch, stage_at(step, a.steps), size=HIRES if hi else MODEL_INPUT)
-        inputs, labels = batcher(d)
+        s = step - a.text_steps  # step of the image steps (negative: the text steps)
+        text_step = s < 0 or (a.text_every > 0 and s % a.text_every == a.text_every - 1)
+        hi = hires(s) and not text_step
+        if text_step:
+            views.FAMILY_WEIGHTS.clear()
+            views.FAMILY_WEIGHTS.update(TEXT_FAMILIES)
+            d = views.sample_views(rng, a.batch, text_stage_at(step, a.text_steps))
+            inputs, labels = batcher.text(d)
+            lr = a.lr * min(1.0, (step + 1) / a.warmup) if s < 0 else lr_at(s, a.steps, a.lr, a.warmup)
+        else:
+            set_families(s)
+            d = views.sample_views(rng, hires_batch if hi else a.batch, stage_at(s, a.steps), size=HIRES if hi else MODEL_INPUT)
+            inputs, labels = batcher(d)
+            lr = lr_at(s, a.steps, a.lr, a.warmup)
         t_data = time.time()
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, a.steps, a.lr, a.warmup)
-        out = model(**inputs, output_attentions=a.question_attn > 0)
+            g["lr"] = lr
+        out = model(**inputs, output_attentions=a.question_attn > 0 and not text_step)
         ids, mask = inputs["input_ids"], inputs["attention_mask"]
         logits = out.logits[:, :-1]
-        loss = answer_loss(logits, (ids, mask, labels), model.config.image_token_id, a.prompt_loss)
-        if a.question_attn > 0:
+        loss = answer_loss(logits, (ids, mask, labels), model.config.image_token_id, 0.0 if text_step else a.prompt_loss)
+        if a.question_attn > 0 and not text_step:
             loss = loss + a.question_attn * question_attention_loss(out.attentions, ids, labels, naming_ids, q_layers, q_heads)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -324,13 +347,14 @@ def main() -> None:
         opt.step()
         step += 1
         ok = first_token_hits(logits, labels)
+        kind = "text-" if text_step else ""
         for fam, size, hit in zip(d["families"], d["sizes"], ok):
-            agg[f"acc_{fam}"] += hit
-            agg[f"n_{fam}"] += 1
-            if fam == "reading":
+            agg[f"acc_{kind}{fam}"] += hit
+            agg[f"n_{kind}{fam}"] += 1
+            if fam == "reading" and not text_step:
                 agg[f"acc_read-{size}"] += hit
                 agg[f"n_read-{size}"] += 1
-        res = "128" if hi else "64"
+        res = "text" if text_step else ("128" if hi else "64")
         agg["loss"] += loss.item()
         agg["n"] += 1
         agg[f"data_s{res}"] += t_data - t0
@@ -339,9 +363,11 @@ def main() -> None:
         if step % a.log_every == 0 or step == last:
             n = agg["n"]
             accs = " ".join(f"{k[4:]}={agg[k] / agg['n_' + k[4:]]:.2f}" for k in sorted(agg) if k.startswith("acc_"))
-            per = " ".join(f"{r}px {agg[f'step_s{r}'] / agg[f'n{r}']:.2f}s/step (data {agg[f'data_s{r}'] / agg[f'n{r}']:.2f})"
-                           for r in ("64", "128") if agg[f"n{r}"])
-            log(f"step {step}/{a.steps} stage {stage_at(step - 1, a.steps)} lr {lr_at(step, a.steps, a.lr, a.warmup):.2e} "
+            per = " ".join(f"{r if r == 'text' else r + 'px'} {agg[f'step_s{r}'] / agg[f'n{r}']:.2f}s/step "
+                           f"(data {agg[f'data_s{r}'] / agg[f'n{r}']:.2f})"
+                           for r in ("text", "64", "128") if agg[f"n{r}"])
+            where = "text" if s < 0 else f"stage {stage_at(s, a.steps)}"
+            log(f"step {step}/{total} {where} lr {lr:.2e} "
                 f"loss {agg['loss'] / n:.3f} train[{accs}] [{per}]")
             agg.clear()
         if step % a.ckpt_every == 0 or step == last:

@@ -140,6 +140,17 @@ class QwenBatcher:
     def answer_ids(self, answer: str) -> list[int]:
         return self.tok(answer, add_special_tokens=False)["input_ids"] + [self.tok.eos_token_id]
 
+    def text(self, d) -> tuple[dict, torch.Tensor]:
+        """Text-only inputs and labels: each view's words (`d["described"]`) where its image block would be."""
+        seqs, labs = [], []
+        block = "<|vision_start|><|image_pad|><|vision_end|>"
+        for q, a, words in zip(d["questions"], d["answers"], d["described"]):
+            p, t = self.tok(prompt(q).replace(block, words + "\n"))["input_ids"], self.answer_ids(a)
+            seqs.append(p + t)
+            labs.append([-100] * len(p) + t)
+        ids, mask, labels = left_pad(seqs, labs, self.tok.pad_token_id)
+        return {"input_ids": ids, "attention_mask": mask}, labels
+
     def __call__(self, d) -> tuple[dict, torch.Tensor]:
         side = d["pixels"].shape[1]
         n_tokens = (side // TOKEN_PX) ** 2

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The cross-architecture report, from nothing but the shipped trained testbed models:
+#   bash tools/cross_architecture.sh [OUT]        (default: docs/cross_architecture)
+# For every shipped model (MODELS, default: testbed testbed_emergent testbed_qwen; one not shipped is
+# skipped with a line saying so): tools/testbed_table.py on the shipped split (PER_CELL questions per
+# family x size cell, default 30) with vanilla, laser, laser_static, vicrop and oracle_tight, each method a
+# run folder; then `laser compare --html` over all of them: accuracy per architecture and method with
+# intervals, VAQ per layer on the relative-depth axis (a panel per model), the chosen-layer histogram and
+# the decode paths, and the browsable report (OUT/compare/index.html).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out="${1:-docs/cross_architecture}"
+models="${MODELS:-testbed testbed_emergent testbed_qwen}"
+per_cell="${PER_CELL:-30}"
+export HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1
+start=$(date +%s)
+runs=()
+for model in $models; do
+  folder="laser/assets/${model}/model"
+  if [ ! -f "$folder/config.json" ]; then
+    echo "skipped ${model}: no checkpoint in ${folder}"
+    continue
+  fi
+  python tools/testbed_table.py --model "$model" --per-cell "$per_cell" \
+    --methods vanilla laser laser_static vicrop oracle_tight --out "$out/$model"
+  runs+=("$out/$model"/runs/*)
+done
+laser compare "${runs[@]}" --out "$out/compare" --html
+echo "cross-architecture report in $out/compare (index.html) after $(( $(date +%s) - start )) s"
