@@ -104,6 +104,7 @@ def write_run(folder: Path, method: str, records: list[dict], rows: list[dict], 
                 "sample_id": row["sample_id"], "question": rec["question"], "answers": rec["answers"],
                 "prediction": row["prediction"], "layer": row["layer"], "vaq": row["vaq"], "box": row["box"],
                 "path": row["path"], "timings": {}, "error": None, "meta": rec["meta"],
+                "masked_cells": row.get("masked_cells"),
             }  # fmt: skip
             f.write(json.dumps(out) + "\n")
 

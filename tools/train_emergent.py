@@ -74,6 +74,7 @@ FAMILY_WEIGHTS = {"reading": 0.45, "relational": 0.2, "existence": 0.14, "color"
 FAMILY_WEIGHTS_EARLY = {"reading": 0.3, "relational": 0.05, "existence": 0.35, "color": 0.05, "count": 0.1, "where": 0.15}
 EARLY_SHARE = 0.25
 # the text stage (`--text-steps`): the families a view in words answers ("red 3 , blue 7" has no positions)
+CAPTION_QUESTION = "What boxes are there?"
 TEXT_FAMILIES = {"reading": 0.5, "existence": 0.25, "color": 0.15, "count": 0.1}
 DEV_SEED = 1  # generator seed of the dev split (the shipped split is seed 0)
 IMAGE_GAIN = 1.0  # fixed pre-LayerNorm gain of the vision tower
@@ -244,6 +245,9 @@ def main() -> None:
                     help="steps of a text stage before the image stage: the LM alone, each view given in words where its "
                          "image tokens would be (\"red 3 , blue 7\"), the same questions and answer loss; an LM from "
                          "scratch learns there, from text, to find the box a question names (at 64 px it did not, from images)")
+    ap.add_argument("--caption-share", type=float, default=0.0,
+                    help=f"share of image-stage questions replaced by {CAPTION_QUESTION!r}, answered with the view in "
+                         "words (\"red 3 , blue -\": digits where readable), as LLaVA's captioning stage")
     ap.add_argument("--text-every", type=int, default=0,
                     help="in the image stage, every N-th step is a text step (0: none)")
     a = ap.parse_args()
@@ -352,6 +356,10 @@ def main() -> None:
         else:
             set_families(s)
             d = views.sample_views(rng, a.batch, stage_at(s, a.steps))
+            if a.caption_share > 0:  # LLaVA's first stage: the image described in words, answer loss only
+                for i in range(len(d["questions"])):
+                    if rng.random() < a.caption_share:
+                        d["questions"][i], d["answers"][i], d["families"][i] = CAPTION_QUESTION, d["caption"][i], "caption"
             ids, mask, labels, px = batcher(d)
             lr = lr_at(s, a.steps, a.lr, a.warmup)
         t_data = time.time()

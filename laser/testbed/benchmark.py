@@ -144,6 +144,7 @@ def run_methods(
                         "vaq": p.vaq,
                         "box": list(b) if b else p.box,
                         "path": p.path,
+                        "masked_cells": p.to_record()["masked_cells"],
                         "target_box": r["meta"]["target_box"],
                     }
                 )

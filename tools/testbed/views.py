@@ -4,7 +4,7 @@ another box of the same view: the same pixels, a different answer, so only the q
 under each patch centre) used as an auxiliary loss on the vision tower.
 
 `sample_views(rng, n, stage)` -> dict(pixels uint8 [n,S,S,3], questions, answers, families,
-sizes, described (the view in words, `_describe`), digit_labels [n,g*g], color_labels [n,g*g], attn_targets [n,g*g] float masks,
+sizes, described (the view in words, `_describe`), caption (the same, digits only where readable), digit_labels [n,g*g], color_labels [n,g*g], attn_targets [n,g*g] float masks,
 box_view/box_digit/box_mask: one row per readable box for a box-pooled digit loss).
 `sample_views(..., size=128)` renders the views at 128 px instead of the 64 px `MODEL_INPUT` (the Qwen2-VL
 testbed's higher resolution): the label grid is then 16x16 (one cell per `GRID_PX` = 8 px, the patch of the
@@ -209,18 +209,24 @@ def _question(rng: random.Random, vboxes, scene: Scene, size: int = MODEL_INPUT)
     return None
 
 
-def _describe(vboxes) -> str:
-    """The view in words, boxes in reading order: "red 3 , blue 7" (a box cut by the view's edge: "green -")."""
+def _describe(vboxes, readable_only: bool = False) -> str:
+    """The view in words, boxes in reading order: "red 3 , blue 7" (a box cut by the view's edge: "green -";
+    with `readable_only`, also a box too small to read at the view's size)."""
     shown = [(vb, b, vis) for b, vb, vis in vboxes if vis != "out"]
     shown.sort(key=lambda t: (round((t[0][1] + t[0][3]) / 2 / GRID_PX), (t[0][0] + t[0][2]) / 2))
-    return " , ".join(f"{b.color} {b.digit if vis == 'in' else '-'}" for _, b, vis in shown)
+
+    def digit(vb, b, vis) -> str:
+        small = min(vb[2] - vb[0], vb[3] - vb[1]) < READABLE_MIN
+        return "-" if vis != "in" or (readable_only and small) else str(b.digit)
+
+    return " , ".join(f"{b.color} {digit(vb, b, vis)}" for vb, b, vis in shown)
 
 
 def sample_views(rng: random.Random, n: int, stage: int = 2, views_per_scene: int = 6, size: int = MODEL_INPUT) -> dict:
     st = STAGES[stage]
     grid = size // GRID_PX
     pix = np.zeros((n, size, size, 3), dtype=np.uint8)
-    out = {"questions": [], "answers": [], "families": [], "sizes": [], "described": []}
+    out = {"questions": [], "answers": [], "families": [], "sizes": [], "described": [], "caption": []}
     digits, colors, attn_t, box_rows = [], [], [], []
     i = 0
     while i < n:
@@ -250,6 +256,7 @@ def sample_views(rng: random.Random, n: int, stage: int = 2, views_per_scene: in
                     out[key].append(val)
                 attn_t.append(_patch_mask(qq[4], size))
                 out["described"].append(_describe(vboxes))
+                out["caption"].append(_describe(vboxes, readable_only=True))
                 i += 1
     out["pixels"] = pix
     out["digit_labels"] = np.stack(digits)
