@@ -180,3 +180,26 @@ def test_missing_images_get_a_placeholder_and_a_note(tmp_path):
     assert int(status(dom)["matching"]) == 3 and dom.count("no image: image ") == 3 and "not found" in dom
     compare([tmp_path / "vicrop", tmp_path / "vanilla"], tmp_path / "out2", n_boot=10, html=True)
     assert "not found: no images" in (tmp_path / "out2/index.html").read_text()
+
+
+def test_text_that_looks_like_markup_cannot_break_the_page(tmp_path):
+    annotations = _dataset(tmp_path / "data")
+    _run(tmp_path / "vanilla", "vanilla", annotations, ["<!--<script>", "</script><b>x</b>", "a & b"])
+    _run(tmp_path / "laser", "laser", annotations, ["a", "{{DATA}}", "a"])
+    out = tmp_path / "out"
+    compare([tmp_path / "vanilla", tmp_path / "laser"], out, n_boot=10, html=True)
+    dom, console = load_page(out / "index.html")
+    assert console == [] and int(status(dom)["matching"]) == 3
+    assert "&lt;!--&lt;script&gt;" in dom and "<b>x</b>" not in dom
+
+
+def test_the_thumbnail_is_upright_as_the_data_loader_reads_it(tmp_path):
+    from laser.report.html import Thumbnails
+
+    image = Image.new("RGB", (40, 20))
+    exif = image.getexif()
+    exif[0x0112] = 6  # rotated 90 degrees: shown 20 x 40
+    image.save(tmp_path / "photo.jpg", exif=exif)
+    name, size, note = Thumbnails(tmp_path / "thumbs", 16).get(tmp_path / "photo.jpg")
+    assert note is None and size == (20, 40)
+    assert Image.open(tmp_path / "thumbs" / name).size == (8, 16)

@@ -109,6 +109,7 @@ def test_an_unknown_logger_is_an_error_naming_the_key(setup, tmp_path):
     root, model, annotations = setup
     code, _, err = run_inprocess("predict", *predict_args(model, annotations, root / "bad", "trainer.logger=neptune"))
     assert code == 2 and "trainer.logger='neptune'" in err and "Traceback" not in err
+    assert not (root / "bad").exists()  # refused before the output folder was made
 
 
 def test_batch_figures_count_errors_and_vanilla_retries():

@@ -17,6 +17,8 @@ from __future__ import annotations
 import hashlib
 import html
 import json
+import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +28,7 @@ from .gallery import dataset_galleries, dataset_images, gallery_entries
 from .runs import Run
 
 THUMBS = "thumbs"
+THUMB_VERSION = 2  # part of a thumbnail's cache key: a new way of making them remakes them
 PALETTE = ("#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22",
            "#7f7f7f")  # fmt: skip
 
@@ -54,24 +57,27 @@ class Thumbnails:
                 self.index = json.loads(self.index_path.read_text())
             except (json.JSONDecodeError, UnicodeDecodeError):
                 self.index = {}
+            if not isinstance(self.index, dict):
+                self.index = {}
         self.made = 0
 
     def get(self, path: Path) -> tuple[str | None, tuple[int, int] | None, str | None]:
         """(file name under `thumbs/`, original (width, height), note): name None when unreadable."""
-        from PIL import Image
+        from PIL import Image, ImageOps
 
         try:
             stat = path.stat()
         except OSError:
             return None, None, f"image {path} not found"
-        key = hashlib.sha1(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{self.side}".encode()).hexdigest()[:20]
+        key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{self.side}|{THUMB_VERSION}"
+        key = hashlib.sha1(key.encode()).hexdigest()[:20]
         known = self.index.get(key)
-        if known and (self.folder / known[0]).is_file():
+        if isinstance(known, list) and len(known) == 3 and (self.folder / str(known[0])).is_file():
             return known[0], (known[1], known[2]), None
         try:
-            with Image.open(path) as image:
+            with Image.open(path) as opened:
+                image = ImageOps.exif_transpose(opened).convert("RGB")  # upright, as the data loader reads it
                 size = image.size
-                image = image.convert("RGB")
                 image.thumbnail((self.side, self.side))
                 self.folder.mkdir(parents=True, exist_ok=True)
                 image.save(self.folder / f"{key}.jpg", quality=85)
@@ -122,6 +128,23 @@ def report_data(runs: Sequence[Run], out: Path, options: HtmlOptions) -> dict[st
             "thumbs_made": thumbs.made}
 
 
+def _finite(value: Any) -> Any:
+    """`value` with every non-finite float made None (JSON has no NaN)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def script_json(data: Any) -> str:
+    """JSON that can sit inside a <script> element: no `<`, `>` or `&` (escaped as \\u003c ...), no NaN."""
+    text = json.dumps(_finite(data), default=str, allow_nan=False)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
 def _table_html(markdown: str) -> str:
     """The markdown tables of `tables.markdown_table` as HTML (headings, paragraphs and tables)."""
     parts, table = [], []
@@ -160,15 +183,15 @@ def write_html(runs: Sequence[Run], markdown: str, out: Path, figures: Sequence[
     """Write `out/index.html` (and `out/thumbs/`); returns its path."""
     out.mkdir(parents=True, exist_ok=True)
     data = report_data(runs, out, options)
-    payload = json.dumps(data, default=str).replace("</", "<\\/")
+    payload = script_json(data)
     figure_html = "".join(
         f'<figure><img src="{html.escape(p.name)}" alt="{html.escape(p.stem)}"><figcaption>{html.escape(p.name)}'
         f"</figcaption></figure>" for p in figures if p.suffix == ".png"
     )
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in data["notes"])
-    page = (PAGE.replace("{{TABLES}}", _table_html(markdown)).replace("{{FIGURES}}", figure_html)
-            .replace("{{NOTES}}", f"<ul class='notes'>{notes}</ul>" if notes else "")
-            .replace("{{DATA}}", payload))
+    parts = {"TABLES": _table_html(markdown), "FIGURES": figure_html, "DATA": payload,
+             "NOTES": f"<ul class='notes'>{notes}</ul>" if notes else ""}
+    page = re.sub(r"\{\{(TABLES|FIGURES|NOTES|DATA)\}\}", lambda m: parts[m.group(1)], PAGE)
     path = out / "index.html"
     path.write_text(page, encoding="utf-8")
     return path
@@ -224,7 +247,7 @@ function state() {
   const s = {page: Math.max(1, parseInt(p.get("page") || "1", 10) || 1), only: p.get("only") || ""};
   for (const f of FIELDS) s[f] = p.get(f) || "";
   for (const [k] of META) s["meta." + k] = p.get("meta." + k) || "";
-  if (!s.dataset) s.dataset = Object.keys(DATA.datasets)[0] || "";
+  if (!(s.dataset in DATA.datasets)) s.dataset = Object.keys(DATA.datasets)[0] || "";
   if (!p.has("shown")) s.shown = "disagree";
   return s;
 }
@@ -261,19 +284,23 @@ function filters(s) {
   const el = document.getElementById("filters");
   el.innerHTML = h;
   for (const sel of el.querySelectorAll("select")) sel.addEventListener("change", ev => {
-    const next = state(); next[ev.target.dataset.key] = ev.target.value; next.page = 1;
+    let next = state();
+    if (ev.target.dataset.key === "dataset") {  // another dataset: its own filters start empty
+      next = {page: 1, only: next.only, shown: next.shown};
+    }
+    next[ev.target.dataset.key] = ev.target.value; next.page = 1;
     if (ev.target.dataset.key === "shown" && ev.target.value === "") next.shown = "all";
     setState(next);
   });
 }
 function svg(e, runs) {
   if (!e.size) return "";
-  const [w, h] = e.size, lw = Math.max(w, h) / 160;
+  const [w, h] = e.size.map(Number), lw = Math.max(w, h) / 160;
   let out = `<svg viewBox="0 0 ${w} ${h}" preserveAspectRatio="none">`;
   e.runs.forEach((r, i) => {
     if (!r) return;
-    for (const m of r.mask || []) out += `<rect x="${m[0]}" y="${m[1]}" width="${m[2] - m[0]}" height="${m[3] - m[1]}" fill="#00e5ff" fill-opacity="0.35" stroke="none"/>`;
-    if (r.box) { const b = r.box; out += `<rect x="${b[0]}" y="${b[1]}" width="${b[2] - b[0]}" height="${b[3] - b[1]}" fill="none" stroke="${runs[i].colour}" stroke-width="${lw}" stroke-dasharray="${i % 2 ? lw * 3 : 0}"><title>${esc(runs[i].label)}</title></rect>`; }
+    for (const c of r.mask || []) { const m = c.map(Number); out += `<rect x="${m[0]}" y="${m[1]}" width="${m[2] - m[0]}" height="${m[3] - m[1]}" fill="#00e5ff" fill-opacity="0.35" stroke="none"/>`; }
+    if (r.box) { const b = r.box.map(Number); out += `<rect x="${b[0]}" y="${b[1]}" width="${b[2] - b[0]}" height="${b[3] - b[1]}" fill="none" stroke="${runs[i].colour}" stroke-width="${lw}" stroke-dasharray="${i % 2 ? lw * 3 : 0}"><title>${esc(runs[i].label)}</title></rect>`; }
   });
   return out + "</svg>";
 }
@@ -285,10 +312,11 @@ function card(e, runs) {
   e.runs.forEach((r, i) => {
     if (!r) { rows += `<tr><td><span class="sw" style="background:${runs[i].colour}"></span>${esc(runs[i].label)}</td><td colspan="4">no record</td></tr>`; return; }
     const mark = r.score === null || r.score === undefined ? "" : (r.score >= 0.5 ? '<span class="ok">✓</span>' : '<span class="bad">✗</span>');
-    const answer = r.error ? `<i>error: ${esc(r.error).slice(0, 80)}</i>` : esc(r.answer === null ? "–" : r.answer);
-    rows += `<tr><td><span class="sw" style="background:${runs[i].colour}"></span>${esc(runs[i].label)}</td><td>${answer}</td><td>${mark}</td><td>${r.layer === null ? "" : "l* " + r.layer}</td><td>${esc(r.path || "")}</td></tr>`;
+    const answer = r.error ? `<i>error: ${esc(String(r.error).slice(0, 80))}</i>` : esc(r.answer === null ? "–" : r.answer);
+    rows += `<tr><td><span class="sw" style="background:${runs[i].colour}"></span>${esc(runs[i].label)}</td><td>${answer}</td><td>${mark}</td><td>${r.layer === null || r.layer === undefined ? "" : "l* " + Number(r.layer)}</td><td>${esc(r.path || "")}</td></tr>`;
   });
-  return `<div class="card" data-id="${esc(e.id)}"><div class="pic">${pic}</div>
+  const aspect = e.size ? ` style="aspect-ratio:${Number(e.size[0])}/${Number(e.size[1])}"` : "";
+  return `<div class="card" data-id="${esc(e.id)}"><div class="pic"${aspect}>${pic}</div>
     <div class="q">${esc(e.question || "")}</div>
     <div class="meta">${esc(e.id)} · reference: ${esc(e.answers.join(" | ") || "–")}${meta ? " · " + meta : ""}</div>
     <table class="runs">${rows}</table></div>`;

@@ -171,10 +171,12 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     from ..adapters import resolve_adapter_class
     from .claim import RUN_ID_ENV, STALE_AFTER_SECONDS, FolderClaim
     from .preemption import Preempted, PreemptionWatch, requeue_slurm_job
+    from .tracking import check_logger
 
     output_dir = Path(cfg.output_dir)
     mode = output_mode(bool(cfg.resume), bool(cfg.overwrite))
     resolve_adapter_class(model_ref(cfg), cfg.model.adapter)  # fail before anything is written
+    check_logger(cfg.trainer.get("logger"))  # so does an unknown tracker, or one whose package is missing
     launch = detect_launch(int(cfg.trainer.get("num_nodes") or 1))
     stale_after = float(cfg.get("claim_stale_after") or STALE_AFTER_SECONDS)
     claim = FolderClaim(output_dir, wait=bool(cfg.get("wait", False)), stale_after=stale_after).acquire()
@@ -264,5 +266,9 @@ def _run(cfg: DictConfig, output_dir: Path, mode: str, launch: Launch, watch: An
         skipped_annotations=len(datamodule.errors),
     )
     if logger and records:
-        summary["logged"] = log_final(logger, output_dir)
+        try:
+            summary["logged"] = log_final(logger, output_dir)
+        except Exception as err:  # the predictions are written: a tracker failure does not fail the run
+            print(f"laser predict: could not log the final metrics to trainer.logger ({type(err).__name__}: {err})",
+                  file=sys.stderr)
     return summary

@@ -43,40 +43,49 @@ def _needs(kind: str, module: str, package: str) -> None:
         )
 
 
+def check_logger(kind: str | None) -> str | None:
+    """The logger kind of `trainer.logger` (None: no logger), or an error naming the key when it is
+    unknown or its package is missing; checked before the run touches its output folder."""
+    if kind is None or str(kind).lower() in ("none", "false", ""):
+        return None
+    kind = str(kind).lower()
+    if kind not in LOGGERS:
+        raise ValueError(f"trainer.logger={kind!r} is not one of {' | '.join(LOGGERS)} (or null)")
+    import importlib.util
+
+    if kind == "tensorboard" and importlib.util.find_spec("tensorboard") is None:
+        _needs(kind, "tensorboardX", "tensorboardX")
+    elif kind in ("wandb", "mlflow"):
+        _needs(kind, kind, "wandb" if kind == "wandb" else "mlflow-skinny")
+    return kind
+
+
 def make_logger(kind: str | None, output_dir: str | Path, name: str = "laser") -> Any:
     """Lightning's logger for `trainer.logger=kind` (None or "none": no logger -> False)."""
-    if kind is None or str(kind).lower() in ("none", "false", ""):
+    kind = check_logger(kind)
+    if kind is None:
         return False
-    kind = str(kind).lower()
     output_dir = Path(output_dir)
     if kind == "csv":
         from lightning.pytorch.loggers import CSVLogger
 
         return CSVLogger(save_dir=str(output_dir), name="logs")
     if kind == "tensorboard":
-        import importlib.util
-
-        if importlib.util.find_spec("tensorboard") is None:
-            _needs(kind, "tensorboardX", "tensorboardX")
         from lightning.pytorch.loggers import TensorBoardLogger
 
         return TensorBoardLogger(save_dir=str(output_dir), name="logs")
     if kind == "wandb":
-        _needs(kind, "wandb", "wandb")
         from lightning.pytorch.loggers import WandbLogger
 
         return WandbLogger(name=name, project=os.environ.get("WANDB_PROJECT", "laser"), save_dir=str(output_dir))
-    if kind == "mlflow":
-        _needs(kind, "mlflow", "mlflow-skinny")
-        from lightning.pytorch.loggers import MLFlowLogger
+    from lightning.pytorch.loggers import MLFlowLogger
 
-        uri = os.environ.get("MLFLOW_TRACKING_URI")
-        if not uri:  # a file store in the run folder (MLflow 3 asks for this opt-in to use one)
-            uri = (output_dir / "mlruns").resolve().as_uri()
-            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
-        return MLFlowLogger(experiment_name=os.environ.get("MLFLOW_EXPERIMENT_NAME", "laser"), run_name=name,
-                            tracking_uri=uri)
-    raise ValueError(f"trainer.logger={kind!r} is not one of {' | '.join(LOGGERS)} (or null)")
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:  # a file store in the run folder (MLflow 3 asks for this opt-in to use one)
+        uri = (output_dir / "mlruns").resolve().as_uri()
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    return MLFlowLogger(experiment_name=os.environ.get("MLFLOW_EXPERIMENT_NAME", "laser"), run_name=name,
+                        tracking_uri=uri)
 
 
 def batch_figures(records: list[dict[str, Any]], seconds: float) -> dict[str, float]:
