@@ -248,6 +248,9 @@ def main() -> None:
     ap.add_argument("--caption-share", type=float, default=0.0,
                     help=f"share of image-stage questions replaced by {CAPTION_QUESTION!r}, answered with the view in "
                          "words (\"red 3 , blue -\": digits where readable), as LLaVA's captioning stage")
+    ap.add_argument("--align-steps", type=int, default=0,
+                    help="after the text stage, steps of captions only in which the projector alone is trained (the "
+                         "LM frozen), as LLaVA's first stage: the visual tokens must land where the LM reads words")
     ap.add_argument("--text-every", type=int, default=0,
                     help="in the image stage, every N-th step is a text step (0: none)")
     a = ap.parse_args()
@@ -342,26 +345,31 @@ def main() -> None:
     agg: dict[str, float] = defaultdict(float)
     model.train()
     t0 = time.time()
-    last = min(a.text_steps + a.steps, a.stop_at or a.text_steps + a.steps)
+    total = a.text_steps + a.align_steps + a.steps
+    last = min(total, a.stop_at or total)
+    projector = {id(p) for p in model.model.multi_modal_projector.parameters()}
     while step < last:
-        s = step - a.text_steps  # step of the image stage (negative: the text stage)
-        text_step = s < 0 or (a.text_every > 0 and s % a.text_every == a.text_every - 1)
+        s = step - a.text_steps  # step after the text stage (negative: the text stage)
+        align = 0 <= s < a.align_steps  # LLaVA's stage 1: captions only, the projector alone learns
+        si = s - a.align_steps  # step of the image stage
+        text_step = s < 0 or (si >= 0 and a.text_every > 0 and si % a.text_every == a.text_every - 1)
         if text_step:  # the view in words where its image tokens would be: the LM alone
             views.FAMILY_WEIGHTS.clear()
             views.FAMILY_WEIGHTS.update(TEXT_FAMILIES)
             d = views.sample_views(rng, a.batch, text_stage_at(step, a.text_steps))
             ids, mask, labels = text_batcher(d)
             # the text stage at a constant rate after warm-up (recall appears after a plateau), then the image stage's
-            px, lr = None, a.lr * min(1.0, (step + 1) / a.warmup) if s < 0 else lr_at(s, a.steps, a.lr, a.warmup)
+            px, lr = None, a.lr * min(1.0, (step + 1) / a.warmup) if s < 0 else lr_at(si, a.steps, a.lr, a.warmup)
         else:
-            set_families(s)
-            d = views.sample_views(rng, a.batch, stage_at(s, a.steps))
-            if a.caption_share > 0:  # LLaVA's first stage: the image described in words, answer loss only
+            set_families(max(si, 0))
+            d = views.sample_views(rng, a.batch, (1, 2, "q")[step % 3] if align else stage_at(si, a.steps))
+            share = 1.0 if align else a.caption_share
+            if share > 0:  # LLaVA's first stage: the image described in words, answer loss only
                 for i in range(len(d["questions"])):
-                    if rng.random() < a.caption_share:
+                    if align or rng.random() < share:
                         d["questions"][i], d["answers"][i], d["families"][i] = CAPTION_QUESTION, d["caption"][i], "caption"
             ids, mask, labels, px = batcher(d)
-            lr = lr_at(s, a.steps, a.lr, a.warmup)
+            lr = a.lr * min(1.0, (s + 1) / a.warmup) if align else lr_at(si, a.steps, a.lr, a.warmup)
         t_data = time.time()
         for g in opt.param_groups:
             g["lr"] = lr
@@ -373,7 +381,11 @@ def main() -> None:
             loss = loss + a.question_attn * question_attention_loss(out.attentions, ids, labels, naming_ids, q_layers, q_heads)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        if align:  # the language model keeps what the text stage taught it
+            for p in params:
+                if id(p) not in projector:
+                    p.grad = None
+        torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], 1.0)
         opt.step()
         step += 1
         ok = first_token_hits(logits, labels)
@@ -392,7 +404,7 @@ def main() -> None:
         if step % a.log_every == 0:
             n = agg["n"]
             accs = " ".join(f"{k[4:]}={agg[k] / agg['n_' + k[4:]]:.2f}" for k in sorted(agg) if k.startswith("acc_"))
-            where = "text" if s < 0 else f"image stage {stage_at(s, a.steps)}"
+            where = "text" if s < 0 else ("align" if align else f"image stage {stage_at(si, a.steps)}")
             log(f"step {step}/{last} {where} lr {lr:.2e} "
                 f"loss {agg['loss'] / n:.3f} train[{accs}] {agg['step_s'] / n:.2f}s/step (data {agg['data_s'] / n:.2f})")
             agg.clear()
