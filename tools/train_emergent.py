@@ -52,9 +52,10 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
 import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 import torch.nn.utils.parametrize as parametrize  # noqa: E402
 from testbed import views  # noqa: E402
-from testbed.batching import AnswerBatcher, TextBatcher  # noqa: E402
+from testbed.batching import AnswerBatcher, TextBatcher, TurnBatcher, answer_starts  # noqa: E402
 from testbed.losses import answer_loss, first_token_hits  # noqa: E402
 from testbed.model import TEMPLATES, build_config, build_processor, build_tokenizer, prompt  # noqa: E402
 from testbed.quick_eval import first_token_eval  # noqa: E402
@@ -67,7 +68,7 @@ from laser.testbed.split import load_split, materialize_split  # noqa: E402
 EXPORT = ROOT / "laser/assets/testbed_emergent/model"
 ARCH = dict(text_hidden=96, text_layers=8, vision_hidden=192)
 # the "vit" tower: the shipped testbed's 3-layer CLIP ViT, pre-trained alone and then frozen
-VIT_ARCH = dict(text_hidden=96, text_layers=8, vision_hidden=96, vision_layers=3)
+VIT_ARCH = dict(text_hidden=96, text_layers=4, vision_hidden=96, vision_layers=3)
 FAMILY_WEIGHTS = {"reading": 0.45, "relational": 0.2, "existence": 0.14, "color": 0.07, "count": 0.05, "where": 0.09}
 # the first EARLY_SHARE of the steps: more existence / where questions, which need the image but no digit
 # reading (finding the box the question names is the skill every family shares)
@@ -77,6 +78,8 @@ EARLY_SHARE = 0.25
 CAPTION_QUESTION = "What boxes are there?"
 TEXT_FAMILIES = {"reading": 0.5, "existence": 0.25, "color": 0.15, "count": 0.1}
 DEV_SEED = 1  # generator seed of the dev split (the shipped split is seed 0)
+# the token-alignment MSE is taken on word embeddings of std 0.02: scaled so its gradients compare with the answer loss's
+TOKEN_ALIGN_SCALE = 100.0
 IMAGE_GAIN = 1.0  # fixed pre-LayerNorm gain of the vision tower
 # pixel normalisation centred on the scenes' grey background (base 195-235) instead of CLIP's statistics:
 # the background then maps near zero and a patch's token is dominated by what is drawn in it
@@ -129,6 +132,43 @@ def fix_projector_norm(model) -> None:
     proj = model.model.multi_modal_projector
     for linear in (proj.linear_1, proj.linear_2):
         parametrize.register_parametrization(linear, "weight", FixedNorm(float(linear.weight.norm())))
+
+
+def symbolic_tokens(model, tok, d: dict) -> torch.Tensor:
+    """[n, g*g, H]: each patch of each view as the LM's own word embeddings, E[colour] + E[digit] of the box
+    under the patch centre (`views._patch_labels`: the colour of any box in view, the digit only where the box
+    is readable), zero on the background. The symbolic stage's visual tokens and the token-alignment target."""
+    emb = model.get_input_embeddings().weight
+    colour_ids = torch.tensor(tok.convert_tokens_to_ids(list(COLOR_NAMES)))
+    digit_ids = torch.tensor(tok.convert_tokens_to_ids([str(i) for i in range(10)]))
+    colour, digit = torch.from_numpy(d["color_labels"]), torch.from_numpy(d["digit_labels"])
+    out = torch.zeros(*colour.shape, emb.size(1), dtype=emb.dtype)
+    has_colour, has_digit = colour < len(COLOR_NAMES), (digit >= 0) & (digit < 10)
+    out[has_colour] = out[has_colour] + emb[colour_ids[colour[has_colour]]]
+    out[has_digit] = out[has_digit] + emb[digit_ids[digit[has_digit]]]
+    return out
+
+
+def with_symbols(model, ids: torch.Tensor, symbols: torch.Tensor) -> torch.Tensor:
+    """inputs_embeds [B, T, H] of `ids` with the image tokens' rows replaced by `symbols` [B, g*g, H]."""
+    x = model.get_input_embeddings()(ids)
+    return x.masked_scatter((ids == model.config.image_token_id)[..., None].expand_as(x), symbols.to(x.dtype))
+
+
+def projected_tokens(model, px: torch.Tensor) -> torch.Tensor:
+    """[B, g*g, H]: the visual tokens the LM receives for pixel values px [B, 3, S, S] (tower, then projector)."""
+    feats = model.model.get_image_features(pixel_values=px, return_dict=True).pooler_output
+    return torch.stack(list(feats)) if isinstance(feats, (list, tuple)) else feats
+
+
+def scale_qk(model, factor: float) -> None:
+    """Multiply the LM's query and key projections at initialisation by `factor`: attention logits start
+    larger, so a content match between a question's words and the visual tokens is found sooner (the
+    plateau of a 4-layer LM from scratch before it finds the box a question names)."""
+    with torch.no_grad():
+        for layer in model.model.language_model.layers:
+            layer.self_attn.q_proj.weight.mul_(factor)
+            layer.self_attn.k_proj.weight.mul_(factor)
 
 
 def content_only_tokens(model) -> None:
@@ -253,6 +293,25 @@ def main() -> None:
                          "LM frozen), as LLaVA's first stage: the visual tokens must land where the LM reads words")
     ap.add_argument("--text-every", type=int, default=0,
                     help="in the image stage, every N-th step is a text step (0: none)")
+    ap.add_argument("--symbol-steps", type=int, default=3000,
+                    help="steps of the symbolic stage before the image stage: the LM alone, each view's visual tokens "
+                         "replaced by its labels as the LM's word embeddings (E[colour] + E[digit] per patch, "
+                         "`symbolic_tokens`), the answer loss only; the LM learns to find the box a question names on "
+                         "tokens it can match to words, then the projector learns to produce such tokens")
+    ap.add_argument("--symbol-existence", type=float, default=0.15,
+                    help="share of the symbolic stage spent first on existence questions about views of one or two "
+                         "boxes (no digit prior answers them: only matching the colour word to the tokens does)")
+    ap.add_argument("--token-align-steps", type=int, default=400,
+                    help="after the symbolic stage: the projector alone learns to map the frozen tower's features to "
+                         "the symbolic tokens (mean squared error per patch; the LM is not used)")
+    ap.add_argument("--symbol-every", type=int, default=4,
+                    help="in the image stage, every N-th step is a symbolic step (0: none)")
+    ap.add_argument("--token-align", type=float, default=0.5,
+                    help="weight of the per-patch token-alignment loss on the image stage's steps")
+    ap.add_argument("--turns", type=int, default=3,
+                    help="questions per view (one LLaVA-1.5 conversation) in the symbolic and image stages, after "
+                         "the existence warm-up; 1: one question per view")
+    ap.add_argument("--qk-init", type=float, default=4.0, help="scale of the LM's query/key weights at initialisation")
     a = ap.parse_args()
     global TOWER
     TOWER = a.tower
@@ -294,7 +353,9 @@ def main() -> None:
     # the LM stage has its own seed: a run that takes its tower from another (--tower-from) gives the same model
     torch.manual_seed(a.seed + 1)
     rng = random.Random(a.seed + 1)
-    fix_projector_norm(model)
+    scale_qk(model, a.qk_init)
+    if a.symbol_steps == 0:  # with the symbolic stage, the token-alignment loss holds the projector's scale
+        fix_projector_norm(model)
     if a.question_attn > 0:
         model.set_attn_implementation("eager")  # attention rows for the question-attention loss (export: sdpa)
     q_layers = tuple(int(x) for x in a.question_attn_layers.split(","))
@@ -341,18 +402,33 @@ def main() -> None:
             log(f"dev step {step} {view}: " + " ".join(f"{k}={v[0]:.2f}({v[1]})" for k, v in sorted(accs.items())))
 
     batcher = AnswerBatcher(tok, proc, order=a.prompt_order)
+    turn_batcher = TurnBatcher(tok, proc, order=a.prompt_order)
     text_batcher = TextBatcher(tok, proc, order=a.prompt_order)
     agg: dict[str, float] = defaultdict(float)
     model.train()
     t0 = time.time()
-    total = a.text_steps + a.align_steps + a.steps
+    pre_image = a.text_steps + a.symbol_steps + a.token_align_steps  # steps before LLaVA's stages
+    total = pre_image + a.align_steps + a.steps
     last = min(total, a.stop_at or total)
     projector = {id(p) for p in model.model.multi_modal_projector.parameters()}
+    captured: dict[str, torch.Tensor] = {}
+    model.model.multi_modal_projector.register_forward_hook(lambda m, i, o: captured.__setitem__("tokens", o))
+
+    def keep_only(ids_kept: set[int]) -> None:
+        for p in params:
+            if id(p) not in ids_kept:
+                p.grad = None
+
     while step < last:
-        s = step - a.text_steps  # step after the text stage (negative: the text stage)
+        s = step - pre_image  # step after the pre-image stages (negative: one of them)
+        sym_local = step - a.text_steps  # step of the symbolic stage, when in it
+        in_symbol = 0 <= sym_local < a.symbol_steps
+        in_token_align = a.symbol_steps <= sym_local and s < 0
         align = 0 <= s < a.align_steps  # LLaVA's stage 1: captions only, the projector alone learns
         si = s - a.align_steps  # step of the image stage
-        text_step = s < 0 or (si >= 0 and a.text_every > 0 and si % a.text_every == a.text_every - 1)
+        text_step = step < a.text_steps or (si >= 0 and a.text_every > 0 and si % a.text_every == a.text_every - 1)
+        symbol_step = in_symbol or (si >= 0 and a.symbol_every > 0 and si % a.symbol_every == a.symbol_every - 1)
+        turns, kind = None, ""
         if text_step:  # the view in words where its image tokens would be: the LM alone
             views.FAMILY_WEIGHTS.clear()
             views.FAMILY_WEIGHTS.update(TEXT_FAMILIES)
@@ -360,42 +436,82 @@ def main() -> None:
             ids, mask, labels = text_batcher(d)
             # the text stage at a constant rate after warm-up (recall appears after a plateau), then the image stage's
             px, lr = None, a.lr * min(1.0, (step + 1) / a.warmup) if s < 0 else lr_at(si, a.steps, a.lr, a.warmup)
+            kind = "text-"
+        elif symbol_step:  # the view's labels as word embeddings where its image tokens would be
+            if in_symbol and sym_local < a.symbol_existence * a.symbol_steps:
+                views.FAMILY_WEIGHTS.clear()
+                views.FAMILY_WEIGHTS.update({"existence": 1.0})
+                d = views.sample_turns(rng, a.batch, 0, turns=1)
+            else:
+                set_families(max(si, 0) if not in_symbol else sym_local * a.steps // max(1, a.symbol_steps))
+                d = views.sample_turns(rng, a.batch, stage_at(sym_local, a.symbol_steps) if in_symbol else
+                                       stage_at(si, a.steps), turns=a.turns)
+            ids, mask, labels, px, turns = turn_batcher(d)
+            px = None
+            lr = a.lr * min(1.0, (sym_local + 1) / a.warmup) if in_symbol else lr_at(si, a.steps, a.lr, a.warmup)
+            kind = "sym-"
+        elif in_token_align:  # the projector alone: the tower's features onto the symbolic tokens
+            d = views.sample_turns(rng, a.batch, (1, 2, "q")[step % 3], turns=1)
+            ids, mask, labels, px, turns = turn_batcher(d)
+            lr = a.lr
         else:
             set_families(max(si, 0))
-            d = views.sample_views(rng, a.batch, (1, 2, "q")[step % 3] if align else stage_at(si, a.steps))
-            share = 1.0 if align else a.caption_share
-            if share > 0:  # LLaVA's first stage: the image described in words, answer loss only
+            if align or a.caption_share > 0:  # the earlier recipes' one question per view (captions)
+                d = views.sample_views(rng, a.batch, (1, 2, "q")[step % 3] if align else stage_at(si, a.steps))
+                share = 1.0 if align else a.caption_share
                 for i in range(len(d["questions"])):
                     if align or rng.random() < share:
                         d["questions"][i], d["answers"][i], d["families"][i] = CAPTION_QUESTION, d["caption"][i], "caption"
-            ids, mask, labels, px = batcher(d)
+                ids, mask, labels, px = batcher(d)
+            else:
+                d = views.sample_turns(rng, a.batch, stage_at(si, a.steps), turns=a.turns)
+                ids, mask, labels, px, turns = turn_batcher(d)
             lr = a.lr * min(1.0, (s + 1) / a.warmup) if align else lr_at(si, a.steps, a.lr, a.warmup)
         t_data = time.time()
         for g in opt.param_groups:
             g["lr"] = lr
-        out = model(input_ids=ids, attention_mask=mask, pixel_values=px,
-                    output_attentions=a.question_attn > 0 and not text_step)
-        logits = out.logits[:, :-1]
-        loss = answer_loss(logits, (ids, mask, labels), model.config.image_token_id, 0.0 if text_step else a.prompt_loss)
-        if a.question_attn > 0 and not text_step:
-            loss = loss + a.question_attn * question_attention_loss(out.attentions, ids, labels, naming_ids, q_layers, q_heads)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if align:  # the language model keeps what the text stage taught it
-            for p in params:
-                if id(p) not in projector:
-                    p.grad = None
+        if in_token_align:
+            tokens = projected_tokens(model, px)
+            loss = F.mse_loss(tokens, symbolic_tokens(model, tok, d).detach()) * TOKEN_ALIGN_SCALE
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            keep_only(projector)
+        else:
+            if symbol_step:
+                out = model(inputs_embeds=with_symbols(model, ids, symbolic_tokens(model, tok, d)), attention_mask=mask)
+            else:
+                out = model(input_ids=ids, attention_mask=mask, pixel_values=px,
+                            output_attentions=a.question_attn > 0 and not text_step)
+            logits = out.logits[:, :-1]
+            loss = answer_loss(logits, (ids, mask, labels), model.config.image_token_id, 0.0 if text_step else a.prompt_loss)
+            if a.question_attn > 0 and not (text_step or symbol_step):
+                loss = loss + a.question_attn * question_attention_loss(out.attentions, ids, labels, naming_ids, q_layers, q_heads)
+            if a.token_align > 0 and px is not None and a.symbol_steps > 0:
+                target = symbolic_tokens(model, tok, d).detach()
+                loss = loss + a.token_align * F.mse_loss(captured["tokens"], target) * TOKEN_ALIGN_SCALE
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if align:  # the language model keeps what the text stage taught it
+                keep_only(projector)
+            if symbol_step:  # no image was used: the projector keeps what it learned
+                keep_only({id(p) for p in params} - projector)
         torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], 1.0)
         opt.step()
         step += 1
-        ok = first_token_hits(logits, labels)
-        kind = "text-" if text_step else ""
-        for fam, size, hit in zip(d["families"], d["sizes"], ok):
-            agg[f"acc_{kind}{fam}"] += hit
-            agg[f"n_{kind}{fam}"] += 1
-            if fam == "reading" and not text_step:
-                agg[f"acc_read-{size}"] += hit
-                agg[f"n_read-{size}"] += 1
+        if in_token_align:
+            agg["align_mse"] += loss.item() / TOKEN_ALIGN_SCALE
+        elif turns is not None:
+            starts = answer_starts(labels)
+            hits = (logits.argmax(-1)[starts] == labels[:, 1:][starts]).tolist()
+            for (fam, size, t), hit in zip(turns, hits):
+                name = f"{kind}{'read-' + size if fam == 'reading' else fam}{'+' if t else ''}"
+                agg[f"acc_{name}"] += hit
+                agg[f"n_{name}"] += 1
+        else:
+            for fam, size, hit in zip(d["families"], d["sizes"], first_token_hits(logits, labels)):
+                name = f"{kind}{'read-' + size if fam == 'reading' and not text_step else fam}"
+                agg[f"acc_{name}"] += hit
+                agg[f"n_{name}"] += 1
         agg["loss"] += loss.item()
         agg["data_s"] += t_data - t0
         agg["step_s"] += time.time() - t0
@@ -404,15 +520,17 @@ def main() -> None:
         if step % a.log_every == 0:
             n = agg["n"]
             accs = " ".join(f"{k[4:]}={agg[k] / agg['n_' + k[4:]]:.2f}" for k in sorted(agg) if k.startswith("acc_"))
-            where = "text" if s < 0 else ("align" if align else f"image stage {stage_at(si, a.steps)}")
-            log(f"step {step}/{last} {where} lr {lr:.2e} "
-                f"loss {agg['loss'] / n:.3f} train[{accs}] {agg['step_s'] / n:.2f}s/step (data {agg['data_s'] / n:.2f})")
+            mse = f" mse {agg['align_mse'] / n:.2e}" if agg["align_mse"] else ""
+            where = ("text" if step < a.text_steps else "symbolic" if in_symbol else "token-align" if in_token_align
+                     else "align" if align else f"image stage {stage_at(si, a.steps)}")
+            log(f"step {step}/{last} {where} lr {lr:.2e} loss {agg['loss'] / n:.3f}{mse} train[{accs}] "
+                f"{agg['step_s'] / n:.2f}s/step (data {agg['data_s'] / n:.2f})")
             agg.clear()
         if step % a.ckpt_every == 0 or step == last:
             save_ckpt()
-        if step % a.eval_every == 0 or step == last:
+        if s >= 0 and (step % a.eval_every == 0 or step == last):
             evaluate()
-        if step % a.export_every == 0 or step == last:
+        if s >= 0 and (step % a.export_every == 0 or step == last):
             export()
         t0 = time.time()
     log("done")

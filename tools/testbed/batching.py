@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from testbed.model import answer_ids, prompt, prompt_ids
+from testbed.model import FOLLOW_UP, answer_ids, prompt, prompt_ids
 
 
 class AnswerBatcher:
@@ -58,3 +58,31 @@ class TextBatcher(AnswerBatcher):
             seqs.append(p + t)
             labs.append([-100] * len(p) + t)
         return self.pad(seqs, labs)
+
+
+class TurnBatcher(AnswerBatcher):
+    """`batcher(views)` of `views.sample_turns` -> (input_ids, attention_mask, labels, pixel_values, turns):
+    one LLaVA-1.5 conversation per view ("USER: <image>\\nQ1 ... ASSISTANT: A1</s>USER: Q2 ... ASSISTANT:
+    A2</s>..."), labels on every answer; `turns` [(family, size, turn index)] in the order of the answers."""
+
+    def __call__(self, d):
+        seqs, labs, turns = [], [], []
+        for conv in d["turns"]:
+            seq, lab = [], []
+            for t, (family, question, answer, size, _) in enumerate(conv):
+                p = self.ids(question) if t == 0 else self.tok(FOLLOW_UP.format(question=question),
+                                                               add_special_tokens=False)["input_ids"]
+                a = answer_ids(self.tok, answer)
+                seq += p + a
+                lab += [-100] * len(p) + a
+                turns.append((family, size, t))
+            seqs.append(seq)
+            labs.append(lab)
+        px = torch.from_numpy(d["pixels"]).permute(0, 3, 1, 2).float() / 255.0
+        return (*self.pad(seqs, labs), (px - self.mean) / self.std, turns)
+
+
+def answer_starts(labels: torch.Tensor) -> torch.Tensor:
+    """[B, T - 1] bool: the positions (of logits[:, :-1]) that predict the first token of an answer."""
+    lab = labels[:, 1:] != -100
+    return lab & ~torch.cat([torch.zeros_like(lab[:, :1]), lab[:, :-1]], 1)

@@ -27,6 +27,9 @@ TEMPLATES = {
     "question-first": "USER: {question}{images}{instruction} ASSISTANT:",
 }
 
+# a later turn of a conversation about the same image (LLaVA-1.5's multi-turn format)
+FOLLOW_UP = "USER: {question}\n" + INSTRUCTION + " ASSISTANT:"
+
 
 def prompt(question: str | None, instruction: str = INSTRUCTION, order: str = "image-first") -> str:
     """The prompt the project's LLaVA adapter sends with `template=TEMPLATES[order]`."""

@@ -222,6 +222,41 @@ def _describe(vboxes, readable_only: bool = False) -> str:
     return " , ".join(f"{b.color} {digit(vb, b, vis)}" for vb, b, vis in shown)
 
 
+def sample_turns(rng: random.Random, n: int, stage=2, turns: int = 3, size: int = MODEL_INPUT) -> dict:
+    """`n` views, each asked up to `turns` different questions (one conversation per view: several boxes of
+    one view asked about in one sequence, so the scene alone cannot answer them all).
+
+    -> dict(pixels uint8 [n,S,S,3], digit_labels / color_labels [n,g*g] (as `sample_views`),
+    turns: per view a list of (family, question, answer, size, target box in view px or None))."""
+    st = STAGES[stage]
+    pix = np.zeros((n, size, size, 3), dtype=np.uint8)
+    digits, colors, conv = [], [], []
+    while len(conv) < n:
+        scene = make_scene(rng.randrange(EVAL_SEED_BASE), n_boxes=rng.randint(*st["boxes"]))
+        img = render_scene(scene)
+        for _ in range(4):
+            if len(conv) >= n:
+                break
+            x0, y0, side = _crop_for(rng, scene, st, size)
+            vboxes = _view_boxes(scene, x0, y0, side, size)
+            asked: dict[str, tuple] = {}
+            for _ in range(3 * turns):
+                q = _question(rng, vboxes, scene, size)
+                if q is not None and q[1] not in asked:
+                    asked[q[1]] = q
+                if len(asked) == turns:
+                    break
+            if not asked:
+                continue
+            pix[len(conv)] = np.asarray(
+                img.resize((size, size), Image.BICUBIC, box=(x0, y0, x0 + side, y0 + side), reducing_gap=3.0))
+            d, c = _patch_labels(vboxes, size)
+            digits.append(d)
+            colors.append(c)
+            conv.append(list(asked.values()))
+    return {"pixels": pix, "digit_labels": np.stack(digits), "color_labels": np.stack(colors), "turns": conv}
+
+
 def sample_views(rng: random.Random, n: int, stage: int = 2, views_per_scene: int = 6, size: int = MODEL_INPUT) -> dict:
     st = STAGES[stage]
     grid = size // GRID_PX
