@@ -1,6 +1,6 @@
 """Train the *emergent* testbed LVLM: grounding from the answer loss alone (step-driven, seeded, resumable).
 
-    python tools/train_emergent.py --run testbed_work/emergent
+    python tools/train_emergent.py --run testbed_work/emergent --patch-digit 1.0
 
 rebuilds `laser/assets/testbed_emergent/model` (the `model=testbed_emergent` preset) from nothing:
 same seed, same steps, same model (one thread); the LR schedules and the curricula follow the step
@@ -8,25 +8,42 @@ count, never the clock. Re-running the same command resumes from RUN/last.pt (wr
 `--ckpt-every` steps); the model is exported to `--export` every `--export-every` steps and at the end,
 with the command line in `training_commands.txt`.
 
-Two stages (the default `--tower vit`, the shipped checkpoint):
+Four stages (the default `--tower vit`, the shipped checkpoint):
 1. The vision tower alone (`vision_pretrain` of tools/train_testbed.py, `--vision-steps`): the testbed's
-   3-layer CLIP ViT learns per-patch colour and box-pooled digit labels of generated views — a
-   pre-trained backbone, trained without the language model and without any question. It is then
-   frozen.
-2. The projector and an 8-layer Llama from scratch, on cross-entropy of the answer tokens (and, with
-   weight `--prompt-loss`, the next-token loss on the prompt's text, the question included): no
-   attention loss and no label of where to look. The image comes before the question, so the visual
-   tokens are computed without the question; only the question / answer positions can pick the box the
-   question names, by attending to it.
+   3-layer CLIP ViT learns per-patch colour, per-patch digit (`--patch-digit`) and box-pooled digit labels
+   of generated views — a pre-trained backbone, trained without the language model and without any
+   question. It is then frozen.
+2. The symbolic stage (`--symbol-steps`): a 4-layer Llama from scratch, on the answer loss (and, with weight
+   `--prompt-loss`, the next-token loss on the prompt's text), where each view's 64 visual tokens are its
+   labels written as the LM's own word embeddings (`symbolic_tokens`: E[colour] + E[digit] of the box under
+   each patch, the digit only where the box is readable, zero on the background). First existence
+   questions about one or two boxes (`--symbol-existence`: no scene prior answers them), then every family
+   on the curriculum below, `--turns` questions per view in one LLaVA-1.5 conversation (the same pixels,
+   different boxes, different answers). Here the LM learns to find the box a question names, on tokens it
+   can match to the question's words; no attention loss and no label of where to look.
+3. Token alignment (`--token-align-steps`): the projector alone learns to map the frozen tower's features
+   onto the symbolic tokens (mean squared error per patch, the LM unused) — LLaVA's first stage, with
+   per-patch targets instead of captions.
+4. The image stage (`--steps`): the projector and the LM on real images, answer + prompt loss, conversations
+   of `--turns` questions, the token-alignment loss kept (`--token-align`), and every `--symbol-every`-th
+   step a symbolic one.
+The image comes before the question (LLaVA-1.5's prompt), so the visual tokens are computed without the
+question; only the question / answer positions can pick the box the question names, by attending to it.
+
+Without stages 2-3 (the earlier recipes, `--symbol-steps 0 --turns 1`, logs in docs/testbed_emergent/attempts/)
+the LM never came to read the question: at the start the query of the last prompt token holds almost
+nothing of the colour word and the visual tokens' colour lies in directions no word matches, so neither
+half of the match gets a gradient before the other exists (docs/testbed.md).
 
 `--tower patch` is the per-patch variant of the ten earlier runs (README, "Grounding nobody taught"):
 each visual token is the CLIP tower's embedding of its own 8x8 patch (`build_emergent`,
 `content_only_tokens`, background-centred pixels `IMAGE_MEAN`), trained with the LM on the answer loss
 alone; its answers never came to depend on the image.
 
-Model: `LlavaForConditionalGeneration`, 64 px input, patch 8 -> 8x8 visual tokens, 8-layer Llama
-(hidden 96, 4 heads), the word-level tokenizer of `tools/testbed/model.py`; the projector's weights keep
-their initial norms during training (`fix_projector_norm`).
+Model: `LlavaForConditionalGeneration`, 64 px input, patch 8 -> 8x8 visual tokens, 4-layer Llama
+(hidden 96, 4 heads; query/key weights initialised at `--qk-init` x the default), the word-level tokenizer
+of `tools/testbed/model.py`; without the symbolic stage, the projector's weights keep their initial norms
+during training (`fix_projector_norm`).
 Data: `tools/testbed/views.py` (random zooms of generated scenes, training seeds < 10,000,000; the
 evaluation splits use seeds >= 10,000,000). Curriculum by step: stage 0 (one or two big boxes) first,
 then stages 0/1/2 mixed, then mostly stage 2 (the evaluation distribution).
@@ -311,10 +328,17 @@ def main() -> None:
     ap.add_argument("--turns", type=int, default=3,
                     help="questions per view (one LLaVA-1.5 conversation) in the symbolic and image stages, after "
                          "the existence warm-up; 1: one question per view")
+    ap.add_argument("--tower-lr", type=float, default=0.0,
+                    help="in the image stage, train the pre-trained tower too, at this multiple of the LM's learning "
+                         "rate (0: frozen); the token-alignment loss keeps its features where the LM reads them")
+    ap.add_argument("--readable-min", type=float, default=views.READABLE_MIN,
+                    help="smallest box side (px at the model input) whose digit is labelled: tower pre-training, "
+                         "symbolic tokens and token alignment")
     ap.add_argument("--qk-init", type=float, default=4.0, help="scale of the LM's query/key weights at initialisation")
     a = ap.parse_args()
     global TOWER
     TOWER = a.tower
+    views.READABLE_MIN = a.readable_min
     torch.set_num_threads(a.threads)
     run = Path(a.run)
     run.mkdir(parents=True, exist_ok=True)
@@ -367,7 +391,14 @@ def main() -> None:
         model.model.multi_modal_projector.requires_grad_(False)
     params = [p for n, p in model.named_parameters()
               if p.requires_grad and ".encoder.layers." not in n and "post_layernorm" not in n]
-    opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=0.01, betas=(0.9, 0.98))
+    groups = [{"params": params, "lr_scale": 1.0}]
+    if a.tower_lr > 0:  # the image stage's steps only (the other stages clear the tower's gradients)
+        tower_params = list(model.model.vision_tower.parameters())
+        for p in tower_params:
+            p.requires_grad_(True)
+        groups.append({"params": tower_params, "lr_scale": a.tower_lr})
+    trained = [p for g in groups for p in g["params"]]
+    opt = torch.optim.AdamW(groups, lr=a.lr, weight_decay=0.01, betas=(0.9, 0.98))
     step = 0
     if ck.exists():
         st = torch.load(ck, weights_only=False)
@@ -415,7 +446,7 @@ def main() -> None:
     model.model.multi_modal_projector.register_forward_hook(lambda m, i, o: captured.__setitem__("tokens", o))
 
     def keep_only(ids_kept: set[int]) -> None:
-        for p in params:
+        for p in trained:
             if id(p) not in ids_kept:
                 p.grad = None
 
@@ -469,7 +500,7 @@ def main() -> None:
             lr = a.lr * min(1.0, (s + 1) / a.warmup) if align else lr_at(si, a.steps, a.lr, a.warmup)
         t_data = time.time()
         for g in opt.param_groups:
-            g["lr"] = lr
+            g["lr"] = lr * g["lr_scale"]
         if in_token_align:
             tokens = projected_tokens(model, px)
             loss = F.mse_loss(tokens, symbolic_tokens(model, tok, d).detach()) * TOKEN_ALIGN_SCALE
@@ -495,7 +526,7 @@ def main() -> None:
                 keep_only(projector)
             if symbol_step:  # no image was used: the projector keeps what it learned
                 keep_only({id(p) for p in params} - projector)
-        torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], 1.0)
+        torch.nn.utils.clip_grad_norm_([p for p in trained if p.grad is not None], 1.0)
         opt.step()
         step += 1
         if in_token_align:
