@@ -1,5 +1,5 @@
-"""The shipped emergent-grounding testbed checkpoint (`model=testbed_emergent`): present, small, deep, and it
-reads large digits of the shipped split (answer-only training; docs/testbed.md, "Grounding nobody taught")."""
+"""The shipped emergent-grounding testbed checkpoint (`model=testbed_emergent`): present, small, with layers for
+VAQ to choose among, and it reads large digits of the shipped split (no attention loss; docs/testbed.md)."""
 
 import pytest
 import torch
@@ -27,10 +27,10 @@ def adapter():
 
 def test_checkpoint_size_and_depth(adapter):
     assert (MODEL_DIR / "model.safetensors").stat().st_size <= MAX_BYTES
-    assert adapter.num_layers == adapter.model.config.text_config.num_hidden_layers >= 8
+    # VAQ's candidates leave layer 0 out: at least three layers to choose among
+    assert adapter.num_layers == adapter.model.config.text_config.num_hidden_layers >= 4
 
 
-@pytest.mark.xfail(strict=True, reason="the retrained emergent model reads 61% of large targets (bar 80%)")
 def test_reads_large_digits_of_the_shipped_split(adapter):
     model, proc = adapter.model, adapter.processor
     recs = [r for r in load_split(SPLIT) if r["meta"]["family"] == "reading" and r["meta"]["size"] == "large"]
