@@ -31,11 +31,11 @@ The image comes before the question (LLaVA-1.5's prompt), so the visual tokens a
 question; only the question / answer positions can pick the box the question names, by attending to it.
 
 Without stages 2-3 (the earlier recipes, `--symbol-steps 0 --turns 1`, logs in docs/testbed_emergent/attempts/)
-the LM never came to read the question: at the start the query of the last prompt token holds almost
-nothing of the colour word and the visual tokens' colour lies in directions no word matches, so neither
-half of the match gets a gradient before the other exists (docs/testbed.md).
+the LM never came to read the question. Short probes (tools/emergent_symbolic_probes.py, docs/testbed.md)
+show the match of a colour word to the visual tokens of that colour learned after a plateau on symbolic
+tokens, sooner in a 4-layer LM than in an 8-layer one, and not within 800 steps on the tower's own tokens.
 
-`--tower patch` is the per-patch variant of the ten earlier runs (README, "Grounding nobody taught"):
+`--tower patch` is the per-patch variant of the ten earliest runs (docs/testbed_emergent/attempts/ 1-10):
 each visual token is the CLIP tower's embedding of its own 8x8 patch (`build_emergent`,
 `content_only_tokens`, background-centred pixels `IMAGE_MEAN`), trained with the LM on the answer loss
 alone; its answers never came to depend on the image.
