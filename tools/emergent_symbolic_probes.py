@@ -20,12 +20,11 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tools")]
 import torch
 import train_emergent as te
 from testbed import views
-from testbed.batching import AnswerBatcher
+from testbed.batching import AnswerBatcher, TurnBatcher, answer_starts
 from testbed.losses import answer_loss
 from testbed.model import build_processor, build_tokenizer
 from train_testbed import NAMING_WORDS, question_attention_loss
 
-from laser.testbed.scenes import COLOR_NAMES
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--steps", type=int, default=600); ap.add_argument("--order", default="image-first")
@@ -48,9 +47,7 @@ from transformers import LlavaForConditionalGeneration
 
 model = LlavaForConditionalGeneration(cfg)
 if a.qattn: model.set_attn_implementation("eager")
-with torch.no_grad():
-    for l in model.model.language_model.layers:
-        l.self_attn.q_proj.weight.mul_(a.qk_init); l.self_attn.k_proj.weight.mul_(a.qk_init)
+te.scale_qk(model, a.qk_init)
 if a.image:
     st = torch.load(a.tower, weights_only=False)["model"]
     model.model.vision_tower.load_state_dict({k.split("vision_tower.", 1)[1]: v for k, v in st.items() if "vision_tower." in k})
@@ -58,64 +55,20 @@ if a.image:
     te.fix_projector_norm(model)
 lm_params = [p for n, p in model.named_parameters() if "vision_tower" not in n and ("multi_modal_projector" not in n or a.image)]
 opt = torch.optim.AdamW(lm_params, lr=a.lr, weight_decay=0.01, betas=(0.9, 0.98))
-col_ids = torch.tensor(tok.convert_tokens_to_ids(list(COLOR_NAMES)))
-dig_ids = torch.tensor(tok.convert_tokens_to_ids([str(i) for i in range(10)]))
 naming_ids = torch.tensor(tok.convert_tokens_to_ids(list(NAMING_WORDS)))
 batcher = AnswerBatcher(tok, proc, order=a.order)
-emb = model.get_input_embeddings(); img_id = model.config.image_token_id
+img_id = model.config.image_token_id
 fam = {k: float(v) for k, v in (x.split(":") for x in a.fam.split(","))}
-def symbolic(d):
-    c = torch.from_numpy(d["color_labels"]); g = torch.from_numpy(d["digit_labels"]); E = emb.weight
-    out = torch.zeros(*c.shape, E.size(1))
-    cm = c < len(COLOR_NAMES); out[cm] = out[cm] + E[col_ids[c[cm]]]
-    gm = (g >= 0) & (g < 10); out[gm] = out[gm] + E[dig_ids[g[gm]]]
-    return out * a.sym_scale
-
-import numpy as np
-from PIL import Image
-from testbed.batching import left_pad
-from testbed.model import answer_ids, prompt
-
-from laser.testbed.scenes import make_scene, render_scene
+turn_batcher = TurnBatcher(tok, proc, order=a.order)
 
 
-def sample_turns(rng, n, stage, k):
-    st = views.STAGES[stage]; pix = np.zeros((n, 64, 64, 3), np.uint8); out = dict(turns=[], color_labels=[], digit_labels=[])
-    i = 0
-    while i < n:
-        scene = make_scene(rng.randrange(views.EVAL_SEED_BASE), n_boxes=rng.randint(*st["boxes"])); img = render_scene(scene)
-        for _ in range(4):
-            if i >= n: break
-            x0, y0, side = views._crop_for(rng, scene, st); vb = views._view_boxes(scene, x0, y0, side)
-            qs = {}
-            for _ in range(3 * k):
-                q = views._question(rng, vb, scene)
-                if q and q[1] not in qs: qs[q[1]] = q
-                if len(qs) == k: break
-            if not qs: continue
-            pix[i] = np.asarray(img.resize((64, 64), Image.BICUBIC, box=(x0, y0, x0 + side, y0 + side), reducing_gap=3.0))
-            dd, cc = views._patch_labels(vb); out["digit_labels"].append(dd); out["color_labels"].append(cc)
-            out["turns"].append(list(qs.values())); i += 1
-    out["pixels"] = pix; out["digit_labels"] = np.stack(out["digit_labels"]); out["color_labels"] = np.stack(out["color_labels"])
-    return out
-def turn_batch(d):
-    seqs, labs, fams, sizes, firsts = [], [], [], [], []
-    for turns in d["turns"]:
-        s, l = [], []
-        for t, (f, q, a, size, _) in enumerate(turns):
-            if t == 0:
-                p = tok(prompt(q).replace("<image>", "<image>" * 64))["input_ids"]
-            else:
-                p = tok(" USER: " + q + "\n" + "Answer the question using a single word or phrase. ASSISTANT:", add_special_tokens=False)["input_ids"]
-            at = answer_ids(tok, a); s += p + at; l += [-100] * len(p) + at
-            fams.append(f if t == 0 else f + '+'); sizes.append(size)
-        seqs.append(s); labs.append(l)
-    return (*left_pad(seqs, labs, tok.pad_token_id), fams, sizes)
 def turn_hits(logits, labels):
+    """Per answer of the batch, in order: whether its first token is the argmax."""
     with torch.no_grad():
-        lab = labels[:, 1:]; pos = lab != -100
-        start = pos & ~torch.cat([torch.zeros_like(pos[:, :1]), pos[:, :-1]], 1)
-        return (logits.argmax(-1)[start] == lab[start]).tolist()
+        start = answer_starts(labels)
+        return (logits.argmax(-1)[start] == labels[:, 1:][start]).tolist()
+
+
 agg = defaultdict(float); t0 = time.time()
 stage = a.stage if a.stage == "q" else int(a.stage)
 fam2 = {k: float(v) for k, v in (x.split(':') for x in a.fam2.split(','))} if a.fam2 else fam
@@ -124,14 +77,14 @@ for step in range(a.steps):
     views.FAMILY_WEIGHTS.clear(); views.FAMILY_WEIGHTS.update(fam if step < a.phase2_at else fam2)
     if step == a.phase2_at: stage = stage2
     if a.turns > 1 and step >= a.phase2_at:
-        d = sample_turns(rng, 24, stage, a.turns); ids, mask, labels, fams, sizes = turn_batch(d)
+        d = views.sample_turns(rng, 24, stage, turns=a.turns); ids, mask, labels, px, turns = turn_batcher(d)
+        fams = [f if t == 0 else f + "+" for f, _, t in turns]; sizes = [size for _, size, _ in turns]
     else:
         d = views.sample_views(rng, 24, stage); ids, mask, labels, px = batcher(d); fams, sizes = d["families"], d["sizes"]
     if a.image:
         x = None
     else:
-        x = emb(ids)
-        x = x.masked_scatter((ids == img_id)[..., None].expand_as(x), symbolic(d).to(x.dtype))
+        x = te.with_symbols(model, ids, te.symbolic_tokens(model, tok, d) * a.sym_scale)
     for gp in opt.param_groups: gp["lr"] = a.lr * min(1, (step + 1) / 100)
     out = model(input_ids=ids if a.image else None, pixel_values=px if a.image else None, inputs_embeds=x, attention_mask=mask, output_attentions=a.qattn > 0)
     logits = out.logits[:, :-1]

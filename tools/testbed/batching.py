@@ -30,8 +30,12 @@ class AnswerBatcher:
             p, t = self.ids(q), answer_ids(self.tok, a)
             seqs.append(p + t)
             labs.append([-100] * len(p) + t)
+        return (*self.pad(seqs, labs), self.pixels(d))
+
+    def pixels(self, d) -> torch.Tensor:
+        """[B, 3, H, W] normalised pixel values of the views' uint8 `d["pixels"]` [B, H, W, 3]."""
         px = torch.from_numpy(d["pixels"]).permute(0, 3, 1, 2).float() / 255.0
-        return (*self.pad(seqs, labs), (px - self.mean) / self.std)
+        return (px - self.mean) / self.std
 
     def pad(self, seqs: list[list[int]], labs: list[list[int]]):
         return left_pad(seqs, labs, self.tok.pad_token_id)
@@ -78,8 +82,7 @@ class TurnBatcher(AnswerBatcher):
                 turns.append((family, size, t))
             seqs.append(seq)
             labs.append(lab)
-        px = torch.from_numpy(d["pixels"]).permute(0, 3, 1, 2).float() / 255.0
-        return (*self.pad(seqs, labs), (px - self.mean) / self.std, turns)
+        return (*self.pad(seqs, labs), self.pixels(d), turns)
 
 
 def answer_starts(labels: torch.Tensor) -> torch.Tensor:

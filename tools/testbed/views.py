@@ -222,6 +222,11 @@ def _describe(vboxes, readable_only: bool = False) -> str:
     return " , ".join(f"{b.color} {digit(vb, b, vis)}" for vb, b, vis in shown)
 
 
+def _render_view(img: Image.Image, x0: float, y0: float, side: float, size: int) -> Image.Image:
+    """The square crop (x0, y0, side) of a rendered scene, resized to size x size as the model sees it."""
+    return img.resize((size, size), Image.BICUBIC, box=(x0, y0, x0 + side, y0 + side), reducing_gap=3.0)
+
+
 def sample_turns(rng: random.Random, n: int, stage=2, turns: int = 3, size: int = MODEL_INPUT) -> dict:
     """`n` views, each asked up to `turns` different questions (one conversation per view: several boxes of
     one view asked about in one sequence, so the scene alone cannot answer them all).
@@ -248,8 +253,7 @@ def sample_turns(rng: random.Random, n: int, stage=2, turns: int = 3, size: int 
                     break
             if not asked:
                 continue
-            pix[len(conv)] = np.asarray(
-                img.resize((size, size), Image.BICUBIC, box=(x0, y0, x0 + side, y0 + side), reducing_gap=3.0))
+            pix[len(conv)] = np.asarray(_render_view(img, x0, y0, side, size))
             d, c = _patch_labels(vboxes, size)
             digits.append(d)
             colors.append(c)
@@ -275,7 +279,7 @@ def sample_views(rng: random.Random, n: int, stage: int = 2, views_per_scene: in
             q = _question(rng, vboxes, scene, size)
             if q is None:
                 continue
-            view = img.resize((size, size), Image.BICUBIC, box=(x0, y0, x0 + side, y0 + side), reducing_gap=3.0)
+            view = _render_view(img, x0, y0, side, size)
             d, c = _patch_labels(vboxes, size)
             second = _partner(rng, q, vboxes) if rng.random() < st.get("pairs", PAIR_QUESTIONS) else None
             for qq in (q, second):
