@@ -241,3 +241,30 @@ def test_show_needs_a_sample_or_an_image(capsys):
     with pytest.raises(SystemExit):
         show_cmd.main(["--image", "x.png"])
     assert "--question" in capsys.readouterr().err
+
+
+def test_processor_settings_make_another_model_with_its_own_vanilla(tmp_path):
+    """The same weights at another resolution (`model.processor`) are compared as another model: their
+    own label, and their laser run paired with their own vanilla run, not the default resolution's."""
+    ann = "/data/shapes/questions.jsonl"
+    folders = {}
+    for hires in (False, True):
+        for method in ("vanilla", "laser"):
+            records = _records("org/model-a", ann, method)
+            if hires and method == "vanilla":  # every answer right at the higher resolution
+                records = [{**r, "prediction": r["answers"][0]} for r in records]
+            folder = _write_run(tmp_path / f"{method}{'_hi' if hires else ''}", "org/model-a", ann, method, records)
+            if hires:
+                config = json.loads((folder / "run_config.json").read_text())
+                config["model"]["processor"] = {"max_pixels": 16384}
+                (folder / "run_config.json").write_text(json.dumps(config))
+            folders[(hires, method)] = folder
+    loaded = {run.path: run for run in load_runs(list(folders.values()))}
+    assert loaded[folders[(False, "laser")]].model == "model-a"
+    assert loaded[folders[(True, "laser")]].model == "model-a [max_pixels=16384]"
+    assert {run.label for run in loaded.values()} == {"vanilla", "laser"}
+    compare_cmd.compare(list(folders.values()), tmp_path / "cmp", n_boot=50)
+    with (tmp_path / "cmp" / "scores.csv").open() as handle:
+        rows = {row["run"]: row for row in csv.DictReader(handle)}
+    assert float(rows[str(folders[(True, "laser")])]["vanilla_accuracy"]) == 1.0
+    assert float(rows[str(folders[(False, "laser")])]["vanilla_accuracy"]) == pytest.approx(ACCURACY["vanilla"], abs=0.2)

@@ -1,5 +1,6 @@
-"""tools/train_testbed_qwen.py: a tiny run trains both stages, exports a Qwen2-VL checkpoint the project's
-adapter loads and answers with, and a run stopped and resumed ends with the weights of one run."""
+"""tools/train_testbed_qwen.py: a tiny run trains all four stages, exports a Qwen2-VL checkpoint the project's
+adapter loads and answers with, and a run stopped, resumed and split over processes by stage ends with the
+weights of one run."""
 
 from __future__ import annotations
 
@@ -16,9 +17,9 @@ from safetensors.torch import load_file
 from laser import LaserConfig, LaserEngine
 from laser.paths import assets_dir
 
-TINY = ["--vision-steps", "4", "--steps", "4", "--batch", "3", "--vision-batch", "4", "--eval-n", "4",
-        "--dev-scenes", "1", "--log-every", "2", "--ckpt-every", "2", "--eval-every", "4", "--export-every", "4",
-        "--warmup", "2"]
+TINY = ["--vision-steps", "4", "--symbol-steps", "4", "--token-align-steps", "2", "--steps", "4", "--batch", "3",
+        "--vision-batch", "4", "--eval-n", "4", "--dev-scenes", "1", "--log-every", "2", "--ckpt-every", "2",
+        "--eval-every", "4", "--export-every", "4", "--warmup", "2"]
 MAX_BYTES = 20 * 2**20
 
 
@@ -85,7 +86,7 @@ def test_trains_exports_and_answers(one_run):
     assert (one_run / "model.safetensors").stat().st_size <= MAX_BYTES
     assert (one_run / "training_commands.txt").read_text().startswith("python tools/train_testbed_qwen.py ")
     adapter = create_adapter(str(one_run))
-    assert type(adapter).__name__ == "Qwen2VLAdapter" and adapter.num_layers == 8
+    assert type(adapter).__name__ == "Qwen2VLAdapter" and adapter.num_layers == 4
     image = Image.open(assets_dir() / "testbed" / "images" / "scene_10000001.png").convert("RGB")
     inputs = adapter.build_inputs([image], ["What digit is in the red box?"])
     assert inputs["image_grid_thw"].tolist() == [[1, 16, 16]]  # 64*64 pixels: 8x8 merged tokens
@@ -96,12 +97,38 @@ def test_trains_exports_and_answers(one_run):
     assert hires.build_inputs([image], ["What digit is in the red box?"])["image_grid_thw"].tolist() == [[1, 32, 32]]
 
 
-def test_resumed_run_matches_one_run(one_run, tmp_path, monkeypatch, dev_root):
+def test_resumed_and_split_run_matches_one_run(one_run, tmp_path, monkeypatch, dev_root):
     common = [*TINY, "--run", str(tmp_path / "run"), "--export", str(tmp_path / "export"), "--dev-root", dev_root]
-    train(monkeypatch, *common, "--vision-stop-at", "2")  # stopped in stage 1
-    train(monkeypatch, *common, "--stop-at", "2")  # resumed in stage 1, stopped in stage 2
+    train(monkeypatch, *common, "--stages", "symbolic", "--max-steps-now", "3")  # stopped inside the symbolic stage
+    train(monkeypatch, *common, "--stages", "tower,symbolic", "--max-steps-now", "3")  # tower stopped at step 3
+    train(monkeypatch, *common, "--stages", "image")  # waits: its inputs are not finished
+    assert not (tmp_path / "export").exists()
+    train(monkeypatch, *common, "--max-steps-now", "5")  # tower and symbolic finished, align done, image stopped
     train(monkeypatch, *common)
     resumed, whole = load_file(tmp_path / "export" / "model.safetensors"), load_file(one_run / "model.safetensors")
     assert resumed.keys() == whole.keys()
     for key in whole:
         assert torch.equal(resumed[key], whole[key]), key
+
+
+def test_unknown_stage_is_named(monkeypatch, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        train(monkeypatch, "--run", str(tmp_path / "run"), "--stages", "tower,vision")
+    assert "unknown stage(s) ['vision']" in capsys.readouterr().err
+
+
+def test_conversation_batches_put_labels_on_every_answer():
+    """`QwenBatcher.turns`: one conversation per view, the answers (and only they) labelled, every turn's
+    first answer token right after its "assistant" line."""
+    from testbed import views
+    from testbed.batching import answer_starts
+    from testbed.qwen import QwenBatcher, build_processor, build_tokenizer
+
+    tok = build_tokenizer()
+    d = views.sample_turns(random.Random(3), 4, 2, turns=3)
+    inputs, labels, turns = QwenBatcher(tok, build_processor(tok)).turns(d)
+    assert len(turns) == sum(len(c) for c in d["turns"]) == int(answer_starts(labels).sum())
+    answers = [a for conv in d["turns"] for (_, _, a, _, _) in conv]
+    first = labels[:, 1:][answer_starts(labels)]
+    assert tok.convert_ids_to_tokens(first.tolist()) == [a.lower().split()[0] for a in answers]
+    assert int((inputs["input_ids"] == tok.convert_tokens_to_ids("<|image_pad|>")).sum()) == 4 * 64

@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from testbed_table import resolve_model, split_root  # noqa: E402
+from testbed_table import processor_settings, resolve_model, split_root  # noqa: E402
 
 from laser.adapters import create_adapter  # noqa: E402
 from laser.testbed.benchmark import load_split  # noqa: E402
@@ -36,6 +36,8 @@ def main() -> None:
     ap.add_argument("--pairs-per-scene", type=int, default=3)
     ap.add_argument("--scenes", type=int, default=None, help="only the first N scenes of each split")
     ap.add_argument("--layers", action="store_true", help="also the per-layer crop hits")
+    ap.add_argument("--processor", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="processor settings of the model, e.g. max_pixels=16384 (Qwen2-VL at 128x128 pixels)")
     ap.add_argument("--out", default=None, help="write the Markdown here too (and the figures as .json beside it)")
     a = ap.parse_args()
     import torch
@@ -43,7 +45,9 @@ def main() -> None:
     torch.set_num_threads(1)
     start = time.perf_counter()
     model_path, model_ref = resolve_model(a.model)
-    adapter = create_adapter(str(model_path))
+    processor = processor_settings(a.processor)
+    adapter = create_adapter(str(model_path), processor_kwargs=processor)
+    model_ref += "".join(f" ({k}={v})" for k, v in processor.items())
     lines, figures = [f"<!-- python tools/testbed_question_use.py {' '.join(sys.argv[1:])} -->"], {}
     for seed in a.split_seeds:
         root = split_root(seed, Path(a.work))

@@ -78,8 +78,24 @@ def split_root(seed: int, work: Path) -> Path:
     return root
 
 
+def processor_settings(pairs: list[str]) -> dict:
+    """`--processor KEY=VALUE ...` -> processor kwargs, integers and floats parsed ("max_pixels=16384")."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--processor {pair!r}: expected KEY=VALUE, e.g. max_pixels=16384")
+        for cast in (int, float, str):
+            try:
+                out[key] = cast(value)
+                break
+            except ValueError:
+                continue
+    return out
+
+
 def write_run(folder: Path, method: str, records: list[dict], rows: list[dict], model_ref: str, root: Path,
-              config: LaserConfig | None = None) -> None:
+              config: LaserConfig | None = None, processor: dict | None = None) -> None:
     """A run folder like `laser predict` writes, so `laser evaluate` / `laser compare` read it."""
     folder.mkdir(parents=True, exist_ok=True)
     shipped = root == assets_dir() / "testbed"
@@ -89,7 +105,7 @@ def write_run(folder: Path, method: str, records: list[dict], rows: list[dict], 
     else:
         method_cfg = {"name": method} if method.startswith("oracle") else LaserConfig.preset(method).to_dict()
     config = {
-        "model": {"name_or_path": model_ref, "adapter": None, "dtype": "auto"},
+        "model": {"name_or_path": model_ref, "adapter": None, "dtype": "auto", **({"processor": processor} if processor else {})},
         "data": {"format": "jsonl", "annotations": annotations, "image_root": "laser:assets/testbed" if shipped else str(root),
                  "metric": "exact", "limit": None},
         "method": method_cfg,
@@ -253,6 +269,9 @@ def main() -> None:
                         help="the best static layer, when an earlier --dev-seed run chose it (skips the sweep)")
     parser.add_argument("--dev-per-cell", type=int, default=None, help="limit dev questions per (family, size)")
     parser.add_argument("--methods", nargs="+", default=METHODS)
+    parser.add_argument("--processor", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="processor settings of the model, e.g. max_pixels=16384 (Qwen2-VL at 128x128 pixels); "
+                             "recorded in the run folders, so `laser compare` treats them as another model")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -261,8 +280,9 @@ def main() -> None:
     torch.set_num_threads(1)  # the testbed model is tiny: one thread is faster than two
     start = time.perf_counter()
     model_path, model_ref = resolve_model(args.model)
-    label = MODEL_LABEL.get(args.model, model_path.name)
-    adapter = create_adapter(str(model_path))
+    processor = processor_settings(args.processor)
+    label = MODEL_LABEL.get(args.model, model_path.name) + "".join(f", {k}={v}" for k, v in processor.items())
+    adapter = create_adapter(str(model_path), processor_kwargs=processor)
     work = Path(args.work)
     default_layer = LaserEngine(adapter, LaserConfig.preset("laser_static")).static_layer()
     command = "python tools/testbed_table.py " + " ".join(sys.argv[1:])
@@ -315,7 +335,7 @@ def main() -> None:
         summary.setdefault("question_use", {})[seed] = {k: v for k, v in use.items() if k != "answers"} | {
             "layer_crops": crops}
         for method, rows in results.items():
-            write_run(folder / "runs" / method, method, records, rows, model_ref, root, configs.get(method))
+            write_run(folder / "runs" / method, method, records, rows, model_ref, root, configs.get(method), processor)
         summary["splits"][seed] = results
     text = "\n".join(report)
     (out / "results.md").write_text(text + "\n")

@@ -112,11 +112,28 @@ def load_run(folder: str | Path, metric: str | None = None) -> Run:
         config=config,
         records=records,
         report=report,
-        model_key=str(model.get("name_or_path") or "?"),
+        model_key=model_key(model),
         dataset_key=str(data.get("annotations") or "?"),
         method=str(method),
         metric=metric or data.get("metric") or DEFAULT_METRICS.get(data_format, "exact"),
     )
+
+
+def model_key(model: dict) -> str:
+    """What identifies a run's model: its reference, and the processor settings it ran with when any were set
+    ("laser:assets/testbed_qwen/model [max_pixels=16384]": the same weights at another resolution are
+    another model to compare, with their own vanilla run)."""
+    key = str(model.get("name_or_path") or "?")
+    settings = model.get("processor") or {}
+    if settings:
+        key += " [" + ", ".join(f"{k}={v}" for k, v in sorted(settings.items())) + "]"
+    return key
+
+
+def model_label(key: str) -> str:
+    """`short_name` of a `model_key`'s reference, its processor settings kept."""
+    reference, sep, settings = key.partition(" [")
+    return short_name(reference) + (f" [{settings}" if sep else "")
 
 
 def _unique(keys: Iterable[str], name) -> dict[str, str]:
@@ -134,7 +151,7 @@ def _unique(keys: Iterable[str], name) -> dict[str, str]:
 
 def label_runs(runs: Sequence[Run]) -> None:
     """Fill `model`, `dataset` and `label` so that different keys never share a label."""
-    models = _unique((r.model_key for r in runs), short_name)
+    models = _unique((r.model_key for r in runs), model_label)
     datasets = _unique((r.dataset_key for r in runs), lambda key: short_name(key, strip_suffix=True))
     counts: dict[tuple[str, str, str], int] = {}
     for run in runs:

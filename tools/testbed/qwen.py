@@ -54,7 +54,7 @@ CHAT_TEMPLATE = (
 )
 """messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "<question>\\n<instruction>"}]}]
 renders `prompt(question)`."""
-ARCH = dict(text_hidden=96, text_layers=8, heads=4, kv_heads=4, vision_embed=96, vision_layers=3, vision_heads=4)
+ARCH = dict(text_hidden=96, text_layers=4, heads=4, kv_heads=4, vision_embed=96, vision_layers=3, vision_heads=4)
 
 
 def prompt(question: str | None, instruction: str = INSTRUCTION) -> str:
@@ -62,6 +62,11 @@ def prompt(question: str | None, instruction: str = INSTRUCTION) -> str:
     q = f"{question}\n" if question is not None else ""
     return (f"<|im_start|>system\n{SYSTEM}<|im_end|>\n<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>"
             f"{q}{instruction}<|im_end|>\n<|im_start|>assistant\n")
+
+
+def follow_up(question: str, instruction: str = INSTRUCTION) -> str:
+    """A later user turn of one conversation about the same image (after the previous answer's `<|im_end|>`)."""
+    return f"\n<|im_start|>user\n{question}\n{instruction}<|im_end|>\n<|im_start|>assistant\n"
 
 
 def build_tokenizer() -> PreTrainedTokenizerFast:
@@ -140,6 +145,38 @@ class QwenBatcher:
     def answer_ids(self, answer: str) -> list[int]:
         return self.tok(answer, add_special_tokens=False)["input_ids"] + [self.tok.eos_token_id]
 
+    def pixels(self, d) -> torch.Tensor:
+        """[B, 3, S, S] normalised pixel values of the views' uint8 `d["pixels"]` [B, S, S, 3]."""
+        px = torch.from_numpy(d["pixels"]).permute(0, 3, 1, 2).float() / 255.0
+        return (px - self.mean) / self.std
+
+    def inputs(self, d, seqs: list[list[int]], labs: list[list[int]]) -> tuple[dict, torch.Tensor]:
+        ids, mask, labels = left_pad(seqs, labs, self.tok.pad_token_id)
+        rows, grid = patchify(self.pixels(d))
+        inputs = {"input_ids": ids, "attention_mask": mask, "mm_token_type_ids": (ids == self.image_id).int(),
+                  "pixel_values": rows, "image_grid_thw": grid}
+        return inputs, labels
+
+    def turns(self, d) -> tuple[dict, torch.Tensor, list[tuple]]:
+        """`views.sample_turns` output -> (model inputs, labels, turns): one conversation per view (the image
+        and the first question, then `follow_up` turns), labels on every answer; `turns` [(family, size, turn
+        index)] in the order of the answers."""
+        n_tokens = (d["pixels"].shape[1] // TOKEN_PX) ** 2
+        seqs, labs, turns = [], [], []
+        for conv in d["turns"]:
+            seq, lab = [], []
+            for t, (family, question, answer, size, _) in enumerate(conv):
+                p = (self.prompt_ids(question, n_tokens) if t == 0 else
+                     self.tok(follow_up(question), add_special_tokens=False)["input_ids"])
+                a = self.answer_ids(answer)
+                seq += p + a
+                lab += [-100] * len(p) + a
+                turns.append((family, size, t))
+            seqs.append(seq)
+            labs.append(lab)
+        inputs, labels = self.inputs(d, seqs, labs)
+        return inputs, labels, turns
+
     def text(self, d) -> tuple[dict, torch.Tensor]:
         """Text-only inputs and labels: each view's words (`d["described"]`) where its image block would be."""
         seqs, labs = [], []
@@ -159,9 +196,4 @@ class QwenBatcher:
             p, t = self.prompt_ids(q, n_tokens), self.answer_ids(a)
             seqs.append(p + t)
             labs.append([-100] * len(p) + t)
-        ids, mask, labels = left_pad(seqs, labs, self.tok.pad_token_id)
-        px = torch.from_numpy(d["pixels"]).permute(0, 3, 1, 2).float() / 255.0
-        rows, grid = patchify((px - self.mean) / self.std)
-        inputs = {"input_ids": ids, "attention_mask": mask, "mm_token_type_ids": (ids == self.image_id).int(),
-                  "pixel_values": rows, "image_grid_thw": grid}
-        return inputs, labels
+        return self.inputs(d, seqs, labs)
