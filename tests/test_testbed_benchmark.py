@@ -52,3 +52,13 @@ def test_the_testbed_tables_and_laser_compare_give_one_interval_for_one_comparis
 
     assert n == len(correct("laser")) > 700
     assert paired_difference_ci(correct("laser"), correct("vanilla")) == (mean, low, high)
+
+
+def test_processor_settings_of_the_testbed_tools_parse_numbers_and_name_a_bad_pair():
+    import pytest
+    from testbed_table import processor_settings
+
+    assert processor_settings(["max_pixels=16384", "scale=0.5", "mode=fast"]) == {"max_pixels": 16384, "scale": 0.5,
+                                                                                  "mode": "fast"}
+    with pytest.raises(SystemExit, match="'max_pixels'"):
+        processor_settings(["max_pixels"])

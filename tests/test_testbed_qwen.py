@@ -132,3 +132,24 @@ def test_conversation_batches_put_labels_on_every_answer():
     first = labels[:, 1:][answer_starts(labels)]
     assert tok.convert_ids_to_tokens(first.tolist()) == [a.lower().split()[0] for a in answers]
     assert int((inputs["input_ids"] == tok.convert_tokens_to_ids("<|image_pad|>")).sum()) == 4 * 64
+
+
+def test_sparse_digit_tokens_keep_every_colour_and_some_digits():
+    from testbed import views
+    from testbed.qwen import build_model, build_tokenizer
+    from train_emergent import symbolic_tokens
+    from train_testbed_qwen import sparse_digit_tokens
+
+    tok = build_tokenizer()
+    model = build_model(tok)
+    d = views.sample_views(random.Random(1), 6, 0)
+    full = symbolic_tokens(model, tok, d)
+    colour = sparse_digit_tokens(model, tok, d, 0.0)
+    assert torch.equal(sparse_digit_tokens(model, tok, d, 1.0), full)
+    digit_cells = torch.from_numpy((d["digit_labels"] >= 0) & (d["digit_labels"] < 10))
+    assert digit_cells.sum() > 20
+    assert torch.equal(colour[~digit_cells], full[~digit_cells]) and not torch.allclose(colour[digit_cells], full[digit_cells])
+    half = sparse_digit_tokens(model, tok, d, 0.5, torch.Generator().manual_seed(0))
+    kept = (half == full).all(-1) & digit_cells
+    assert ((half == full).all(-1) | (half == colour).all(-1)).all()
+    assert 0.25 < kept.sum() / digit_cells.sum() < 0.75

@@ -59,6 +59,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from testbed import qwen, views  # noqa: E402
@@ -295,6 +296,18 @@ def tower_stage(run: Run) -> bool:
                      lambda s: 1.5e-3 * min(1.0, (s + 1) / 50) * (1.0 - 0.7 * s / a.vision_steps), heads_state)
 
 
+def sparse_digit_tokens(model, tok, d: dict, keep: float, gen: torch.Generator | None = None) -> torch.Tensor:
+    """`symbolic_tokens` with each cell's digit part kept with probability `keep` (the colour part always): the
+    LM learns to gather a box's digit from some of its cells, as a tower gives it (on the cells of the glyph,
+    not on every cell of the box). [n, g*g, H]"""
+    full = symbolic_tokens(model, tok, d)
+    if keep >= 1.0:
+        return full
+    colour_only = symbolic_tokens(model, tok, {**d, "digit_labels": np.full_like(d["digit_labels"], -100)})
+    dropped = torch.rand(full.shape[:2], generator=gen) >= keep
+    return torch.where(dropped[..., None], colour_only, full)
+
+
 def symbolic_batch(run: Run, rng, step: int, n_steps: int, batch: int, hi: bool, existence_first: bool = True):
     """A batch of conversations (`views.sample_turns`) and its model inputs, the visual tokens symbolic."""
     a = run.a
@@ -316,7 +329,8 @@ def symbolic_stage(run: Run) -> bool:
 
     def step_fn(step, rng):
         d, inputs, labels, turns = symbolic_batch(run, rng, step, a.symbol_steps, a.batch, run.hires(step))
-        out = model(**with_tokens(inputs, symbolic_tokens(model, run.tok, d)))
+        keep = 1.0 if step < a.symbol_existence * a.symbol_steps else a.digit_keep
+        out = model(**with_tokens(inputs, sparse_digit_tokens(model, run.tok, d, keep)))
         logits = out.logits[:, :-1]
         loss = answer_loss(logits, (inputs["input_ids"], inputs["attention_mask"], labels), model.config.image_token_id,
                            a.prompt_loss)
@@ -356,7 +370,7 @@ def image_stage(run: Run) -> bool:
         if symbolic_step(step):  # no image: the merger keeps what it learned
             hi = run.hires(step // a.symbol_every)
             d, inputs, labels, turns = symbolic_batch(run, rng, step, a.steps, a.batch, hi, existence_first=False)
-            out = model(**with_tokens(inputs, symbolic_tokens(model, run.tok, d)))
+            out = model(**with_tokens(inputs, sparse_digit_tokens(model, run.tok, d, a.digit_keep)))
             kind, align = "sym-", 0.0
         else:
             hi = run.hires(step, phase=2)
@@ -414,20 +428,22 @@ def main() -> None:
     ap.add_argument("--stages", default=",".join(STAGES),
                     help="stages to run, in order (comma-separated); a finished stage is skipped, and one whose "
                          "inputs are not finished stops the run")
-    ap.add_argument("--vision-steps", type=int, default=2000, help="steps of the tower stage")
+    ap.add_argument("--vision-steps", type=int, default=3500, help="steps of the tower stage")
     ap.add_argument("--vision-batch", type=int, default=32)
     ap.add_argument("--vision-hires-batch", type=int, default=None,
                     help="views of a 128 px tower step (default vision-batch // 4: the same pixels)")
     ap.add_argument("--symbol-steps", type=int, default=3000, help="steps of the symbolic stage")
     ap.add_argument("--symbol-existence", type=float, default=0.3,
                     help="share of the symbolic stage spent first on existence questions about one or two boxes")
+    ap.add_argument("--digit-keep", type=float, default=0.5,
+                    help="symbolic steps after the existence warm-up: share of a box's cells whose token keeps the digit")
     ap.add_argument("--token-align-steps", type=int, default=400, help="steps of the align stage")
-    ap.add_argument("--steps", type=int, default=4000, help="steps of the image stage")
+    ap.add_argument("--steps", type=int, default=3000, help="steps of the image stage")
     ap.add_argument("--batch", type=int, default=24, help="conversations per 64 px step (a 128 px step: a third)")
     ap.add_argument("--turns", type=int, default=3, help="questions per view (one conversation)")
     ap.add_argument("--symbol-every", type=int, default=4, help="in the image stage, every N-th step is symbolic")
     ap.add_argument("--token-align", type=float, default=0.5, help="weight of the token-alignment loss in the image stage")
-    ap.add_argument("--tower-lr", type=float, default=0.0,
+    ap.add_argument("--tower-lr", type=float, default=0.3,
                     help="in the image stage, train the tower too, at this multiple of the learning rate (0: frozen)")
     ap.add_argument("--hires-every", type=int, default=4, help="every n-th step of each stage uses 128 px views (0: never)")
     ap.add_argument("--lr", type=float, default=1e-3)

@@ -163,7 +163,7 @@ def layer_figure(runs: Sequence[Run], path: Path) -> bool:
         fig, grid = plt.subplots(
             len(cells),
             len(datasets),
-            figsize=(4.8 * len(datasets), 1.0 + 3.2 * len(cells)),
+            figsize=(max(6.4, 4.8 * len(datasets)), 1.3 + 3.2 * len(cells)),
             squeeze=False,
             sharey=True,
         )
@@ -186,6 +186,7 @@ def layer_figure(runs: Sequence[Run], path: Path) -> bool:
                     gate_label = f"auto gate: contrastive decoding where l*/L ≥ {gate:g}"
                     ax.axvspan(gate * depth - 0.5, depth - 0.5, color=PATH_COLOURS["contrastive"], alpha=0.12)
                 ax.set_xlim(-0.6, depth - 0.4)
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # layer indices are whole
                 ax.set_title(f"{model} · {dataset}\n{run.label}, n={len(layers)}", fontsize=10)
                 ax.set_xlabel(f"chosen layer l*  (0 … {depth - 1})")
                 ax.set_ylabel("share of samples")
@@ -198,11 +199,11 @@ def layer_figure(runs: Sequence[Run], path: Path) -> bool:
         fig.legend(
             handles=handles,
             loc="upper center",
-            ncol=2,
+            ncol=2 if len(datasets) > 1 else 1,  # one column of panels: the entries one under the other
             frameon=False,
             bbox_to_anchor=(0.5, 1 - 0.4 / fig.get_figheight()),
         )
-        fig.tight_layout(rect=(0, 0, 1, 1 - 0.7 / fig.get_figheight()))
+        fig.tight_layout(rect=(0, 0, 1, 1 - (0.7 if len(datasets) > 1 else 1.0) / fig.get_figheight()))
         _save(fig, path)
     return True
 
