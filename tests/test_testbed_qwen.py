@@ -59,7 +59,7 @@ def test_patchify_matches_the_processor():
         ref = proc(text=[prompt(q) for q in d["questions"]], images=[Image.fromarray(x) for x in d["pixels"]],
                    return_tensors="pt", padding=True)
         assert torch.equal(inputs["image_grid_thw"], ref["image_grid_thw"])
-        assert torch.equal(ref["image_grid_thw"][0], torch.tensor([1, size // 4, size // 4]))
+        assert torch.equal(ref["image_grid_thw"][0], torch.tensor([1, size // 8, size // 8]))
         torch.testing.assert_close(inputs["pixel_values"], ref["pixel_values"])
         for i in range(2):
             prompt_ids = inputs["input_ids"][i][(labels[i] == -100) & (inputs["attention_mask"][i] == 1)]
@@ -68,17 +68,17 @@ def test_patchify_matches_the_processor():
 
 @pytest.mark.parametrize("size", [64, 128])
 def test_merged_tokens_follow_the_label_grid(size):
-    """Merged token k (rows 4k..4k+3 of `pixel_values`, the 2x2 patches the merger joins) covers label cell
-    k of `views.sample_views(size=...)`: 8x8 px, row-major on the (size/8) x (size/8) grid."""
-    from testbed.qwen import patchify
+    """Visual token k (rows MERGE^2 k .. MERGE^2 (k + 1) - 1 of `pixel_values`, the patches the merger joins)
+    covers label cell k of `views.sample_views(size=...)`: 8x8 px, row-major on the (size/8) x (size/8) grid."""
+    from testbed.qwen import MERGE, PATCH, patchify
 
     grid = size // 8
     for r, c in ((0, 0), (2, 5), (grid - 1, grid - 3)):
         image = torch.zeros(1, 3, size, size)
         image[:, :, r * 8 : (r + 1) * 8, c * 8 : (c + 1) * 8] = 1.0
         rows, thw = patchify(image)
-        assert thw.tolist() == [[1, size // 4, size // 4]]
-        tokens = (rows.abs().sum(1) > 0).nonzero().flatten() // 4
+        assert thw.tolist() == [[1, size // PATCH, size // PATCH]]
+        tokens = (rows.abs().sum(1) > 0).nonzero().flatten() // MERGE**2
         assert set(tokens.tolist()) == {r * grid + c}
 
 
@@ -89,12 +89,12 @@ def test_trains_exports_and_answers(one_run):
     assert type(adapter).__name__ == "Qwen2VLAdapter" and adapter.num_layers == 4
     image = Image.open(assets_dir() / "testbed" / "images" / "scene_10000001.png").convert("RGB")
     inputs = adapter.build_inputs([image], ["What digit is in the red box?"])
-    assert inputs["image_grid_thw"].tolist() == [[1, 16, 16]]  # 64*64 pixels: 8x8 merged tokens
+    assert inputs["image_grid_thw"].tolist() == [[1, 8, 8]]  # 64*64 pixels: 8x8 patches, one token each
     assert adapter.visual_layout(inputs, 0).segments[0].grid == (8, 8)
     pred = LaserEngine(adapter, LaserConfig.preset("laser")).answer(image, "What digit is in the red box?")
     assert isinstance(pred.answer, str)
     hires = create_adapter(str(one_run), processor_kwargs={"max_pixels": 128 * 128})
-    assert hires.build_inputs([image], ["What digit is in the red box?"])["image_grid_thw"].tolist() == [[1, 32, 32]]
+    assert hires.build_inputs([image], ["What digit is in the red box?"])["image_grid_thw"].tolist() == [[1, 16, 16]]
 
 
 def test_resumed_and_split_run_matches_one_run(one_run, tmp_path, monkeypatch, dev_root):

@@ -2,8 +2,8 @@
 # The cross-architecture report, from nothing but the shipped trained testbed models:
 #   bash tools/cross_architecture.sh [OUT]        (default: docs/cross_architecture)
 # For every shipped model (MODELS, default: testbed testbed_emergent testbed_qwen; one not shipped is
-# skipped with a line saying so): tools/testbed_table.py on the shipped split (PER_CELL questions per
-# family x size cell, default 30) with vanilla, laser, laser_static, vicrop and oracle_tight, each method a
+# skipped with a line saying so): tools/testbed_table.py on the shipped split (every question; PER_CELL=N:
+# N per family x size cell) with vanilla, laser, laser_static, vicrop and oracle_tight, each method a
 # run folder. A Qwen2-VL model also runs vanilla and laser at 128x128 pixels (`max_pixels=16384`, 16x16 visual
 # tokens instead of 8x8): "look at more pixels" next to "look closer" on one model. Then `laser compare
 # --html` over all of them: accuracy per architecture and method with intervals, VAQ per layer on the
@@ -13,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-docs/cross_architecture}"
 models="${MODELS:-testbed testbed_emergent testbed_qwen}"
-per_cell="${PER_CELL:-30}"
+per_cell="${PER_CELL:-}"
 export HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1
 start=$(date +%s)
 runs=()
@@ -23,11 +23,11 @@ for model in $models; do
     echo "skipped ${model}: no checkpoint in ${folder}"
     continue
   fi
-  python tools/testbed_table.py --model "$model" --per-cell "$per_cell" \
+  python tools/testbed_table.py --model "$model" ${per_cell:+--per-cell "$per_cell"} \
     --methods vanilla laser laser_static vicrop oracle_tight --out "$out/$model"
   runs+=("$out/$model"/runs/*)
   if grep -q '"model_type": "qwen2_vl"' "$folder/config.json"; then
-    python tools/testbed_table.py --model "$model" --per-cell "$per_cell" --processor max_pixels=16384 \
+    python tools/testbed_table.py --model "$model" ${per_cell:+--per-cell "$per_cell"} --processor max_pixels=16384 \
       --methods vanilla laser --out "$out/${model}_128px"
     runs+=("$out/${model}_128px"/runs/*)
   fi

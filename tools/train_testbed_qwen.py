@@ -428,14 +428,14 @@ def main() -> None:
     ap.add_argument("--stages", default=",".join(STAGES),
                     help="stages to run, in order (comma-separated); a finished stage is skipped, and one whose "
                          "inputs are not finished stops the run")
-    ap.add_argument("--vision-steps", type=int, default=3500, help="steps of the tower stage")
+    ap.add_argument("--vision-steps", type=int, default=10000, help="steps of the tower stage")
     ap.add_argument("--vision-batch", type=int, default=32)
     ap.add_argument("--vision-hires-batch", type=int, default=None,
                     help="views of a 128 px tower step (default vision-batch // 4: the same pixels)")
     ap.add_argument("--symbol-steps", type=int, default=3000, help="steps of the symbolic stage")
     ap.add_argument("--symbol-existence", type=float, default=0.3,
                     help="share of the symbolic stage spent first on existence questions about one or two boxes")
-    ap.add_argument("--digit-keep", type=float, default=0.5,
+    ap.add_argument("--digit-keep", type=float, default=1.0,
                     help="symbolic steps after the existence warm-up: share of a box's cells whose token keeps the digit")
     ap.add_argument("--token-align-steps", type=int, default=400, help="steps of the align stage")
     ap.add_argument("--steps", type=int, default=3000, help="steps of the image stage")

@@ -1,11 +1,13 @@
 """The Qwen2-VL testbed LVLM: a tiny, real `Qwen2VLForConditionalGeneration` built offline.
 
-Visual layout (Qwen2-VL's, unlike the LLaVA testbed's fixed 64 px / 8x8 grid): dynamic resolution, 4 px
-patches (temporal patch 2: a still image is repeated), 2x2 patches merged into one visual token. A square
-image resized to S px gives (S/4)^2 patches and (S/8)^2 merged tokens in row-major order: 64 px -> 8x8 = 64
-tokens (the default `max_pixels` = 64*64, the LLaVA testbed's grid), 128 px -> 16x16 = 256 tokens
-(`max_pixels` = 128*128, e.g. `processor_kwargs={"max_pixels": 128 * 128}`). One merged token covers 8x8
-px of the resized image, the cell of `tools/testbed/views.py`'s label grid at any view size.
+Visual layout (Qwen2-VL's, unlike the LLaVA testbed's fixed 64 px / 8x8 grid): dynamic resolution, 8 px
+patches (temporal patch 2: a still image is repeated), each through the patch merger (`spatial_merge_size`
+1: one patch per visual token), 2D rotary positions in the tower and multimodal rotary positions in the
+LM. A square image resized to S px gives (S/8)^2 visual tokens in row-major order: 64 px -> 8x8 = 64 tokens
+(the default `max_pixels` = 64*64, the LLaVA testbed's grid), 128 px -> 16x16 = 256 tokens (`max_pixels` =
+128*128, e.g. `processor_kwargs={"max_pixels": 128 * 128}`). One token covers 8x8 px of the resized image,
+the cell of `tools/testbed/views.py`'s label grid at any view size. (With 4 px patches merged 2x2, Qwen2-VL's
+own layout, the tower did not learn to put a box's digit on the box's tokens: docs/cross_architecture.md.)
 
 `min_pixels` = 64*64 too: every image (a small crop included) gets at least the 8x8 tokens the LLaVA
 testbed always gets.
@@ -35,8 +37,8 @@ from laser.testbed.scenes import INSTRUCTION, MODEL_INPUT
 from testbed.batching import left_pad
 from testbed.model import vocabulary
 
-PATCH, MERGE, FRAMES = 4, 2, 2
-TOKEN_PX = PATCH * MERGE  # px of the resized image per merged visual token (= views.GRID_PX)
+PATCH, MERGE, FRAMES = 8, 1, 2
+TOKEN_PX = PATCH * MERGE  # px of the resized image per visual token (= views.GRID_PX)
 HIRES = 2 * MODEL_INPUT  # the higher resolution the model is also trained at (128 px, 16x16 tokens)
 QWEN_SPECIAL = (
     "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>",
@@ -112,9 +114,9 @@ def build_model(tok, **arch) -> Qwen2VLForConditionalGeneration:
 
 
 def patchify(pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Normalised images [B, C, S, S] -> (pixel_values [B * (S/4)^2, C * 2 * 4 * 4], image_grid_thw [B, 3]) in
-    `Qwen2VLImageProcessor`'s layout: per image, patches in merge-window order (h/2, w/2, 2, 2), each C x T x
-    p x p values, the T = 2 frames of a still image equal."""
+    """Normalised images [B, C, S, S] -> (pixel_values [B * (S/p)^2, C * 2 * p * p], image_grid_thw [B, 3]) in
+    `Qwen2VLImageProcessor`'s layout: per image, patches in merge-window order (h/m, w/m, m, m; m = `MERGE`),
+    each C x T x p x p values, the T = 2 frames of a still image equal."""
     b, c, h, w = pixels.shape
     gh, gw = h // PATCH, w // PATCH
     x = pixels.view(b, c, gh // MERGE, MERGE, PATCH, gw // MERGE, MERGE, PATCH)
