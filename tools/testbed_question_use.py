@@ -21,9 +21,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from laser.adapters import create_adapter  # noqa: E402
 from testbed_table import processor_settings, resolve_model, split_root  # noqa: E402
 
-from laser.adapters import create_adapter  # noqa: E402
 from laser.testbed.benchmark import load_split  # noqa: E402
 from laser.testbed.question_use import layer_crop_hits, question_records, question_use, question_use_lines  # noqa: E402
 

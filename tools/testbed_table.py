@@ -39,6 +39,7 @@ from laser.adapters import create_adapter  # noqa: E402
 from laser.method.config import LaserConfig  # noqa: E402
 from laser.method.engine import LaserEngine  # noqa: E402
 from laser.paths import assets_dir, config_dir  # noqa: E402
+from laser.records.metrics import bootstrap_ci  # noqa: E402
 from laser.testbed.benchmark import (  # noqa: E402
     FAMILIES,
     crop_contains_target,
@@ -47,7 +48,6 @@ from laser.testbed.benchmark import (  # noqa: E402
     results_table,
     run_methods,
 )
-from laser.records.metrics import bootstrap_ci  # noqa: E402
 from laser.testbed.question_use import layer_crop_hits, question_records, question_use, question_use_lines  # noqa: E402
 from laser.testbed.split import materialize_split  # noqa: E402
 

@@ -30,17 +30,19 @@ from testbed import views  # noqa: E402
 
 
 def llava_tokens(model_dir: Path):
+    """(tokens(views) -> [n, 64, H], H): the projected visual tokens of a shipped LLaVA testbed."""
     from testbed.batching import AnswerBatcher
     from testbed.model import build_processor
-    from transformers import AutoTokenizer, LlavaForConditionalGeneration
     from train_emergent import projected_tokens
+    from transformers import AutoTokenizer, LlavaForConditionalGeneration
 
     model = LlavaForConditionalGeneration.from_pretrained(model_dir).eval()
     batcher = AnswerBatcher(None, build_processor(AutoTokenizer.from_pretrained(model_dir)))
-    return lambda d: projected_tokens(model, batcher.pixels(d))
+    return (lambda d: projected_tokens(model, batcher.pixels(d))), model.config.text_config.hidden_size
 
 
 def qwen_tokens(checkpoint: Path):
+    """(tokens(views) -> [n, (S/8)^2, H], H): the merger outputs of a Qwen2-VL testbed tower checkpoint."""
     from testbed import qwen
 
     tok = qwen.build_tokenizer()
@@ -48,11 +50,13 @@ def qwen_tokens(checkpoint: Path):
     model.model.visual.load_state_dict(torch.load(checkpoint, weights_only=False)["modules"]["visual"])
     batcher = qwen.QwenBatcher(tok, qwen.build_processor(tok))
 
+    dim = model.config.text_config.hidden_size
+
     def tokens(d):
         rows, grid = qwen.patchify(batcher.pixels(d))
-        return model.model.visual(rows, grid_thw=grid).pooler_output.view(len(d["pixels"]), -1, model.config.text_config.hidden_size)
+        return model.model.visual(rows, grid_thw=grid).pooler_output.view(len(d["pixels"]), -1, dim)
 
-    return tokens
+    return tokens, dim
 
 
 def main() -> None:
@@ -69,19 +73,18 @@ def main() -> None:
         folder = Path(a.model) if Path(a.model).is_dir() else ROOT / "laser/assets" / a.model / "model"
         if not (folder / "config.json").is_file():
             raise SystemExit(f"--model {a.model!r}: no checkpoint in {folder}")
-        tokens = llava_tokens(folder)
+        tokens, dim = llava_tokens(folder)
     else:
         if not Path(a.qwen_tower).is_file():
             raise SystemExit(f"--qwen-tower {a.qwen_tower!r}: no such checkpoint")
-        tokens = qwen_tokens(Path(a.qwen_tower))
+        tokens, dim = qwen_tokens(Path(a.qwen_tower))
     rng = random.Random(a.seed)
-    probe = None
+    probe = torch.nn.Linear(dim, 11)  # a token -> its digit or "none"
+    opt = torch.optim.Adam(probe.parameters(), lr=1e-2)
     for step in range(a.steps):
         d = views.sample_views(rng, 64, (0, 2)[step % 2], views_per_scene=12)
         with torch.no_grad():
             h = tokens(d)
-        probe = probe or torch.nn.Linear(h.size(-1), 11)
-        opt = opt if step else torch.optim.Adam(probe.parameters(), lr=1e-2)
         loss = F.cross_entropy(probe(h).reshape(-1, 11), torch.from_numpy(d["digit_labels"]).reshape(-1), ignore_index=-100)
         opt.zero_grad()
         loss.backward()
