@@ -153,3 +153,23 @@ def test_sparse_digit_tokens_keep_every_colour_and_some_digits():
     kept = (half == full).all(-1) & digit_cells
     assert ((half == full).all(-1) | (half == colour).all(-1)).all()
     assert 0.25 < kept.sum() / digit_cells.sum() < 0.75
+
+
+def test_lm_seed_draws_another_language_model_and_keeps_the_tower(tmp_path):
+    import types
+
+    from train_testbed_qwen import Run
+
+    def initial(lm_seed):
+        args = types.SimpleNamespace(run=str(tmp_path / f"run{lm_seed}"), seed=0, lm_seed=lm_seed, qk_init=8.0,
+                                     max_steps_now=None)
+        return Run(args).model.state_dict()
+
+    base, other, again = initial(None), initial(1), initial(1)
+    for key in base:
+        assert torch.equal(other[key], again[key]), key  # seeded
+        if key.startswith("model.visual."):
+            assert torch.equal(base[key], other[key]), key
+    changed = [k for k in base if not torch.equal(base[k], other[k])]
+    assert "lm_head.weight" in changed and "model.language_model.embed_tokens.weight" in changed
+    assert other["model.language_model.embed_tokens.weight"].std() == pytest.approx(0.02, rel=0.05)

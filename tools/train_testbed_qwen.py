@@ -140,6 +140,10 @@ class Run:
         self.proc = qwen.build_processor(self.tok)
         self.proc_hi = qwen.build_processor(self.tok, max_pixels=HIRES * HIRES)
         self.model = qwen.build_model(self.tok)
+        if a.lm_seed is not None:  # the LM's initial weights from their own seed (the tower's stay the seed's)
+            torch.manual_seed(a.lm_seed)
+            for module in (*self.model.model.language_model.modules(), self.model.lm_head):
+                self.model._init_weights(module)
         scale_qk(self.model, a.qk_init)
         self.batcher = QwenBatcher(self.tok, self.proc)
         self.budget = a.max_steps_now  # steps this invocation may still train (None: no limit)
@@ -452,6 +456,9 @@ def main() -> None:
     ap.add_argument("--prompt-loss", type=float, default=0.5)
     ap.add_argument("--patch-digit", type=float, default=1.0, help="weight of the tower stage's per-token digit loss")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--lm-seed", type=int, default=None,
+                    help="draw the LM's initial weights from this seed instead (the symbolic stage's plateau and what "
+                         "it ends with depend on them; the tower is unchanged)")
     ap.add_argument("--max-steps-now", type=int, default=None,
                     help="train at most this many steps in this invocation, then checkpoint and stop (resume later)")
     ap.add_argument("--threads", type=int, default=1)
