@@ -437,7 +437,7 @@ def main() -> None:
     ap.add_argument("--vision-hires-batch", type=int, default=None,
                     help="views of a 128 px tower step (default vision-batch // 4: the same pixels)")
     ap.add_argument("--symbol-steps", type=int, default=3000, help="steps of the symbolic stage")
-    ap.add_argument("--symbol-existence", type=float, default=0.3,
+    ap.add_argument("--symbol-existence", type=float, default=0.5,
                     help="share of the symbolic stage spent first on existence questions about one or two boxes")
     ap.add_argument("--digit-keep", type=float, default=1.0,
                     help="symbolic steps after the existence warm-up: share of a box's cells whose token keeps the digit")
