@@ -169,6 +169,14 @@ def log_final(logger: Any, output_dir: str | Path) -> dict[str, float]:
 
     result = evaluate(output_dir)
     figures = final_metrics(result)
+    if isinstance(logger, TensorBoardLogger):
+        # Lightning closed the event writer when predict ended, and the next write opens a new file. Its
+        # name (the time in whole seconds and the host) can be the first file's, which would be truncated
+        # with the batch scalars in it: the final scalars go to a file of their own.
+        writer = logger.experiment
+        for attr in ("_filename_suffix", "filename_suffix"):  # tensorboardX's, torch.utils.tensorboard's
+            if hasattr(writer, attr):
+                setattr(writer, attr, ".final")
     logger.log_metrics(figures, step=0)
     records, _ = merge_records(output_dir)
     table = sample_table(records, result["metric"])
