@@ -33,12 +33,34 @@ class AnswerBatcher:
         return (*self.pad(seqs, labs), self.pixels(d))
 
     def pixels(self, d) -> torch.Tensor:
-        """[B, 3, H, W] normalised pixel values of the views' uint8 `d["pixels"]` [B, H, W, 3]."""
-        px = torch.from_numpy(d["pixels"]).permute(0, 3, 1, 2).float() / 255.0
-        return (px - self.mean) / self.std
+        return normalised_pixels(d, self.mean, self.std)
 
     def pad(self, seqs: list[list[int]], labs: list[list[int]]):
         return left_pad(seqs, labs, self.tok.pad_token_id)
+
+
+def normalised_pixels(d, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """[B, 3, H, W] normalised pixel values of the views' uint8 `d["pixels"]` [B, H, W, 3]."""
+    px = torch.from_numpy(d["pixels"]).permute(0, 3, 1, 2).float() / 255.0
+    return (px - mean) / std
+
+
+def conversations(convs, first_ids, follow_ids, answer_ids):
+    """(seqs, labels, turns) of `views.sample_turns` conversations: per view, `first_ids(question)` then the
+    answer, then `follow_ids(question)` + answer for each later turn; labels on the answers only; `turns`
+    [(family, size, turn index)] in the order of the answers."""
+    seqs, labs, turns = [], [], []
+    for conv in convs:
+        seq, lab = [], []
+        for t, (family, question, answer, size, _) in enumerate(conv):
+            p = first_ids(question) if t == 0 else follow_ids(question)
+            a = answer_ids(answer)
+            seq += p + a
+            lab += [-100] * len(p) + a
+            turns.append((family, size, t))
+        seqs.append(seq)
+        labs.append(lab)
+    return seqs, labs, turns
 
 
 def left_pad(seqs: list[list[int]], labs: list[list[int]], pad: int):
@@ -70,18 +92,8 @@ class TurnBatcher(AnswerBatcher):
     A2</s>..."), labels on every answer; `turns` [(family, size, turn index)] in the order of the answers."""
 
     def __call__(self, d):
-        seqs, labs, turns = [], [], []
-        for conv in d["turns"]:
-            seq, lab = [], []
-            for t, (family, question, answer, size, _) in enumerate(conv):
-                p = self.ids(question) if t == 0 else self.tok(FOLLOW_UP.format(question=question),
-                                                               add_special_tokens=False)["input_ids"]
-                a = answer_ids(self.tok, answer)
-                seq += p + a
-                lab += [-100] * len(p) + a
-                turns.append((family, size, t))
-            seqs.append(seq)
-            labs.append(lab)
+        follow = lambda q: self.tok(FOLLOW_UP.format(question=q), add_special_tokens=False)["input_ids"]  # noqa: E731
+        seqs, labs, turns = conversations(d["turns"], self.ids, follow, lambda a: answer_ids(self.tok, a))
         return (*self.pad(seqs, labs), self.pixels(d), turns)
 
 

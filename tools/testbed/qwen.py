@@ -34,7 +34,7 @@ from transformers import (
 from transformers.models.qwen2_vl.configuration_qwen2_vl import Qwen2VLTextConfig, Qwen2VLVisionConfig
 
 from laser.testbed.scenes import INSTRUCTION, MODEL_INPUT
-from testbed.batching import left_pad
+from testbed.batching import conversations, left_pad, normalised_pixels
 from testbed.model import vocabulary
 
 PATCH, MERGE, FRAMES = 8, 1, 2
@@ -148,9 +148,7 @@ class QwenBatcher:
         return self.tok(answer, add_special_tokens=False)["input_ids"] + [self.tok.eos_token_id]
 
     def pixels(self, d) -> torch.Tensor:
-        """[B, 3, S, S] normalised pixel values of the views' uint8 `d["pixels"]` [B, S, S, 3]."""
-        px = torch.from_numpy(d["pixels"]).permute(0, 3, 1, 2).float() / 255.0
-        return (px - self.mean) / self.std
+        return normalised_pixels(d, self.mean, self.std)
 
     def inputs(self, d, seqs: list[list[int]], labs: list[list[int]]) -> tuple[dict, torch.Tensor]:
         ids, mask, labels = left_pad(seqs, labs, self.tok.pad_token_id)
@@ -164,18 +162,8 @@ class QwenBatcher:
         and the first question, then `follow_up` turns), labels on every answer; `turns` [(family, size, turn
         index)] in the order of the answers."""
         n_tokens = (d["pixels"].shape[1] // TOKEN_PX) ** 2
-        seqs, labs, turns = [], [], []
-        for conv in d["turns"]:
-            seq, lab = [], []
-            for t, (family, question, answer, size, _) in enumerate(conv):
-                p = (self.prompt_ids(question, n_tokens) if t == 0 else
-                     self.tok(follow_up(question), add_special_tokens=False)["input_ids"])
-                a = self.answer_ids(answer)
-                seq += p + a
-                lab += [-100] * len(p) + a
-                turns.append((family, size, t))
-            seqs.append(seq)
-            labs.append(lab)
+        follow = lambda q: self.tok(follow_up(q), add_special_tokens=False)["input_ids"]  # noqa: E731
+        seqs, labs, turns = conversations(d["turns"], lambda q: self.prompt_ids(q, n_tokens), follow, self.answer_ids)
         inputs, labels = self.inputs(d, seqs, labs)
         return inputs, labels, turns
 
