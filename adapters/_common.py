@@ -70,16 +70,22 @@ class PromptAdapter(VisionLanguageAdapter):
         max_memory ...), except `instruction` and `processor_kwargs` (the processor's options, e.g.
         Qwen's `max_pixels`)."""
         import transformers
-        from transformers import AutoProcessor
 
         instruction = load_kwargs.pop("instruction", None)
         processor_kwargs = load_kwargs.pop("processor_kwargs", None) or {}
         load_kwargs.setdefault("dtype", torch.float32)
         model_cls = getattr(transformers, cls.model_class_name)
         model = model_cls.from_pretrained(path, **load_kwargs).eval()
-        processor = AutoProcessor.from_pretrained(path, **processor_kwargs)
+        processor = cls.load_processor(path, **processor_kwargs)
         kwargs = {"instruction": instruction} if instruction is not None else {}
         return cls(model, processor, **kwargs)
+
+    @classmethod
+    def load_processor(cls, path: str, **options: Any) -> Any:
+        """The checkpoint's processor with `options` (`processor_kwargs`) applied."""
+        from transformers import AutoProcessor
+
+        return AutoProcessor.from_pretrained(path, **options)
 
     def __init__(self, model: nn.Module, processor: Any, **kwargs: Any):
         super().__init__(model, processor, **kwargs)

@@ -7,6 +7,7 @@ tokens in row-major order. Qwen2.5-VL and Qwen3-VL subclass this adapter (`qwen2
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any
 
@@ -46,6 +47,22 @@ class Qwen2VLAdapter(PromptAdapter):
     supports_multi_image = True
     default_checkpoint = "Qwen/Qwen2-VL-7B-Instruct"
     system_prompt: str | None = "You are a helpful assistant."
+
+    @classmethod
+    def load_processor(cls, path: str, **options: Any) -> Any:
+        """`min_pixels` / `max_pixels` set the image processor's `size` (`shortest_edge` / `longest_edge`, in
+        pixels), the one place recent transformers read them from; passed as they are, they are kept as call
+        arguments, which warn on every call (and are to be removed). Other options go to `from_pretrained`."""
+        bounds = {key: options.pop(key) for key in ("min_pixels", "max_pixels") if key in options}
+        processor = super().load_processor(path, **options)
+        size = getattr(getattr(processor, "image_processor", None), "size", None)
+        if not bounds:
+            return processor
+        if not (dataclasses.is_dataclass(size) and hasattr(size, "shortest_edge") and hasattr(size, "longest_edge")):
+            return super().load_processor(path, **options, **bounds)  # an older processor: its own call arguments
+        edges = {"min_pixels": "shortest_edge", "max_pixels": "longest_edge"}
+        processor.image_processor.size = dataclasses.replace(size, **{edges[k]: int(v) for k, v in bounds.items()})
+        return processor
 
     def __init__(self, model: nn.Module, processor: Any, **kwargs: Any):
         super().__init__(model, processor, **kwargs)

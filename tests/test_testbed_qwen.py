@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib
 import random
 import sys
+import warnings
 
 import pytest
 import torch
@@ -94,7 +95,13 @@ def test_trains_exports_and_answers(one_run):
     pred = LaserEngine(adapter, LaserConfig.preset("laser")).answer(image, "What digit is in the red box?")
     assert isinstance(pred.answer, str)
     hires = create_adapter(str(one_run), processor_kwargs={"max_pixels": 128 * 128})
-    assert hires.build_inputs([image], ["What digit is in the red box?"])["image_grid_thw"].tolist() == [[1, 16, 16]]
+    crop = image.crop((0, 0, 24, 24))
+    fixed = create_adapter(str(one_run), processor_kwargs={"min_pixels": 128 * 128, "max_pixels": 128 * 128})
+    with warnings.catch_warnings():  # the bounds are the processor's size, not deprecated call arguments
+        warnings.simplefilter("error", FutureWarning)
+        assert hires.build_inputs([image], ["What digit is in the red box?"])["image_grid_thw"].tolist() == [[1, 16, 16]]
+        assert hires.build_inputs([crop], ["What digit is in the red box?"])["image_grid_thw"].tolist() == [[1, 8, 8]]
+        assert fixed.build_inputs([crop], ["What digit is in the red box?"])["image_grid_thw"].tolist() == [[1, 16, 16]]
 
 
 def test_resumed_and_split_run_matches_one_run(one_run, tmp_path, monkeypatch, dev_root):
