@@ -143,7 +143,7 @@ class Run:
         self.tok = qwen.build_tokenizer()
         self.proc = qwen.build_processor(self.tok)
         self.proc_hi = qwen.build_processor(self.tok, max_pixels=HIRES * HIRES)
-        self.model = qwen.build_model(self.tok)
+        self.model = qwen.build_model(self.tok, rope_theta=a.rope_theta)
         if a.lm_seed is not None:  # the LM's initial weights from their own seed (the tower's stay the seed's)
             torch.manual_seed(a.lm_seed)
             for module in (*self.model.model.language_model.modules(), self.model.lm_head):
@@ -178,8 +178,8 @@ class Run:
                     "torch_rng": torch.get_rng_state(), "args": vars(self.a), **(extra or {})}, tmp)
         tmp.replace(self.ckpt(stage))
 
-    def hires(self, step: int, phase: int = 0) -> bool:
-        e = self.a.hires_every
+    def hires(self, step: int, phase: int = 0, symbolic: bool = False) -> bool:
+        e = self.a.symbol_hires_every if symbolic and self.a.symbol_hires_every is not None else self.a.hires_every
         return e > 0 and step % e == (e - 1 + phase) % e
 
     def take_step(self) -> bool:
@@ -336,7 +336,8 @@ def symbolic_stage(run: Run) -> bool:
     a, model = run.a, run.model
 
     def step_fn(step, rng):
-        d, inputs, labels, turns = symbolic_batch(run, rng, step, a.symbol_steps, a.batch, run.hires(step))
+        d, inputs, labels, turns = symbolic_batch(run, rng, step, a.symbol_steps, a.batch,
+                                                  run.hires(step, symbolic=True))
         keep = 1.0 if step < a.symbol_existence * a.symbol_steps else a.digit_keep
         out = model(**with_tokens(inputs, sparse_digit_tokens(model, run.tok, d, keep)))
         logits = out.logits[:, :-1]
@@ -408,7 +409,7 @@ def image_stage(run: Run) -> bool:
     def step_fn(step, rng):
         stats: dict = {}
         if symbolic_step(step):  # no image: the merger keeps what it learned
-            hi = run.hires(step // a.symbol_every)
+            hi = run.hires(step // a.symbol_every, symbolic=True)
             d, inputs, labels, turns = symbolic_batch(run, rng, step, a.steps, a.batch, hi, existence_first=False)
             out = model(**with_tokens(inputs, sparse_digit_tokens(model, run.tok, d, a.digit_keep)))
             kind, align = "sym-", 0.0
@@ -488,8 +489,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--tower-lr", type=float, default=0.3,
                     help="in the image stage, train the tower too, at this multiple of the learning rate (0: frozen)")
     ap.add_argument("--hires-every", type=int, default=4, help="every n-th step of each stage uses 128 px views (0: never)")
+    ap.add_argument("--symbol-hires-every", type=int, default=None,
+                    help="the same for the symbolic stage and the image stage's symbolic steps (default: --hires-every)")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--warmup", type=int, default=150)
+    ap.add_argument("--rope-theta", type=float, default=qwen.ARCH["rope_theta"],
+                    help="the LM's rotary base (the image's rows and columns get the lower frequencies of mrope)")
     ap.add_argument("--qk-init", type=float, default=8.0, help="scale of the LM's query/key weights at initialisation")
     ap.add_argument("--prompt-loss", type=float, default=0.5)
     ap.add_argument("--patch-digit", type=float, default=1.0, help="weight of the tower stage's per-token digit loss")
@@ -521,7 +526,7 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     run = Run(a)
     if not any(run.ckpt(s).exists() for s in STAGES):
-        run.log(f"new run: {json.dumps(vars(a))}; arch {qwen.ARCH}")
+        run.log(f"new run: {json.dumps(vars(a))}; arch {qwen.ARCH | {'rope_theta': a.rope_theta}}")
     saved_families = dict(views.FAMILY_WEIGHTS)
     try:
         for stage in stages:

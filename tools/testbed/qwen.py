@@ -56,7 +56,8 @@ CHAT_TEMPLATE = (
 )
 """messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "<question>\\n<instruction>"}]}]
 renders `prompt(question)`."""
-ARCH = dict(text_hidden=96, text_layers=4, heads=4, kv_heads=4, vision_embed=96, vision_layers=3, vision_heads=4)
+ARCH = dict(text_hidden=96, text_layers=4, heads=4, kv_heads=4, vision_embed=96, vision_layers=3, vision_heads=4,
+            rope_theta=10000.0)
 
 
 def prompt(question: str | None, instruction: str = INSTRUCTION) -> str:
@@ -87,7 +88,7 @@ def build_processor(tokenizer=None, max_pixels: int = MODEL_INPUT * MODEL_INPUT)
 
 
 def build_config(tok, text_hidden: int, text_layers: int, heads: int, kv_heads: int, vision_embed: int,
-                 vision_layers: int, vision_heads: int) -> Qwen2VLConfig:
+                 vision_layers: int, vision_heads: int, rope_theta: float = 10000.0) -> Qwen2VLConfig:
     head_dim = text_hidden // heads
     assert head_dim % 2 == 0 and (head_dim // 2) % 3 == 0, "mrope_section splits head_dim / 2 in three (t, h, w)"
     third = head_dim // 6
@@ -95,7 +96,7 @@ def build_config(tok, text_hidden: int, text_layers: int, heads: int, kv_heads: 
     text = Qwen2VLTextConfig(
         vocab_size=len(tok), hidden_size=text_hidden, intermediate_size=3 * text_hidden, num_hidden_layers=text_layers,
         num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=1024,
-        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [third] * 3},
+        rope_parameters={"rope_type": "default", "rope_theta": rope_theta, "mrope_section": [third] * 3},
         pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
     )
     vision = Qwen2VLVisionConfig(depth=vision_layers, embed_dim=vision_embed, hidden_size=text_hidden,
