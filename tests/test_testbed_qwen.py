@@ -163,14 +163,11 @@ def test_sparse_digit_tokens_keep_every_colour_and_some_digits():
 
 
 def test_lm_seed_draws_another_language_model_and_keeps_the_tower(tmp_path):
-    import types
-
-    from train_testbed_qwen import Run
+    from train_testbed_qwen import Run, parse_args
 
     def initial(lm_seed):
-        args = types.SimpleNamespace(run=str(tmp_path / f"run{lm_seed}"), seed=0, lm_seed=lm_seed, qk_init=8.0,
-                                     max_steps_now=None)
-        return Run(args).model.state_dict()
+        seed = [] if lm_seed is None else ["--lm-seed", str(lm_seed)]
+        return Run(parse_args(["--run", str(tmp_path / f"run{lm_seed}"), *seed])).model.state_dict()
 
     base, other, again = initial(None), initial(1), initial(1)
     for key in base:
