@@ -131,6 +131,36 @@ def with_tokens(inputs: dict, tokens: torch.Tensor) -> dict:
     return out
 
 
+def load_language_model(model, tok, source: str) -> None:
+    """The LM (decoder layers, final norm, word embeddings and output rows) of a trained testbed LLaVA folder
+    (`source`; `laser:` names a packaged asset) into the Qwen2-VL model, as a real LVLM starts from a trained
+    LM: same shapes (hidden 96, 4 layers of 4 heads, MLP 288), rows matched by token; Qwen2's query/key/value
+    biases (Llama has none) start at zero, the rows of tokens the source lacks keep their initial weights.
+    For text tokens mrope is the source's 1D rotary embedding; the image's tokens get new (2D) positions."""
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer
+
+    from laser.paths import resolve_path
+
+    folder = Path(resolve_path(source))
+    weights = load_file(folder / "model.safetensors")
+    source_tok = AutoTokenizer.from_pretrained(folder)
+    lm = model.model.language_model
+    prefix = "language_model.model."
+    layers = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix) and k != prefix + "embed_tokens.weight"}
+    missing, unexpected = lm.load_state_dict(layers, strict=False)
+    missing = [k for k in missing if k != "embed_tokens.weight"]  # matched by token below
+    assert not unexpected and all(k.endswith("_proj.bias") for k in missing), (missing, unexpected)
+    with torch.no_grad():
+        for name in missing:
+            lm.get_parameter(name).zero_()
+        vocab = source_tok.get_vocab()
+        pairs = [(i, vocab[t]) for t, i in tok.get_vocab().items() if t in vocab]
+        ours, theirs = torch.tensor([p[0] for p in pairs]), torch.tensor([p[1] for p in pairs])
+        lm.embed_tokens.weight[ours] = weights[prefix + "embed_tokens.weight"][theirs]
+        model.lm_head.weight[ours] = weights["language_model.lm_head.weight"][theirs]
+
+
 class Run:
     """The state shared by the stages: arguments, model, tokenizer, processors, batcher, log, checkpoints."""
 
@@ -148,7 +178,10 @@ class Run:
             torch.manual_seed(a.lm_seed)
             for module in (*self.model.model.language_model.modules(), self.model.lm_head):
                 self.model._init_weights(module)
-        scale_qk(self.model, a.qk_init)
+        if a.lm_from:
+            load_language_model(self.model, self.tok, a.lm_from)
+        else:
+            scale_qk(self.model, a.qk_init)
         self.batcher = QwenBatcher(self.tok, self.proc)
         self.budget = a.max_steps_now  # steps this invocation may still train (None: no limit)
 
@@ -495,6 +528,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--warmup", type=int, default=150)
     ap.add_argument("--rope-theta", type=float, default=qwen.ARCH["rope_theta"],
                     help="the LM's rotary base (the image's rows and columns get the lower frequencies of mrope)")
+    ap.add_argument("--lm-from", default=None,
+                    help="start the LM from a trained testbed LLaVA's (a folder or laser:assets/...; --qk-init unused)")
     ap.add_argument("--qk-init", type=float, default=8.0, help="scale of the LM's query/key weights at initialisation")
     ap.add_argument("--prompt-loss", type=float, default=0.5)
     ap.add_argument("--patch-digit", type=float, default=1.0, help="weight of the tower stage's per-token digit loss")
