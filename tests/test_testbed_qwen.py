@@ -177,3 +177,25 @@ def test_lm_seed_draws_another_language_model_and_keeps_the_tower(tmp_path):
     changed = [k for k in base if not torch.equal(base[k], other[k])]
     assert "lm_head.weight" in changed and "model.language_model.embed_tokens.weight" in changed
     assert other["model.language_model.embed_tokens.weight"].std() == pytest.approx(0.02, rel=0.05)
+
+
+def test_language_model_from_a_trained_llava_answers_text_as_it_does(tmp_path):
+    """`--lm-from`: on text alone (where mrope is the 1D rotary embedding) the Qwen2-VL model with the shipped
+    LLaVA's LM gives that LM's next-token logits over the words of the prompt, token for token."""
+    from train_testbed_qwen import Run, parse_args
+    from transformers import AutoTokenizer, LlavaForConditionalGeneration
+
+    source = assets_dir() / "testbed_emergent" / "model"
+    run = Run(parse_args(["--run", str(tmp_path / "run"), "--lm-from", str(source)]))
+    llava = LlavaForConditionalGeneration.from_pretrained(source).eval()
+    llava_tok = AutoTokenizer.from_pretrained(source)
+    words = "what digit is in the red box left of the blue box ?".split()
+    theirs = torch.tensor([llava_tok.convert_tokens_to_ids(words)])
+    ours = torch.tensor([run.tok.convert_tokens_to_ids(words)])
+    assert llava_tok.unk_token_id not in theirs and run.tok.unk_token_id not in ours
+    with torch.no_grad():
+        expected = llava(input_ids=theirs).logits[0, :, theirs[0]]
+        got = run.model.eval()(input_ids=ours).logits[0, :, ours[0]]
+    # the RMS norms' epsilon is Qwen2's (1e-5), the LLaVA's is 1e-6: logits of about 10 agree to 0.05
+    assert torch.allclose(got, expected, atol=0.05), (got - expected).abs().max()
+    assert torch.equal(got.argmax(-1), expected.argmax(-1))
