@@ -167,7 +167,7 @@ def test_lm_seed_draws_another_language_model_and_keeps_the_tower(tmp_path):
 
     def initial(lm_seed):
         seed = [] if lm_seed is None else ["--lm-seed", str(lm_seed)]
-        return Run(parse_args(["--run", str(tmp_path / f"run{lm_seed}"), *seed])).model.state_dict()
+        return Run(parse_args(["--run", str(tmp_path / f"run{lm_seed}"), "--lm-from", "", *seed])).model.state_dict()
 
     base, other, again = initial(None), initial(1), initial(1)
     for key in base:
