@@ -35,7 +35,7 @@ def test_pairs_ask_about_two_readable_boxes_of_one_scene_with_different_digits(q
         assert r["meta"]["largest_digit"] == str(max(scene.boxes, key=lambda b: b.side).digit)
 
 
-@pytest.mark.parametrize("model", ["testbed", "testbed_emergent"])
+@pytest.mark.parametrize("model", ["testbed", "testbed_emergent", "testbed_qwen"])
 def test_shipped_model_answers_the_box_it_is_asked_about(questions, model):
     adapter = create_adapter(str(assets_dir() / model / "model"))
     figures = question_use(adapter, questions, ROOT)
