@@ -199,3 +199,38 @@ def test_language_model_from_a_trained_llava_answers_text_as_it_does(tmp_path):
     # the RMS norms' epsilon is Qwen2's (1e-5), the LLaVA's is 1e-6: logits of about 10 agree to 0.05
     assert torch.allclose(got, expected, atol=0.05), (got - expected).abs().max()
     assert torch.equal(got.argmax(-1), expected.argmax(-1))
+
+
+def test_align_stage_draws_the_same_views_whatever_an_earlier_stage_left(one_run, tmp_path, monkeypatch, dev_root):
+    """The question families `views.sample_turns` draws from are module state that the symbolic stage sets: the
+    align stage (and the tower stage) set their own, so a stage gives the same weights whether it follows
+    another stage in one process or starts in a new one."""
+    from testbed import views
+
+    merger = []
+    for left in (None, {"existence": 1.0}):
+        run = tmp_path / f"run{len(merger)}"
+        run.mkdir()
+        for stage in ("tower", "symbolic"):  # the finished stages of one run
+            (run / f"{stage}.pt").write_bytes((one_run.parent / "run" / f"{stage}.pt").read_bytes())
+        if left:
+            monkeypatch.setattr(views, "FAMILY_WEIGHTS", dict(left))
+        train(monkeypatch, *TINY, "--run", str(run), "--export", str(tmp_path / "export"), "--dev-root", dev_root,
+              "--stages", "align")
+        merger.append(torch.load(run / "align.pt", weights_only=False)["modules"]["merger"])
+    for key in merger[0]:
+        assert torch.equal(merger[0][key], merger[1][key]), key
+
+
+def test_resuming_a_stage_with_other_settings_is_refused_and_names_them(tmp_path, monkeypatch, dev_root, capsys):
+    common = [*TINY, "--run", str(tmp_path / "run"), "--export", str(tmp_path / "export"), "--dev-root", dev_root]
+    train(monkeypatch, *common, "--stages", "tower", "--max-steps-now", "1")
+    with pytest.raises(SystemExit, match=r"--patch-digit 1\.0 \(now 0\.5\)"):
+        train(monkeypatch, *common, "--stages", "tower", "--patch-digit", "0.5")
+    train(monkeypatch, *common, "--stages", "tower", "--max-steps-now", "1", "--log-every", "1")  # plumbing may change
+
+
+def test_lm_seed_without_a_language_model_from_scratch_is_refused(monkeypatch, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        train(monkeypatch, "--run", str(tmp_path / "run"), "--lm-seed", "2")
+    assert "--lm-from ''" in capsys.readouterr().err

@@ -30,7 +30,7 @@ stages; each starts from the seeded initial model and the outputs of the stages 
    projector starts fresh), maps the frozen tower's features onto the symbolic tokens (mean squared error per
    visual token; the LM unused). Kept from the tower stage, the MLP's outputs start ~1000x the aligned error
    away and a 400-step stage left the digit decodable from 17% of the aligned tokens of readable boxes; a
-   fresh MLP and 1,500 steps at 3e-3: 60% (the shipped LLaVA `testbed_emergent`: 73%).
+   fresh MLP and 1,500 steps at 3e-3: 58-65% (the shipped LLaVA `testbed_emergent`: 73%).
 4. `image` (`--steps`): the merger and the LM on real images (the tower frozen, `--tower-lr` 0), answer +
    prompt loss, `--turns`-question conversations, the token-alignment loss kept (`--token-align`), every
    `--symbol-every`-th step symbolic.
@@ -98,8 +98,15 @@ from laser.testbed.split import DEFAULT_SCENES, load_split, materialize_split  #
 EXPORT = ROOT / "laser/assets/testbed_qwen/model"
 DEV_SEED = 1
 SCRIPT = "tools/train_testbed_qwen.py"
+# the question families of the tower and align stages' views: `views`' own (the symbolic and image stages set
+# theirs at every step; without setting these, a stage that followed the symbolic stage in one process drew
+# other views than one started in a new process)
+VIEW_FAMILIES = dict(views.FAMILY_WEIGHTS)
 STAGES = ("tower", "symbolic", "align", "image")
 # the finished stages whose weights a stage starts from, loaded in this order (align's merger over the tower's)
+# arguments that do not change what a stage trains (a stage resumed with any other argument changed is refused)
+PLUMBING = {"run", "export", "stages", "stage_list", "max_steps_now", "threads", "ckpt_every", "export_every",
+            "eval_every", "eval_n", "dev_root", "dev_scenes", "log_every"}
 INPUTS = {"tower": (), "symbolic": (), "align": ("tower", "symbolic"), "image": ("tower", "symbolic", "align")}
 
 
@@ -242,6 +249,11 @@ def run_stage(run: Run, stage: str, total: int, step_fn, opt_params, lr_fn, extr
     step = 0
     if run.ckpt(stage).exists():
         st = torch.load(run.ckpt(stage), weights_only=False)
+        changed = {k: (v, vars(a).get(k)) for k, v in st["args"].items() if k not in PLUMBING and vars(a).get(k) != v}
+        if changed:
+            raise SystemExit(f"{run.ckpt(stage)} was trained with other settings; resume with the same ones or use "
+                             "another --run: " + ", ".join(f"--{k.replace('_', '-')} {old!r} (now {new!r})"
+                                                           for k, (old, new) in sorted(changed.items())))
         for name, module in trained_modules(run.model, stage, a.tower_lr > 0).items():
             module.load_state_dict(st["modules"][name])
         opt.load_state_dict(st["opt"])
@@ -325,6 +337,7 @@ def tower_stage(run: Run) -> bool:
     def step_fn(step, rng):
         frac = step / a.vision_steps
         hi = run.hires(step)
+        set_families(VIEW_FAMILIES)
         d = views.sample_views(rng, hi_batch if hi else a.vision_batch, vision_stage_at(frac), views_per_scene=12,
                                size=HIRES if hi else MODEL_INPUT)
         rows, grid = patchify(run.batcher.pixels(d))
@@ -402,6 +415,7 @@ def aligned_token_decode(run: Run, n_views: int = 144, seed: int = 5) -> tuple[f
     emb = model.get_input_embeddings().weight
     digit_emb = emb[torch.tensor(tok.convert_tokens_to_ids([str(i) for i in range(10)]))]
     colour_emb = emb[torch.tensor(tok.convert_tokens_to_ids(list(COLOR_NAMES)))]
+    set_families(VIEW_FAMILIES)
     d = views.sample_turns(random.Random(seed), n_views, 2, turns=1)
     was_training = model.training
     model.eval()
@@ -417,7 +431,7 @@ def aligned_token_decode(run: Run, n_views: int = 144, seed: int = 5) -> tuple[f
 
 def align_stage(run: Run) -> bool:
     a, model = run.a, run.model
-    if not run.ckpt("align").exists():
+    if not run.ckpt("align").exists() and a.token_align_steps > 0:
         # a fresh MLP, as LLaVA's projector is at its first stage: the tower stage trained the merger for its
         # heads, and its outputs (mean squared error 0.36 to the symbolic tokens, ~1000x the aligned error)
         # took most of a 400-step align stage to shrink, leaving the digit unreadable on the aligned tokens
@@ -427,6 +441,7 @@ def align_stage(run: Run) -> bool:
 
     def step_fn(step, rng):
         hi = run.hires(step)
+        set_families(VIEW_FAMILIES)
         d = views.sample_turns(rng, max(1, a.batch // 3) if hi else a.batch, (1, 2, "q")[step % 3], turns=1,
                                size=HIRES if hi else MODEL_INPUT)
         inputs, _, _ = run.batcher.turns(d)
@@ -557,6 +572,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--dev-scenes", type=int, default=DEFAULT_SCENES, help="scenes of the dev split, if it is made here")
     ap.add_argument("--log-every", type=int, default=25)
     a = ap.parse_args(argv)
+    if a.lm_seed is not None and a.lm_from:
+        ap.error("--lm-seed draws a new LM from scratch: pass --lm-from '' with it")
     a.stage_list = [s.strip() for s in a.stages.split(",") if s.strip()]
     unknown = sorted(set(a.stage_list) - set(STAGES))
     if unknown:
@@ -569,8 +586,8 @@ def main() -> None:
     stages = a.stage_list
     torch.set_num_threads(a.threads)
     run = Run(a)
-    if not any(run.ckpt(s).exists() for s in STAGES):
-        run.log(f"new run: {json.dumps(vars(a))}; arch {qwen.ARCH | {'rope_theta': a.rope_theta}}")
+    new = not any(run.ckpt(s).exists() for s in STAGES)
+    run.log(f"{'new run' if new else 'invocation'}: {json.dumps(vars(a))}; arch {qwen.ARCH | {'rope_theta': a.rope_theta}}")
     saved_families = dict(views.FAMILY_WEIGHTS)
     try:
         for stage in stages:
