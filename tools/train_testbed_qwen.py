@@ -451,7 +451,8 @@ def align_stage(run: Run) -> bool:
     params = [{"params": list(model.model.visual.merger.parameters())}]
     finished = run_stage(run, "align", a.token_align_steps, step_fn, params, lambda s: a.align_lr)
     if finished:
-        run.log("align: tokens decoded as the box's digit %.2f, colour %.2f" % aligned_token_decode(run))
+        digit, colour = aligned_token_decode(run)
+        run.log(f"align: tokens decoded as the box's digit {digit:.2f}, colour {colour:.2f}")
     return finished
 
 
@@ -491,7 +492,8 @@ def image_stage(run: Run) -> bool:
         res = first_token_eval(model, run.proc, held, a.dev_root, batch=48, prompt_fn=qwen.prompt)
         res["full@128"] = first_token_eval(model, run.proc_hi, held, a.dev_root, batch=48, prompt_fn=qwen.prompt,
                                            views=("full",))["full"]
-        run.log("dev step %d tokens decoded as the box's digit %.2f, colour %.2f" % (step, *aligned_token_decode(run)))
+        digit, colour = aligned_token_decode(run)
+        run.log(f"dev step {step} tokens decoded as the box's digit {digit:.2f}, colour {colour:.2f}")
         model.train()
         for view, accs in res.items():
             run.log(f"dev step {step} {view}: " + " ".join(f"{k}={v[0]:.2f}({v[1]})" for k, v in sorted(accs.items())))
