@@ -55,9 +55,9 @@ class Qwen2VLAdapter(PromptAdapter):
         arguments, which warn on every call (and are to be removed). Other options go to `from_pretrained`."""
         bounds = {key: options.pop(key) for key in ("min_pixels", "max_pixels") if key in options}
         processor = super().load_processor(path, **options)
-        size = getattr(getattr(processor, "image_processor", None), "size", None)
         if not bounds:
             return processor
+        size = getattr(getattr(processor, "image_processor", None), "size", None)
         if not (dataclasses.is_dataclass(size) and hasattr(size, "shortest_edge") and hasattr(size, "longest_edge")):
             return super().load_processor(path, **options, **bounds)  # an older processor: its own call arguments
         edges = {"min_pixels": "shortest_edge", "max_pixels": "longest_edge"}

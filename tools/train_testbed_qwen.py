@@ -105,7 +105,7 @@ VIEW_FAMILIES = dict(views.FAMILY_WEIGHTS)
 STAGES = ("tower", "symbolic", "align", "image")
 # the finished stages whose weights a stage starts from, loaded in this order (align's merger over the tower's)
 # arguments that do not change what a stage trains (a stage resumed with any other argument changed is refused)
-PLUMBING = {"run", "export", "stages", "stage_list", "max_steps_now", "threads", "ckpt_every", "export_every",
+PLUMBING = {"run", "export", "stages", "max_steps_now", "threads", "ckpt_every", "export_every",
             "eval_every", "eval_n", "dev_root", "dev_scenes", "log_every"}
 INPUTS = {"tower": (), "symbolic": (), "align": ("tower", "symbolic"), "image": ("tower", "symbolic", "align")}
 
@@ -521,6 +521,11 @@ def image_stage(run: Run) -> bool:
 RUNNERS = {"tower": tower_stage, "symbolic": symbolic_stage, "align": align_stage, "image": image_stage}
 
 
+def stage_names(a: argparse.Namespace) -> list[str]:
+    """`--stages` as a list, in the order given."""
+    return [s.strip() for s in a.stages.split(",") if s.strip()]
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", default=str(ROOT / "testbed_work/qwen"))
@@ -576,8 +581,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a = ap.parse_args(argv)
     if a.lm_seed is not None and a.lm_from:
         ap.error("--lm-seed draws a new LM from scratch: pass --lm-from '' with it")
-    a.stage_list = [s.strip() for s in a.stages.split(",") if s.strip()]
-    unknown = sorted(set(a.stage_list) - set(STAGES))
+    unknown = sorted(set(stage_names(a)) - set(STAGES))
     if unknown:
         ap.error(f"--stages: unknown stage(s) {unknown}; the stages are {list(STAGES)}")
     return a
@@ -585,7 +589,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main() -> None:
     a = parse_args()
-    stages = a.stage_list
+    stages = stage_names(a)
     torch.set_num_threads(a.threads)
     run = Run(a)
     new = not any(run.ckpt(s).exists() for s in STAGES)
